@@ -1,0 +1,1 @@
+"""Thin CLI adapters: argument parsing and printing over the library's typed functions."""

@@ -1,0 +1,1 @@
+"""Data stages: dataset sources, video reading and sampling, face cropping, cache, datasets."""
