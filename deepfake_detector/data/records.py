@@ -72,6 +72,9 @@ class RecordProblem:
     where: str  # file and line/key the problem comes from
     reason: str
     path: Optional[str] = None
+    # what went wrong, for grouping and manifest status: missing | refused | duplicate | label |
+    # malformed | unreadable (see ``deepfake_detector.data.sources.base``); "" when unspecified
+    kind: str = ""
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
@@ -84,3 +87,4 @@ class LoadResult:
     records: list[VideoRecord]
     problems: list[RecordProblem] = field(default_factory=list)
     format: str = ""
+    root: str = ""  # absolute dataset root the records' rel_path values are relative to

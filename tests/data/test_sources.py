@@ -1,0 +1,603 @@
+"""Dataset sources: every format on a tiny tree, auto-detection, and every per-record problem.
+
+Videos are zero-byte placeholders: sources never open them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepfake_detector.data.records import FAKE, REAL
+from deepfake_detector.data.sources import (
+    FORMATS,
+    count_by_split,
+    detect_format,
+    format_counts_table,
+    load_records,
+    parse_label_map,
+    summarize_problems,
+)
+from deepfake_detector.data.sources.base import resolve_label
+from deepfake_detector.data.sources.legacy import load_video_list
+from deepfake_detector.errors import UnsafeFileError, UserError
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def by_rel(result):
+    return {r.rel_path: r for r in result.records}
+
+
+def kinds(result):
+    return sorted(p.kind for p in result.problems)
+
+
+# ---------------------------------------------------------------------------------------- csv
+
+
+def test_csv_with_header_extra_columns_and_any_case(tmp_path):
+    for name in ("a.mp4", "b.mp4", "sub/c.mp4"):
+        touch(tmp_path / name)
+    (tmp_path / "labels.csv").write_text(
+        "label,file,split,original,notes\n"
+        "real,a.mp4,train,,x\n"
+        "Fake,b.mp4,validation,a.mp4,y\n"
+        "FAKE,sub/c.mp4,weird,,z\n")
+    res = load_records(tmp_path / "labels.csv")
+    assert res.format == "csv" and res.problems == []
+    recs = by_rel(res)
+    assert set(recs) == {"a.mp4", "b.mp4", "sub/c.mp4"}
+    assert recs["a.mp4"].label == REAL and recs["a.mp4"].split == "train"
+    assert recs["b.mp4"].label == FAKE and recs["b.mp4"].split == "val"
+    assert recs["b.mp4"].group == "a.mp4" == recs["a.mp4"].group  # the fake joins its original's group
+    assert recs["sub/c.mp4"].split is None  # unknown split value -> None
+    assert recs["sub/c.mp4"].group == "sub/c.mp4"
+    assert all(os.path.isabs(r.path) and r.source == "csv" for r in res.records)
+    assert recs["sub/c.mp4"].path == str(tmp_path / "sub" / "c.mp4")
+
+
+def test_csv_without_header_bom_crlf_blank_lines_quotes_spaces(tmp_path):
+    touch(tmp_path / "v" / "my video, take 1.mp4")
+    touch(tmp_path / "v" / "two.mp4")
+    data = '\ufeff"v/my video, take 1.mp4",REAL\r\n\r\n  \r\nv/two.mp4, fake \r\n'
+    (tmp_path / "list.csv").write_bytes(data.encode("utf-8"))
+    res = load_records(tmp_path / "list.csv", format="csv")
+    assert res.problems == []
+    assert {r.rel_path: r.label for r in res.records} == {"v/my video, take 1.mp4": REAL, "v/two.mp4": FAKE}
+    (tmp_path / "swapped.csv").write_text('FAKE,v/two.mp4\nreal,"v/my video, take 1.mp4"\n')  # label first
+    res = load_records(tmp_path / "swapped.csv")
+    assert res.problems == [] and [r.label for r in res.records] == [FAKE, REAL]
+
+
+def test_csv_group_column_semicolons_and_data_root(tmp_path):
+    data = tmp_path / "data"
+    touch(data / "x.mp4")
+    touch(data / "y.mp4")
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "t.csv").write_text("path;class;group\nx.mp4;REAL;id7\ny.mp4;FAKE;id7\n")
+    res = load_records(meta / "t.csv", data_root=data)
+    assert res.problems == []
+    assert [r.group for r in res.records] == ["id7", "id7"]
+    assert [r.rel_path for r in res.records] == ["x.mp4", "y.mp4"]
+
+
+def test_csv_numeric_labels_need_a_map_and_are_reported_once(tmp_path):
+    for i in range(50):
+        touch(tmp_path / f"{i}.mp4")
+    (tmp_path / "n.csv").write_text("".join(f"{i}.mp4,{i % 2}\n" for i in range(50)))
+    res = load_records(tmp_path / "n.csv")
+    assert res.records == []
+    assert len(res.problems) == 1  # one summarised line, not 50
+    msg = str(res.problems[0])
+    assert "50 record(s)" in msg and "--label-map" in msg and "0=FAKE" in msg
+
+    res = load_records(tmp_path / "n.csv", label_map="1=FAKE,0=REAL")
+    assert res.problems == [] and len(res.records) == 50
+    assert by_rel(res)["1.mp4"].label == FAKE and by_rel(res)["0.mp4"].label == REAL
+    # the reference's opposite convention, given as a dict
+    res = load_records(tmp_path / "n.csv", label_map={"0": "FAKE", "1": "REAL"})
+    assert by_rel(res)["1.mp4"].label == REAL
+
+
+def test_parse_label_map():
+    assert parse_label_map("1=FAKE,0=real") == {"1": FAKE, "0": REAL}
+    assert parse_label_map(" deepfake = fake , pristine=REAL ,") == {"deepfake": FAKE, "pristine": REAL}
+    assert parse_label_map(None) is None
+    for bad in ("1", "1=MAYBE", "=FAKE", "", "1=FAKE,1=REAL"):
+        with pytest.raises(UserError):
+            parse_label_map(bad)
+
+
+def test_resolve_label_variants():
+    assert resolve_label(" fake ") == (FAKE, "")
+    assert resolve_label("1")[1] == "numeric"
+    assert resolve_label(1.0)[1] == "numeric"
+    assert resolve_label(1.0, {"1": "FAKE"}) == (FAKE, "")
+    assert resolve_label(True)[0] is None and "unknown label" in resolve_label(True)[1]
+    assert "unknown label" in resolve_label("maybe")[1]
+
+
+def test_csv_missing_columns_and_bad_first_row_are_user_errors(tmp_path):
+    (tmp_path / "a.csv").write_text("video_id,score\nx.mp4,0.3\n")
+    with pytest.raises(UserError, match="missing required column"):
+        load_records(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text("x.mp4,unknown\n")
+    with pytest.raises(UserError, match="read as a header"):
+        load_records(tmp_path / "b.csv")
+
+
+def test_csv_unknown_labels_short_rows_and_path_problems(tmp_path):
+    root = tmp_path / "ds"
+    touch(root / "ok.mp4")
+    touch(root / "dup.mp4")
+    touch(tmp_path / "outside.mp4")
+    (root / "folder.mp4").mkdir()
+    (root / "t.csv").write_text(
+        "file,label\n"
+        "ok.mp4,REAL\n"
+        "ok2.mp4,MAYBE\n"           # unknown label
+        "lonely\n"                  # short row
+        "../outside.mp4,FAKE\n"     # escapes with ..
+        f"{tmp_path / 'outside.mp4'},FAKE\n"  # absolute path outside the root
+        "gone.mp4,FAKE\n"           # missing
+        "dup.mp4,FAKE\n"
+        "./sub/../dup.mp4,FAKE\n"   # the same file again
+        "folder.mp4,FAKE\n"         # a directory
+        f"{root / 'ok.mp4'},REAL\n"  # absolute inside the root: fine, but a duplicate
+    )
+    res = load_records(root / "t.csv")
+    assert sorted(by_rel(res)) == ["dup.mp4", "ok.mp4"]
+    assert kinds(res) == sorted(["label", "malformed", "refused", "refused", "missing", "duplicate",
+                                 "refused", "duplicate"])
+    lines = [str(p) for p in res.problems]
+    assert any("t.csv:3" in ln and "MAYBE" in ln for ln in lines)
+    assert any("t.csv:5" in ln and "outside the dataset root" in ln for ln in lines)
+    assert any("t.csv:9" in ln and "same file as t.csv:8" in ln for ln in lines)
+    assert not (tmp_path / "outside.mp4").read_bytes()  # untouched, of course
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
+def test_symlinks_outside_refused_loops_reported(tmp_path):
+    root = tmp_path / "ds"
+    touch(root / "real.mp4")
+    touch(tmp_path / "secret.mp4")
+    os.symlink(tmp_path / "secret.mp4", root / "escape.mp4")
+    os.symlink(root / "real.mp4", root / "alias.mp4")  # inside the root: allowed, but a duplicate
+    os.symlink(root / "loop_b.mp4", root / "loop_a.mp4")
+    os.symlink(root / "loop_a.mp4", root / "loop_b.mp4")
+    (root / "real").mkdir()
+    os.symlink(root, root / "real" / "again")  # a folder loop: must not be followed
+    touch(root / "real" / "r.mp4")
+    (root / "t.csv").write_text("real.mp4,REAL\nescape.mp4,FAKE\nalias.mp4,REAL\nloop_a.mp4,FAKE\n")
+    res = load_records(root / "t.csv")
+    assert [r.rel_path for r in res.records] == ["real.mp4"]
+    assert kinds(res) == ["duplicate", "refused", "unreadable"]
+    assert any("symlink loop" in str(p) for p in res.problems)
+
+    # folders format walking a tree with a symlinked folder loop terminates
+    res = load_records(root, format="folders")
+    assert [r.rel_path for r in res.records] == ["real/r.mp4"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
+def test_symlinked_folder_escape_and_symlinked_root(tmp_path):
+    outside = tmp_path / "elsewhere"
+    touch(outside / "v.mp4")
+    real_root = tmp_path / "real_root"
+    touch(real_root / "in.mp4")
+    os.symlink(outside, real_root / "linkdir")
+    (real_root / "t.csv").write_text("in.mp4,REAL\nlinkdir/v.mp4,FAKE\n.,FAKE\n")
+    link_root = tmp_path / "link_root"
+    os.symlink(real_root, link_root)  # the dataset root itself reached through a symlink is fine
+    res = load_records(link_root / "t.csv")
+    assert [r.rel_path for r in res.records] == ["in.mp4"]
+    assert res.records[0].path == str(link_root / "in.mp4")
+    assert kinds(res) == ["refused", "refused"]
+    assert any("resolves outside" in str(p) for p in res.problems)
+    assert any("dataset root folder" in str(p) for p in res.problems)
+
+
+def test_non_utf8_file_names(tmp_path):
+    raw_name = b"caf\xe9 clip.mp4"  # latin-1, not valid UTF-8
+    root = os.fsencode(tmp_path)
+    try:
+        with open(os.path.join(root, raw_name), "wb"):
+            pass
+    except OSError:
+        pytest.skip("file system refuses non-UTF-8 names")
+    (tmp_path / "t.csv").write_bytes(b"file,label\n" + raw_name + b",FAKE\n")
+    res = load_records(tmp_path / "t.csv")
+    assert res.problems == []
+    assert os.fsencode(res.records[0].path).endswith(raw_name)
+    # and found by walking folders
+    (tmp_path / "fake").mkdir()
+    os.rename(os.path.join(root, raw_name), os.path.join(root, b"fake", raw_name))
+    res = load_records(tmp_path, format="folders")
+    assert len(res.records) == 1 and os.path.exists(res.records[0].path)
+
+
+def test_windows_separators_fifo_and_appledouble(tmp_path):
+    touch(tmp_path / "fake" / "sub" / "w.mp4")
+    touch(tmp_path / "fake" / "._w.mp4")  # macOS resource fork junk, not a video
+    (tmp_path / "t.csv").write_text("fake\\sub\\w.mp4,FAKE\n")
+    res = load_records(tmp_path / "t.csv")
+    assert [r.rel_path for r in res.records] == ["fake/sub/w.mp4"] and res.problems == []
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fake" / "pipe.mp4")  # opening a FIFO would hang a reader
+    res = load_records(tmp_path, format="folders")
+    assert [r.rel_path for r in res.records] == ["fake/sub/w.mp4"]
+    if hasattr(os, "mkfifo"):
+        assert kinds(res) == ["refused"] and "not a regular file" in str(res.problems[0])
+
+
+# ------------------------------------------------------------------------------------- legacy
+
+
+def make_legacy(root: Path, entries, meta_text: str) -> None:
+    (root / "Models").mkdir(parents=True, exist_ok=True)
+    (root / "Data").mkdir(parents=True, exist_ok=True)
+    (root / "Models" / "video_files.pkl").write_bytes(pickle.dumps(entries))
+    (root / "Data" / "Gobal_metadata.csv").write_text(meta_text)
+
+
+def test_legacy_absolute_paths_from_another_machine(tmp_path):
+    touch(tmp_path / "Dataset" / "aaa.mp4")
+    touch(tmp_path / "Dataset" / "bbb.mp4")
+    touch(tmp_path / "Dataset" / "ccc.mp4")
+    touch(tmp_path / "x1" / "same.mp4")
+    touch(tmp_path / "x2" / "same.mp4")
+    make_legacy(tmp_path, [
+        "/content/Dataset/aaa.mp4",     # absolute, from Colab: found by name
+        "Dataset/bbb.mp4",              # relative to the root
+        "C:\\data\\Dataset\\ccc.mp4",   # a Windows path
+        "/content/x2/same.mp4",         # two files called same.mp4: the folder decides
+        "/content/zzz.mp4",             # nowhere
+        "/content/nolabel.mp4",
+        "/content/Dataset/aaa.mp4",     # listed twice
+    ], "aaa.mp4,FAKE\nbbb.mp4,REAL\nccc.mp4,fake\nsame.mp4,REAL\nzzz.mp4,REAL\naaa.mp4,FAKE\n")
+    touch(tmp_path / "nolabel.mp4")
+    assert detect_format(tmp_path) == "legacy"
+    res = load_records(tmp_path)
+    recs = by_rel(res)
+    assert {k: v.label for k, v in recs.items()} == {
+        "Dataset/aaa.mp4": FAKE, "Dataset/bbb.mp4": REAL, "Dataset/ccc.mp4": FAKE, "x2/same.mp4": REAL}
+    assert kinds(res) == ["duplicate", "label", "missing"]
+    assert all(r.source == "legacy" for r in res.records)
+
+
+def test_legacy_explicit_paths_and_original_groups(tmp_path):
+    touch(tmp_path / "vids" / "orig.mp4")
+    touch(tmp_path / "vids" / "fake1.mp4")
+    (tmp_path / "meta.csv").write_text("file,label,original\norig.mp4,REAL,\nfake1.mp4,FAKE,orig.mp4\n")
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps(("/old/orig.mp4", "/old/fake1.mp4"), protocol=0))
+    res = load_records(tmp_path, format="legacy", metadata=tmp_path / "meta.csv",
+                       video_list=tmp_path / "list.pkl", video_dir=tmp_path / "vids")
+    recs = by_rel(res)
+    assert res.problems == [] and set(recs) == {"orig.mp4", "fake1.mp4"}
+    assert recs["fake1.mp4"].group == recs["orig.mp4"].group == "orig.mp4"
+    with pytest.raises(UserError, match="--metadata"):
+        load_records(tmp_path, format="legacy", video_list=tmp_path / "list.pkl")
+    # the corrected spelling of the metadata file is found too
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "Global_metadata.csv").write_text("fake1.mp4,FAKE\n")
+    res = load_records(tmp_path, format="legacy", video_list=tmp_path / "list.pkl",
+                       video_dir=tmp_path / "vids")
+    assert [r.rel_path for r in res.records] == ["fake1.mp4"] and kinds(res) == ["label"]
+
+
+class _SystemPayload:
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+class _OpenPayload:
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        import builtins
+
+        return (builtins.open, (str(self.target), "w"))
+
+
+@pytest.mark.parametrize("payload", [_SystemPayload, _OpenPayload])
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_legacy_malicious_pickle_is_refused_and_nothing_runs(tmp_path, payload, protocol):
+    target = tmp_path / "pwned"
+    make_legacy(tmp_path, [], "a.mp4,REAL\n")
+    blob = pickle.dumps(["/content/a.mp4", payload(target)], protocol=protocol)
+    (tmp_path / "Models" / "video_files.pkl").write_bytes(blob)
+    with pytest.raises(UnsafeFileError, match="nothing from the file was executed"):
+        load_records(tmp_path)
+    assert not target.exists()
+    # sanity: the payload is real (plain pickle would have run it)
+    if payload is _OpenPayload:
+        pickle.loads(blob)[1].close()
+        assert target.exists()
+
+
+def test_legacy_pickle_wrong_shapes_and_garbage(tmp_path):
+    p = tmp_path / "v.pkl"
+    p.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(UnsafeFileError, match="expected a list"):
+        load_video_list(p)
+    p.write_bytes(pickle.dumps(["ok", 3]))
+    with pytest.raises(UnsafeFileError, match="item 1"):
+        load_video_list(p)
+    p.write_bytes(pickle.dumps([["nested"]]))
+    with pytest.raises(UnsafeFileError):
+        load_video_list(p)
+    p.write_bytes(pickle.dumps(["a", "b"])[:-3])  # truncated
+    with pytest.raises(UserError, match="not a readable pickle"):
+        load_video_list(p)
+    p.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(UserError):
+        load_video_list(p)
+    p.write_bytes(pickle.dumps([b"bytes-path.mp4", "str.mp4"]))
+    assert load_video_list(p) == ["bytes-path.mp4", "str.mp4"]
+
+
+# --------------------------------------------------------------------------------------- dfdc
+
+
+def make_dfdc(root: Path) -> None:
+    part0 = root / "dfdc_train_part_0"
+    part1 = root / "dfdc_train_part_1"
+    for name in ("orig0.mp4", "fake0a.mp4", "fake0b.mp4"):
+        touch(part0 / name)
+    for name in ("orig1.mp4", "fake1.mp4"):
+        touch(part1 / name)
+    (part0 / "metadata.json").write_text(json.dumps({
+        "orig0.mp4": {"label": "REAL", "split": "train", "original": None},
+        "fake0a.mp4": {"label": "FAKE", "split": "train", "original": "orig0.mp4", "manipulation": "swap",
+                       "nested": {"ignored": 1}},
+        "fake0b.mp4": {"label": "fake", "split": "somewhere", "original": "orig0.mp4"},
+        "notdownloaded.mp4": {"label": "FAKE", "split": "train", "original": "orig0.mp4"},
+    }))
+    (part1 / "metadata.json").write_text(json.dumps({
+        "orig1.mp4": {"label": "REAL", "split": "test"},
+        "fake1.mp4": {"label": "FAKE", "split": "test", "original": "orig1.mp4"},
+        "broken.mp4": ["FAKE"],
+        "nolabel.mp4": {"split": "train"},
+        "badorig.mp4": {"label": "FAKE", "original": 5},
+        "badlabel.mp4": {"label": 7},
+        "../../escape.mp4": {"label": "FAKE"},
+    }))
+
+
+def test_dfdc_parts_groups_and_problems(tmp_path):
+    make_dfdc(tmp_path)
+    touch(tmp_path.parent / "escape.mp4")
+    assert detect_format(tmp_path) == "dfdc"
+    res = load_records(tmp_path)
+    recs = by_rel(res)
+    assert set(recs) == {f"dfdc_train_part_0/{n}" for n in ("orig0.mp4", "fake0a.mp4", "fake0b.mp4")} | {
+        "dfdc_train_part_1/orig1.mp4", "dfdc_train_part_1/fake1.mp4"}
+    g0 = "dfdc_train_part_0/orig0.mp4"
+    assert recs[g0].group == g0 and recs[g0].split == "train"
+    assert recs["dfdc_train_part_0/fake0a.mp4"].group == g0
+    assert recs["dfdc_train_part_0/fake0b.mp4"].group == g0
+    assert recs["dfdc_train_part_0/fake0b.mp4"].split is None  # unknown split value
+    assert recs["dfdc_train_part_1/fake1.mp4"].group == "dfdc_train_part_1/orig1.mp4"
+    assert recs["dfdc_train_part_1/orig1.mp4"].split == "test"
+    assert recs["dfdc_train_part_0/fake0a.mp4"].label == FAKE
+    assert recs["dfdc_train_part_0/fake0a.mp4"].extra == {"manipulation": "swap", "original": g0}
+    assert res.root == str(tmp_path)
+    assert kinds(res) == ["label", "malformed", "malformed", "malformed", "missing", "refused"]
+    assert counts_total(count_by_split(res.records)) == 5
+
+
+def counts_total(counts):
+    return sum(c[REAL] + c[FAKE] for c in counts.values())
+
+
+def test_dfdc_single_json_file_and_whole_file_errors(tmp_path):
+    touch(tmp_path / "a.mp4")
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps({"a.mp4": {"label": "REAL"}}))
+    assert detect_format(meta) == "dfdc"
+    res = load_records(meta)
+    assert [r.rel_path for r in res.records] == ["a.mp4"] and res.format == "dfdc"
+    assert res.root == str(tmp_path)  # a single file's folder is the dataset root
+    meta.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_records(meta)
+    meta.write_text("[1, 2]")
+    with pytest.raises(UserError, match="expected a JSON object"):
+        load_records(meta)
+    meta.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(UserError):
+        load_records(meta)
+
+
+# --------------------------------------------------------------------------------------- ffpp
+
+
+def make_ffpp(root: Path) -> None:
+    for comp in ("c23", "c40"):
+        for vid in ("000", "003", "001", "002", "004"):
+            touch(root / "original_sequences" / "youtube" / comp / "videos" / f"{vid}.mp4")
+        for method in ("Deepfakes", "Face2Face"):
+            for name in ("000_003", "003_000", "001_002", "002_001"):
+                touch(root / "manipulated_sequences" / method / comp / "videos" / f"{name}.mp4")
+    touch(root / "manipulated_sequences" / "Deepfakes" / "masks" / "videos" / "000_003.mp4")  # ignored
+    touch(root / "original_sequences" / "actors" / "c23" / "videos" / "01__walking_down_street.mp4")
+    touch(root / "original_sequences" / "actors" / "c23" / "videos" / "02__talking.mp4")
+    touch(root / "manipulated_sequences" / "DeepFakeDetection" / "c23" / "videos"
+          / "01_02__walking_down_street__YVGY8LOK.mp4")
+    touch(root / "manipulated_sequences" / "DeepFakeDetection" / "c23" / "videos" / "odd-name.mp4")
+    splits = root / "splits"
+    splits.mkdir()
+    (splits / "train.json").write_text(json.dumps([["000", "003"]]))
+    (splits / "val.json").write_text(json.dumps([["001", "002"], "garbage"]))
+    (splits / "test.json").write_text(json.dumps([]))
+
+
+def test_ffpp_layout_splits_and_groups(tmp_path):
+    make_ffpp(tmp_path)
+    assert detect_format(tmp_path) == "ffpp"
+    res = load_records(tmp_path)
+    recs = by_rel(res)
+    assert kinds(res) == ["malformed"]  # the "garbage" split entry
+    assert all("/c23/" in r for r in recs)  # c23 preferred, never mixed with c40
+    yt = "original_sequences/youtube/c23/videos"
+    df = "manipulated_sequences/Deepfakes/c23/videos"
+    f2f = "manipulated_sequences/Face2Face/c23/videos"
+    assert recs[f"{yt}/000.mp4"].label == REAL and recs[f"{df}/000_003.mp4"].label == FAKE
+    # originals 000 and 003 and all their fakes are one group, in the split of their pair
+    pair = [f"{yt}/000.mp4", f"{yt}/003.mp4", f"{df}/000_003.mp4", f"{df}/003_000.mp4", f"{f2f}/003_000.mp4"]
+    assert {recs[k].group for k in pair} == {"ffpp:000"}
+    assert {recs[k].split for k in pair} == {"train"}
+    assert recs[f"{df}/002_001.mp4"].group == "ffpp:001" and recs[f"{df}/002_001.mp4"].split == "val"
+    assert recs[f"{yt}/004.mp4"].split is None and recs[f"{yt}/004.mp4"].group == "ffpp:004"
+    # DeepFakeDetection: grouped by target actor, no official split
+    dfd = "manipulated_sequences/DeepFakeDetection/c23/videos"
+    actors = "original_sequences/actors/c23/videos"
+    assert recs[f"{dfd}/01_02__walking_down_street__YVGY8LOK.mp4"].group == "ffpp-dfd:01"
+    assert recs[f"{actors}/01__walking_down_street.mp4"].group == "ffpp-dfd:01"
+    assert recs[f"{actors}/02__talking.mp4"].group == "ffpp-dfd:02"
+    assert recs[f"{dfd}/odd-name.mp4"].group == f"{dfd}/odd-name.mp4"  # unparsed name: its own group
+    counts = count_by_split(res.records)
+    assert counts["train"] == {REAL: 2, FAKE: 4} and counts["val"] == {REAL: 2, FAKE: 4}
+    assert list(counts) == ["train", "val", "unsplit"]
+
+
+def test_ffpp_compression_and_methods(tmp_path):
+    make_ffpp(tmp_path)
+    res = load_records(tmp_path, compression="c40", methods="face2face")
+    recs = by_rel(res)
+    assert all("/c40/" in r for r in recs)
+    assert not any("Deepfakes" in r or "actors" in r for r in recs)  # DFD filtered out: actors too
+    assert sum(r.label == FAKE for r in res.records) == 4
+    assert sum(r.label == REAL for r in res.records) == 5
+    with pytest.raises(UserError, match="not found"):
+        load_records(tmp_path, methods=["NoSuchMethod"])
+    with pytest.raises(UserError, match="c0"):
+        load_records(tmp_path, compression="c99")
+    with pytest.raises(UserError, match="do not apply"):
+        load_records(tmp_path, test_list="x")
+
+
+def test_ffpp_auto_compression_is_the_one_most_folders_have(tmp_path):
+    for method in ("Deepfakes", "FaceSwap"):
+        touch(tmp_path / "manipulated_sequences" / method / "c40" / "videos" / "000_001.mp4")
+    touch(tmp_path / "original_sequences" / "youtube" / "c40" / "videos" / "000.mp4")
+    touch(tmp_path / "original_sequences" / "youtube" / "c23" / "videos" / "000.mp4")
+    res = load_records(tmp_path)
+    assert len(res.records) == 3 and all(r.extra["compression"] == "c40" for r in res.records)
+    assert len({r.group for r in res.records}) == 1
+
+
+# ------------------------------------------------------------------------------------ celebdf
+
+
+def test_celebdf_layout_test_list_and_groups(tmp_path):
+    for name in ("id0_0000.mp4", "id0_0001.mp4", "id1_0000.mp4"):
+        touch(tmp_path / "Celeb-real" / name)
+    for name in ("id0_id1_0000.mp4", "id1_id0_0000.mp4", "id0_id16_0001.mp4"):
+        touch(tmp_path / "Celeb-synthesis" / name)
+    touch(tmp_path / "YouTube-real" / "00000.mp4")
+    touch(tmp_path / "YouTube-real" / "00001.mp4")
+    (tmp_path / "List_of_testing_videos.txt").write_text(
+        "1 YouTube-real/00001.mp4\n0 Celeb-synthesis/id1_id0_0000.mp4\n1 Celeb-real/id1_0000.mp4\n"
+        "\n0 Celeb-synthesis/id9_id9_0000.mp4\nnonsense\n")
+    assert detect_format(tmp_path) == "celebdf"
+    res = load_records(tmp_path)
+    recs = by_rel(res)
+    assert len(recs) == 8
+    assert recs["Celeb-synthesis/id0_id16_0001.mp4"].group == "celebdf:id0"
+    assert recs["Celeb-real/id0_0001.mp4"].group == "celebdf:id0"
+    assert recs["Celeb-synthesis/id1_id0_0000.mp4"].group == "celebdf:id1"
+    assert recs["YouTube-real/00000.mp4"].group == "celebdf:youtube/00000"
+    assert recs["Celeb-synthesis/id0_id16_0001.mp4"].extra["original"] == "Celeb-real/id0_0001.mp4"
+    assert {k for k, r in recs.items() if r.split == "test"} == {
+        "YouTube-real/00001.mp4", "Celeb-synthesis/id1_id0_0000.mp4", "Celeb-real/id1_0000.mp4"}
+    assert recs["Celeb-synthesis/id0_id1_0000.mp4"].split is None
+    assert kinds(res) == ["malformed", "missing"]
+    assert count_by_split(res.records) == {"test": {REAL: 2, FAKE: 1}, "unsplit": {REAL: 3, FAKE: 2}}
+
+
+# ------------------------------------------------------------------------------------ folders
+
+
+def test_folders_any_case_recursive_by_extension(tmp_path):
+    touch(tmp_path / "Real" / "a.mp4")
+    touch(tmp_path / "Real" / "deep" / "b.MOV")
+    touch(tmp_path / "FAKE" / "c.webm")
+    touch(tmp_path / "FAKE" / "notes.txt")
+    touch(tmp_path / "other" / "d.mp4")
+    assert detect_format(tmp_path) == "folders"
+    res = load_records(tmp_path)
+    assert {r.rel_path: r.label for r in res.records} == {
+        "Real/a.mp4": REAL, "Real/deep/b.MOV": REAL, "FAKE/c.webm": FAKE}
+    assert all(r.split is None for r in res.records)
+
+
+def test_folders_with_split_level(tmp_path):
+    touch(tmp_path / "train" / "real" / "a.mp4")
+    touch(tmp_path / "train" / "fake" / "b.mp4")
+    touch(tmp_path / "validation" / "fake" / "c.mp4")
+    assert detect_format(tmp_path) == "folders"
+    res = load_records(tmp_path)
+    assert {r.rel_path: (r.label, r.split) for r in res.records} == {
+        "train/real/a.mp4": (REAL, "train"), "train/fake/b.mp4": (FAKE, "train"),
+        "validation/fake/c.mp4": (FAKE, "val")}
+
+
+# ----------------------------------------------------------------------- detection and counts
+
+
+def test_detect_format_csv_and_errors(tmp_path):
+    (tmp_path / "only.csv").write_text("file,label\n")
+    assert detect_format(tmp_path) == "csv"
+    assert detect_format(tmp_path / "only.csv") == "csv"
+    assert load_records(tmp_path).records == []
+    (tmp_path / "second.csv").write_text("file,label\n")
+    with pytest.raises(UserError, match="2 CSV files") as exc:
+        detect_format(tmp_path)
+    assert "--format" in str(exc.value) and all(f in str(exc.value) for f in FORMATS)
+    with pytest.raises(UserError, match="no such file"):
+        detect_format(tmp_path / "nope")
+    (tmp_path / "x.bin").write_bytes(b"")
+    with pytest.raises(UserError, match="--format"):
+        detect_format(tmp_path / "x.bin")
+    with pytest.raises(UserError, match="unknown --format"):
+        load_records(tmp_path, format="parquet")
+
+
+def test_detect_dfdc_nested_metadata(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "metadata.json").write_text("{}")
+    assert detect_format(tmp_path) == "dfdc"
+
+
+def test_counts_table_and_problem_summary():
+    from deepfake_detector.data.records import RecordProblem, VideoRecord
+
+    recs = [VideoRecord(f"/d/{i}.mp4", FAKE if i % 4 else REAL, split="train" if i < 8 else None)
+            for i in range(12)]
+    counts = count_by_split(recs)
+    assert counts == {"train": {REAL: 2, FAKE: 6}, "unsplit": {REAL: 1, FAKE: 3}}
+    table = format_counts_table(counts)
+    lines = table.splitlines()
+    assert lines[1].split() == ["train", "2", "6", "8", "75.0"]
+    assert lines[-1].split() == ["total", "3", "9", "12", "75.0"]
+    assert format_counts_table(recs) == table
+    probs = [RecordProblem(f"x:{i}", "file not found", kind="missing") for i in range(30)]
+    probs.append(RecordProblem("y", "refused", kind="refused"))
+    lines = summarize_problems(probs, per_kind=5)
+    assert len(lines) == 7 and "25 more" in lines[5] and lines[6] == "y: refused"
