@@ -47,6 +47,8 @@ class PreprocessConfig:
     max_duration_s: float = 3600.0  # cap on the seconds of video considered
     max_pixels: int = 4096 * 4096  # frames claiming more pixels than this are refused
     no_face: str = "center"  # when no face is found: center (crop the centre, status no_face) | skip
+    timeout_s: float = 300.0  # wall-time limit per video (decode); 0 = none. Slower videos get status error
+    smooth: int = 3  # median window (in sampled frames) for smoothing the face track; 1 = off
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -61,6 +63,16 @@ class PreprocessConfig:
             raise ValueError("no_face must be 'center' or 'skip'")
         if self.detect_max_side < 64:
             raise ValueError("detect_max_side must be >= 64")
+        if self.max_decode_side < 64:
+            raise ValueError("max_decode_side must be >= 64")
+        if self.max_duration_s <= 0 or self.max_pixels <= 0:
+            raise ValueError("max_duration_s and max_pixels must be > 0")
+        if self.timeout_s < 0:
+            raise ValueError("timeout_s must be >= 0 (0 = no limit)")
+        if self.smooth < 1:
+            raise ValueError("smooth must be >= 1")
+        if self.detector not in ("dlib", "haar", "center"):
+            raise ValueError("detector must be dlib, haar or center")
 
 
 @dataclass
@@ -118,6 +130,16 @@ class TrainConfig:
     resume: bool = False
     threshold_method: str = "eer"  # eer | f1 | fixed
     limit_train_batches: int = 0  # 0 = all (debugging and tests)
+    # --- added by the train stage ---
+    overwrite: bool = False  # replace an existing run folder of the same name
+    stop_after: int = 0  # stop after this many epochs in this invocation (0 = no limit); --resume goes on
+    include_no_face: bool = False  # also train on no_face (centre-crop) clips
+    warmup_epochs: float = 1.0  # linear LR warm-up (cosine), capped at 20 % of all steps
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    step_epochs: int = 0  # step scheduler: decay every N epochs (0 = epochs // 3)
+    step_gamma: float = 0.1  # step scheduler: decay factor
+    pin_memory: bool = True  # pinned host memory for CUDA transfers
+    feature_cache: bool = True  # with model.freeze_backbone: train the head on cached per-frame features
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -142,6 +164,18 @@ class TrainConfig:
             raise ValueError("scheduler must be cosine, step or none")
         if self.threshold_method not in ("eer", "f1", "fixed"):
             raise ValueError("threshold_method must be eer, f1 or fixed")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
+        if self.patience < 0 or self.stop_after < 0 or self.limit_train_batches < 0:
+            raise ValueError("patience, stop_after and limit_train_batches must be >= 0")
+        if self.workers < 0:
+            raise ValueError("workers must be >= 0")
+        if self.max_nonfinite < 1:
+            raise ValueError("max_nonfinite must be >= 1")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        if self.warmup_epochs < 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 < self.step_gamma <= 1.0:
+            raise ValueError("warmup_epochs >= 0, min_lr_ratio in [0, 1] and step_gamma in (0, 1] required")
 
 
 _NESTED = {"ModelConfig": ModelConfig, "PreprocessConfig": PreprocessConfig}

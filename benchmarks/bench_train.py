@@ -1,0 +1,218 @@
+"""Training throughput: reference-style setup vs ours, same model, same machine, one run.
+
+reference-style: fp32, NCHW, batch 4 clips, a plain loop (forward, CE loss, backward, Adam step).
+ours:            ``engine.loop.train_epoch`` (the real training code: non-finite checks, gradient
+                 clipping, on-device metric accumulation) with AMP (bf16 where supported, else fp16 +
+                 GradScaler), channels_last, batch 16, optional ``torch.compile``.
+
+Inputs are random clips already in (pinned) host memory, so the numbers are model + optimizer
+throughput, not data loading. Prints a table (frames/s = clips/s x frames per clip) and, with
+``--json``, a JSON line. On a CPU it runs a very short version (fp32 both; AMP and channels_last are
+CUDA features) just to show the script works.
+
+    python benchmarks/bench_train.py                       # CUDA if present, else a short CPU run
+    python benchmarks/bench_train.py --backbone mobilenet_v2 --size 224 --steps 30 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch import nn
+
+
+def make_batches(n: int, batch: int, frames: int, size: int, pin: bool) -> list:
+    out = []
+    for i in range(n):
+        x = torch.randn(batch, frames, 3, size, size)
+        y = torch.randint(0, 2, (batch,))
+        idx = torch.arange(i * batch, (i + 1) * batch)
+        if pin:
+            x, y, idx = x.pin_memory(), y.pin_memory(), idx
+        out.append((x, y, idx))
+    return out
+
+
+def build(backbone: str, hidden: int):
+    from deepfake_detector.config import ModelConfig
+    from deepfake_detector.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(
+        ModelConfig(backbone=backbone, pretrained=False, hidden_size=hidden), load_weights=False
+    )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_reference(args, device: torch.device, autotune: bool = False) -> dict:
+    """fp32, NCHW, batch 4: how the known reference trains (it never enables cuDNN autotuning)."""
+    torch.backends.cudnn.benchmark = autotune
+    model = build(args.backbone, args.hidden).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-5)
+    crit = nn.CrossEntropyLoss()
+    batches = make_batches(2, args.ref_batch, args.frames, args.size, device.type == "cuda")
+
+    def step(x, y):
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad()
+        loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()  # the reference reads the loss every step
+
+    for i in range(args.warmup):
+        step(*batches[i % 2][:2])
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        step(*batches[i % 2][:2])
+    sync(device)
+    dt = time.perf_counter() - t0
+    return {
+        "setup": "reference-style" + (" +autotune" if autotune else ""),
+        "precision": "fp32",
+        "layout": "NCHW",
+        "batch": args.ref_batch,
+        "clips_s": args.steps * args.ref_batch / dt,
+        "frames_s": args.steps * args.ref_batch * args.frames / dt,
+    }
+
+
+def bench_ours(args, device: torch.device, channels_last: bool = True, compile_model: bool = False) -> dict:
+    """What ``train`` does on this device: the real ``train_epoch`` with the trainer's settings."""
+    from deepfake_detector.engine.loop import NonFiniteTracker, train_epoch
+
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as the trainer sets it
+    model = build(args.backbone, args.hidden).to(device)
+    amp_dtype, scaler = None, None
+    layout = "NCHW"
+    if device.type == "cuda":
+        if channels_last:
+            model.set_channels_last(True)
+            layout = "channels_last"
+        if torch.cuda.is_bf16_supported():
+            amp_dtype = torch.bfloat16
+        else:
+            amp_dtype, scaler = torch.float16, torch.amp.GradScaler("cuda")
+    run_model = torch.compile(model) if compile_model else model
+    fused = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=1e-5, **fused
+    )
+    crit = nn.CrossEntropyLoss()
+    batches = make_batches(2, args.batch, args.frames, args.size, device.type == "cuda")
+
+    def run(n: int) -> None:
+        loader = [batches[i % 2] for i in range(n)]
+        train_epoch(
+            run_model,
+            loader,
+            opt,
+            crit,
+            device,
+            scaler=scaler,
+            amp_dtype=amp_dtype,
+            grad_clip=1.0,
+            tracker=NonFiniteTracker(1000),
+            progress=False,
+        )
+
+    run(args.warmup + (3 if compile_model else 0))
+    sync(device)
+    t0 = time.perf_counter()
+    run(args.steps)
+    sync(device)
+    dt = time.perf_counter() - t0
+    prec = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    return {
+        "setup": "ours" + (" +compile" if compile_model else ""),
+        "precision": prec,
+        "layout": layout,
+        "batch": args.batch,
+        "clips_s": args.steps * args.batch / dt,
+        "frames_s": args.steps * args.batch * args.frames / dt,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="resnext50_32x4d")
+    p.add_argument("--size", type=int, default=112, help="face crop side, pixels")
+    p.add_argument("--frames", type=int, default=20, help="frames per clip")
+    p.add_argument("--hidden", type=int, default=2048, help="LSTM hidden size")
+    p.add_argument("--ref-batch", type=int, default=4)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 30 on CUDA, 2 on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5 on CUDA, 1 on CPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="also torch.compile ours")
+    p.add_argument("--json", action="store_true", help="print a JSON line too")
+    p.add_argument("--variants", action="store_true", help="also ours with NCHW instead of channels_last")
+    args = p.parse_args()
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    if device.type == "cpu":
+        args.steps = args.steps or 2
+        args.warmup = 1 if args.warmup is None else args.warmup
+        if args.frames == 20:
+            args.frames = 4  # keep the CPU smoke run short
+    else:
+        args.steps = args.steps or 30
+        args.warmup = 5 if args.warmup is None else args.warmup
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    rows = [bench_reference(args, device)]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    rows.append(bench_ours(args, device))
+    if device.type == "cuda" and args.variants:
+        torch.cuda.empty_cache()
+        rows.append(bench_ours(args, device, channels_last=False))
+    if device.type == "cuda" and args.variants:
+        torch.cuda.empty_cache()
+        rows.append(bench_reference(args, device, autotune=True))
+    if args.compile:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        rows.append(bench_ours(args, device, compile_model=True))
+    ratio = rows[1]["frames_s"] / rows[0]["frames_s"]  # ours as `train` runs it by default
+    print(
+        f"training throughput: {args.backbone}, {args.size}px, {args.frames} frames/clip, "
+        f"LSTM {args.hidden}, {args.steps} timed steps on {name}"
+    )
+    print(
+        f"{'setup':<22}{'precision':<11}{'layout':<15}{'batch':>6}{'clips/s':>10}{'frames/s':>11}{'ratio':>9}"
+    )
+    for r in rows:
+        r["speedup"] = r["frames_s"] / rows[0]["frames_s"]
+        print(
+            f"{r['setup']:<22}{r['precision']:<11}{r['layout']:<15}{r['batch']:>6}{r['clips_s']:>10.1f}"
+            f"{r['frames_s']:>11.0f}{r['speedup']:>8.2f}x"
+        )
+    print(f"speed-up (frames/s), ours (train's defaults) vs reference-style: {ratio:.2f}x")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "device": name,
+                    "backbone": args.backbone,
+                    "size": args.size,
+                    "frames": args.frames,
+                    "rows": rows,
+                    "speedup": ratio,
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

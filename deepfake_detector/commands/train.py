@@ -1,0 +1,249 @@
+"""``deepfake-detector train CACHE --name RUN``: train the CNN+LSTM detector on a face-clip cache."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+HELP = "train the detector on a preprocessed face-clip cache (writes runs/NAME/)"
+DESCRIPTION = (
+    "Train the CNN-per-frame + LSTM detector on the cache made by 'preprocess'. Writes runs/NAME/ with "
+    "config.yaml, metrics.csv, best.pt, last.pt, val_predictions.csv and PNG plots. Multi-GPU / multi-node: "
+    "torchrun --nproc-per-node N -m deepfake_detector train ... (DDP; NCCL on GPU, gloo on CPU). "
+    "--resume continues runs/NAME/last.pt with its saved settings (only --epochs, --workers, --device, "
+    "--patience, --no-amp and --compile may change)."
+)
+
+# dest -> (TrainConfig / ModelConfig field, which config)
+_TRAIN_FIELDS = [
+    "runs_dir",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "seq_len",
+    "patience",
+    "min_delta",
+    "monitor",
+    "balance",
+    "seed",
+    "workers",
+    "device",
+    "resume",
+    "overwrite",
+    "val_fraction",
+    "optimizer",
+    "scheduler",
+    "grad_clip",
+    "threshold_method",
+    "include_no_face",
+    "stop_after",
+    "max_nonfinite",
+    "limit_train_batches",
+    "compile",
+    "amp",
+    "feature_cache",
+]
+_MODEL_FIELDS = [
+    "backbone",
+    "pretrained",
+    "weights_file",
+    "hidden_size",
+    "num_layers",
+    "bidirectional",
+    "dropout",
+    "freeze_backbone",
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..config import ModelConfig, TrainConfig
+
+    t, m = TrainConfig(), ModelConfig()
+    p.add_argument("cache", help="face-clip cache folder (made by 'preprocess')")
+    p.add_argument("--name", required=True, help="run name: results go to RUNS_DIR/NAME")
+    p.add_argument("--runs-dir", default=None, help=f"folder of runs (default {t.runs_dir})")
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--backbone",
+        default=None,
+        help=f"CNN backbone: resnext50_32x4d | mobilenet_v2 | tiny (default {m.backbone})",
+    )
+    g.add_argument(
+        "--pretrained",
+        dest="pretrained",
+        action="store_true",
+        default=None,
+        help="start from torchvision's ImageNet weights (default; downloaded once)",
+    )
+    g.add_argument(
+        "--no-pretrained", dest="pretrained", action="store_false", help="start from random weights"
+    )
+    g.add_argument("--weights-file", default=None, help="local backbone weights (.pth state dict)")
+    g.add_argument(
+        "--hidden-size", type=int, default=None, help=f"LSTM hidden size (default {m.hidden_size})"
+    )
+    g.add_argument(
+        "--lstm-layers",
+        dest="num_layers",
+        type=int,
+        default=None,
+        help=f"LSTM layers (default {m.num_layers})",
+    )
+    g.add_argument("--bidirectional", action="store_true", default=None, help="bidirectional LSTM")
+    g.add_argument(
+        "--dropout", type=float, default=None, help=f"dropout before the classifier (default {m.dropout})"
+    )
+    g.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        default=None,
+        help="train only the LSTM and classifier (backbone weights fixed); per-frame features are computed "
+        "once and cached in CACHE/features/ (fast epochs, no augmentation)",
+    )
+    g.add_argument(
+        "--no-feature-cache",
+        dest="feature_cache",
+        action="store_false",
+        default=None,
+        help="with --freeze-backbone: run the frozen backbone on augmented clips every epoch instead",
+    )
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default {t.epochs})")
+    g.add_argument(
+        "--batch-size", type=int, default=None, help=f"clips per batch per process (default {t.batch_size})"
+    )
+    g.add_argument("--lr", type=float, default=None, help=f"learning rate (default {t.lr})")
+    g.add_argument(
+        "--weight-decay", type=float, default=None, help=f"weight decay (default {t.weight_decay})"
+    )
+    g.add_argument("--optimizer", choices=["adamw", "adam"], default=None, help=f"(default {t.optimizer})")
+    g.add_argument(
+        "--scheduler",
+        choices=["cosine", "step", "none"],
+        default=None,
+        help=f"LR schedule; cosine has a warm-up (default {t.scheduler})",
+    )
+    g.add_argument(
+        "--grad-clip", type=float, default=None, help=f"max gradient norm, 0 = off (default {t.grad_clip})"
+    )
+    g.add_argument(
+        "--seq-len", type=int, default=None, help=f"frames per clip fed to the model (default {t.seq_len})"
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help=f"validation share when the dataset gives no split (default {t.val_fraction})",
+    )
+    g.add_argument(
+        "--balance",
+        choices=["weighted_loss", "sampler", "none"],
+        default=None,
+        help=f"class-imbalance handling (default {t.balance})",
+    )
+    g.add_argument(
+        "--include-no-face",
+        action="store_true",
+        default=None,
+        help="also train on no_face (centre-crop) clips",
+    )
+    g.add_argument("--seed", type=int, default=None, help=f"random seed (default {t.seed})")
+    g = p.add_argument_group("early stopping and threshold")
+    g.add_argument(
+        "--monitor",
+        choices=["val_loss", "val_auc", "val_f1", "val_accuracy"],
+        default=None,
+        help=f"metric for early stopping and best.pt (default {t.monitor})",
+    )
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help=f"epochs without improvement, 0 = off (default {t.patience})",
+    )
+    g.add_argument(
+        "--min-delta",
+        type=float,
+        default=None,
+        help=f"smallest improvement that counts (default {t.min_delta})",
+    )
+    g.add_argument(
+        "--threshold-method",
+        choices=["eer", "f1", "fixed"],
+        default=None,
+        help=f"how the decision threshold is chosen on validation (default {t.threshold_method})",
+    )
+    g = p.add_argument_group("hardware and run control")
+    g.add_argument(
+        "--workers", type=int, default=None, help=f"DataLoader worker processes (default {t.workers})"
+    )
+    g.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    g.add_argument(
+        "--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA"
+    )
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--resume", action="store_true", default=None, help="continue RUNS_DIR/NAME/last.pt")
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run folder")
+    g.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after N epochs in this invocation (time-sliced clusters; continue with --resume)",
+    )
+    g.add_argument(
+        "--max-nonfinite",
+        type=int,
+        default=None,
+        help=f"non-finite batches in a row before stopping (default {t.max_nonfinite})",
+    )
+    g.add_argument("--limit-train-batches", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def build_config(args: argparse.Namespace):
+    """TrainConfig from the parsed flags (unset flags keep defaults); also the set of flags given."""
+    from ..config import ModelConfig, TrainConfig
+
+    given = {k for k in _TRAIN_FIELDS + _MODEL_FIELDS if getattr(args, k, None) is not None}
+    model_kwargs = {k: getattr(args, k) for k in _MODEL_FIELDS if k in given}
+    train_kwargs = {k: getattr(args, k) for k in _TRAIN_FIELDS if k in given}
+    try:
+        model_cfg = ModelConfig(**model_kwargs)
+        cfg = TrainConfig(cache=args.cache, name=args.name, model=model_cfg, **train_kwargs)
+    except ValueError as exc:
+        from ..errors import UserError
+
+        raise UserError(str(exc)) from exc
+    return cfg, given
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.trainer import fit
+
+    cfg, given = build_config(args)
+    summary = fit(cfg, resume_overrides=given, progress=True)
+    if summary.get("rank", 0) != 0:  # only rank 0 reports under torchrun
+        return 0
+    run_dir = summary["run_dir"]
+    if summary.get("interrupted"):
+        print(
+            f"stopped after {summary['epochs_run']} epoch(s) as asked; continue with: "
+            f"deepfake-detector train {cfg.cache} --name {cfg.name} --resume"
+        )
+        return 0
+    best = summary.get("best")
+    best_txt = f"{best:.4f}" if isinstance(best, float) and not math.isnan(best) else str(best)
+    print(f"run folder: {run_dir}")
+    print(
+        f"best epoch {summary['best_epoch']} ({summary['monitor']} = {best_txt}), "
+        f"threshold {summary.get('threshold', 0.5):.4f}"
+        + (" (early stop)" if summary["stopped_early"] else "")
+    )
+    from ..metrics import format_metrics_table
+
+    if summary.get("val_metrics"):
+        print(format_metrics_table(summary["val_metrics"], "validation (best epoch, at the threshold):"))
+    if summary.get("test_metrics"):
+        print(format_metrics_table(summary["test_metrics"], "test split:"))
+    print(f"checkpoint: {run_dir}/best.pt   plots: loss.png accuracy.png confusion_matrix.png roc.png")
+    return 0

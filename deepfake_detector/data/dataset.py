@@ -1,0 +1,246 @@
+"""``ClipDataset`` over the face-clip cache, clip transforms and the train/val/test split.
+
+Augmentations are sampled ONCE per clip and applied identically to all its frames (same flip, affine,
+colour, blur and JPEG quality): per-frame random augmentation would itself create the temporal
+flicker that betrays many deepfakes, teaching the model that real videos flicker. The random stream
+of a clip depends only on ``(seed, epoch, index)``, so results do not depend on the number of
+DataLoader workers and a resumed run sees exactly the augmentations an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import UserError
+from .cache import NO_FACE, OK, ManifestRow, load_clip
+from .records import label_to_index, normalize_label
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ClipDataset",
+    "eval_transform",
+    "train_transform",
+    "fit_length",
+    "split_rows",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "usable_rows",
+]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def fit_length(clip: np.ndarray, seq_len: int) -> np.ndarray:
+    """Exactly ``seq_len`` frames: evenly subsample a long clip, stretch a short one by repetition.
+
+    Short clips repeat each frame in place (0,0,1,1,2,2...) rather than looping (0,1,2,0,1,2): a loop
+    inserts a jump back in time that looks like the temporal inconsistency of a fake.
+    """
+    t = clip.shape[0]
+    if t == 0:
+        raise ValueError("empty clip")
+    if t == seq_len:
+        return clip
+    idx = (
+        np.floor(np.linspace(0, t, seq_len, endpoint=False) + 1e-9).astype(np.int64)
+        if t < seq_len
+        else np.round(np.linspace(0, t - 1, seq_len)).astype(np.int64)
+    )
+    return clip[np.clip(idx, 0, t - 1)]
+
+
+def _normalize(clip_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 ``[T,H,W,3]`` RGB -> float ``[T,3,H,W]`` with ImageNet mean/std."""
+    x = (
+        torch.from_numpy(np.array(clip_uint8, dtype=np.uint8, copy=True)).float().div_(255.0)
+    )  # mmap is read-only
+    x = (x - torch.from_numpy(IMAGENET_MEAN)) / torch.from_numpy(IMAGENET_STD)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def eval_transform(clip_uint8: np.ndarray, seq_len: int) -> torch.Tensor:
+    """Test-time transform shared by evaluate and predict: length fit + ImageNet normalisation only."""
+    clip = np.asarray(clip_uint8)
+    if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[-1] != 3:
+        raise ValueError(f"clip must be uint8 [T,H,W,3], got {clip.dtype} {clip.shape}")
+    return _normalize(fit_length(clip, seq_len))
+
+
+def _augment(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Deepfake-relevant augmentation, one parameter draw per clip, applied to every frame alike."""
+    import cv2
+
+    t, h, w, _ = clip.shape
+    out = np.array(clip, dtype=np.uint8, copy=True)
+    if rng.random() < 0.5:  # horizontal flip
+        out = out[:, :, ::-1]
+    if rng.random() < 0.5:  # small affine: rotation, scale, shift (face crops are already aligned-ish)
+        angle = rng.uniform(-10, 10)
+        scale = rng.uniform(0.92, 1.08)
+        tx, ty = rng.uniform(-0.05, 0.05, size=2) * (w, h)
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+        m[:, 2] += (tx, ty)
+        out = np.stack(
+            [
+                cv2.warpAffine(
+                    np.ascontiguousarray(f),
+                    m,
+                    (w, h),
+                    flags=cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REFLECT101,
+                )
+                for f in out
+            ]
+        )
+    if rng.random() < 0.8:  # colour jitter: brightness, contrast, saturation
+        x = out.astype(np.float32)
+        x *= rng.uniform(0.8, 1.2)  # brightness
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        x = (x - mean) * rng.uniform(0.8, 1.2) + mean  # contrast
+        gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        x = (x - gray[..., None]) * rng.uniform(0.8, 1.2) + gray[..., None]  # saturation
+        out = np.clip(x, 0, 255).astype(np.uint8)
+    if rng.random() < 0.25:  # Gaussian blur (defocus, low-quality uploads)
+        sigma = rng.uniform(0.3, 1.5)
+        out = np.stack([cv2.GaussianBlur(np.ascontiguousarray(f), (0, 0), sigma) for f in out])
+    if rng.random() < 0.5:  # JPEG re-encoding at a random quality (compression hides blending artefacts)
+        quality = int(rng.integers(40, 96))
+        frames = []
+        for f in out:
+            ok, buf = cv2.imencode(
+                ".jpg", np.ascontiguousarray(f[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality]
+            )
+            frames.append(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else f)
+        out = np.stack(frames)
+    return np.ascontiguousarray(out)
+
+
+def train_transform(clip_uint8: np.ndarray, seq_len: int, rng: np.random.Generator) -> torch.Tensor:
+    """Training transform: length fit, clip-consistent augmentation, ImageNet normalisation."""
+    clip = fit_length(np.asarray(clip_uint8), seq_len)
+    return _normalize(_augment(clip, rng))
+
+
+def usable_rows(rows: Sequence[ManifestRow], include_no_face: bool = False) -> list[ManifestRow]:
+    """Rows with a clip file and a REAL/FAKE label (``no_face`` centre-crop clips only when asked)."""
+    ok_status = (OK, NO_FACE) if include_no_face else (OK,)
+    return [r for r in rows if r.status in ok_status and r.clip and normalize_label(r.label) is not None]
+
+
+class ClipDataset(Dataset):
+    """Face clips from the cache: ``ds[i] -> (clip float [T,3,H,W], label int)`` (1 = FAKE).
+
+    With ``return_index=True`` items are ``(clip, label, i)`` so a training loop can name the videos
+    of a bad batch (``ds.paths[i]``). ``set_epoch`` changes the augmentation stream per epoch.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        rows: Sequence[ManifestRow],
+        seq_len: int,
+        train: bool,
+        seed: int = 0,
+        return_index: bool = False,
+    ) -> None:
+        self.cache_dir = str(cache_dir)
+        self.rows = list(rows)
+        self.seq_len = int(seq_len)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.return_index = return_index
+        self.paths = [r.path for r in self.rows]
+        self.labels = [label_to_index(normalize_label(r.label) or "") for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def load(self, i: int) -> np.ndarray:
+        row = self.rows[i]
+        try:
+            return load_clip(self.cache_dir, row.clip)
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"cache clip for {row.path} ({row.clip}) is unreadable: {exc}. "
+                "Re-run preprocess on this cache."
+            ) from exc
+
+    def __getitem__(self, i: int):
+        clip = self.load(i)
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+            x = train_transform(clip, self.seq_len, rng)
+        else:
+            x = eval_transform(clip, self.seq_len)
+        if self.return_index:
+            return x, self.labels[i], i
+        return x, self.labels[i]
+
+
+def _split_train_val(rows: list[ManifestRow], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Stratified by label, grouped (a fake and its original stay on one side), seeded."""
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+    if len(rows) < 2:
+        raise UserError(f"need at least 2 usable videos to make a validation split, got {len(rows)}")
+    y = np.array([label_to_index(normalize_label(r.label) or "") for r in rows])
+    groups = np.array([r.group or r.path for r in rows])
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise UserError(
+            "all usable videos belong to one group (original + its fakes): cannot make a "
+            "validation split without leaking; give the dataset's own split or more videos"
+        )
+    n_splits = max(2, round(1.0 / val_fraction))
+    idx = np.arange(len(rows))
+    val_idx: Optional[np.ndarray] = None
+    min_class_groups = min(len(np.unique(groups[y == c])) for c in np.unique(y))
+    if len(np.unique(y)) == 2 and min_class_groups >= n_splits:
+        skf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, val_idx = next(iter(skf.split(idx, y, groups)))
+    if val_idx is None or len(val_idx) == 0:
+        log.warning(
+            "few groups per class (%d): using a grouped random split (not stratified)", min_class_groups
+        )
+        gss = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+        _, val_idx = next(iter(gss.split(idx, y, groups)))
+    val_set = set(val_idx.tolist())
+    train = [r for i, r in enumerate(rows) if i not in val_set]
+    val = [r for i, r in enumerate(rows) if i in val_set]
+    if not train:
+        raise UserError("split left no training videos; add videos or lower --val-fraction")
+    return train, val
+
+
+def split_rows(
+    rows: Sequence[ManifestRow], val_fraction: float = 0.2, seed: int = 0, include_no_face: bool = False
+) -> dict[str, list[ManifestRow]]:
+    """``{"train": [...], "val": [...], "test": [...]}`` over the usable rows.
+
+    The dataset's own split column wins: ``test`` rows are only ever test; if the dataset names ``val``
+    rows they are the validation set and unsplit rows train. Otherwise validation is carved out of the
+    non-test rows, stratified by label and grouped so no identity straddles train and validation.
+    """
+    rows = usable_rows(rows, include_no_face=include_no_face)
+    test = [r for r in rows if r.split == "test"]
+    val = [r for r in rows if r.split == "val"]
+    rest = [r for r in rows if r.split not in ("test", "val")]
+    rest.sort(key=lambda r: r.path)  # manifest order must not change the split
+    if val:
+        train = rest
+    else:
+        train, val = _split_train_val(rest, val_fraction, seed) if rest else ([], [])
+    return {"train": train, "val": val, "test": test}

@@ -1,0 +1,249 @@
+"""One training epoch and one evaluation pass, as plain functions.
+
+``train_epoch`` handles mixed precision (bf16, or fp16 with a ``GradScaler``), gradient clipping and
+non-finite batches: a batch whose inputs, loss or gradients are NaN/Inf is reported with its video
+ids and skipped; ``max_nonfinite`` such batches in a row stop the run with a clear ``UserError``
+(a diverged model, not bad luck). Under DDP the skip decision is agreed by all ranks, so no rank
+waits forever in an all-reduce the others skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .distributed import DistInfo, all_gather_objects, all_reduce_flags
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train_epoch", "evaluate", "NonFiniteTracker", "autocast_context"]
+
+
+def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    if amp_dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=amp_dtype)
+
+
+def _progress(loader: Any, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        loader, desc=desc, leave=False, dynamic_ncols=True, disable=not enabled or not sys.stderr.isatty()
+    )
+
+
+class NonFiniteTracker:
+    """Counts consecutive non-finite batches and raises after ``limit`` in a row."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self.consecutive = 0
+        self.total = 0
+
+    def ok(self) -> None:
+        self.consecutive = 0
+
+    def bad(self, what: str, names: Sequence[str]) -> None:
+        self.consecutive += 1
+        self.total += 1
+        shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+        log.warning(
+            "non-finite %s: skipped this batch (%d in a row); videos: %s", what, self.consecutive, shown
+        )
+        if self.consecutive >= self.limit:
+            raise UserError(
+                f"training stopped: {self.consecutive} batches in a row had non-finite {what} "
+                f"(last videos: {shown}). Lower --lr, check these clips, or raise max_nonfinite"
+            )
+
+
+def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    if len(batch) == 3:
+        return batch[0], batch[1], batch[2]
+    return batch[0], batch[1], None
+
+
+def _names(index: Optional[torch.Tensor], paths: Optional[Sequence[str]]) -> list[str]:
+    if index is None:
+        return ["?"]
+    if paths is None:
+        return [str(int(i)) for i in index]
+    return [paths[int(i)] for i in index]
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    device: torch.device,
+    *,
+    scheduler: Any = None,
+    scaler: Any = None,
+    amp_dtype: Optional[torch.dtype] = None,
+    grad_clip: float = 0.0,
+    tracker: Optional[NonFiniteTracker] = None,
+    paths: Optional[Sequence[str]] = None,
+    dist_info: Optional[DistInfo] = None,
+    limit_batches: int = 0,
+    progress: bool = True,
+    desc: str = "train",
+) -> dict:
+    """Train for one pass over ``loader``; returns ``{loss, accuracy, n, skipped, seconds}``.
+
+    ``scheduler`` (if given) is stepped once per optimizer step. Loss and accuracy are averaged over
+    the samples of non-skipped batches (this rank's share under DDP).
+    """
+    info = dist_info or DistInfo()
+    tracker = tracker or NonFiniteTracker(5)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0 = time.perf_counter()
+    n = 0
+    skipped = 0
+    bar = _progress(loader, desc, progress and info.is_main)
+    loss_acc = torch.zeros((), dtype=torch.float64, device=device)  # on device: no sync per step
+    correct_acc = torch.zeros((), dtype=torch.int64, device=device)
+    for step, batch in enumerate(bar):
+        if limit_batches and step >= limit_batches:
+            break
+        x, y, index = _unpack(batch)
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        # Checked before forward: a NaN batch would poison BatchNorm running statistics. Under DDP
+        # every rank learns whether any rank must skip, so no rank waits in a collective alone.
+        if all_reduce_flags((~torch.isfinite(x).all()).float().reshape(1), info).item():
+            skipped += 1
+            tracker.bad("inputs", _names(index, paths))
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(device, amp_dtype):
+            logits = model(x)
+            loss = criterion(logits.float(), y)
+        if all_reduce_flags((~torch.isfinite(loss)).float().reshape(1), info).item():
+            if info.enabled:  # let DDP's reducer finish this iteration with harmless zero gradients
+                (logits.float().nan_to_num(0.0, 0.0, 0.0).sum() * 0.0).backward()
+                optimizer.zero_grad(set_to_none=True)
+            skipped += 1
+            tracker.bad("loss", _names(index, paths))
+            continue
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        norm = nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        if not bool(torch.isfinite(norm)):  # gradients are already all-reduced: every rank agrees
+            if scaler is not None:
+                # fp16 overflow: the scaler skips the step and lowers its scale (normal while calibrating)
+                scaler.step(optimizer)
+                scaler.update()
+                skipped += 1
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            skipped += 1
+            tracker.bad("gradients", _names(index, paths))
+            continue
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        tracker.ok()
+        bs = int(y.shape[0])
+        loss_acc += loss.detach().double() * bs
+        correct_acc += (logits.detach().argmax(dim=1) == y).sum()
+        n += bs
+        if info.is_main and not getattr(bar, "disable", True) and step % 10 == 0:
+            bar.set_postfix(loss=f"{float(loss_acc) / n:.4f}", acc=f"{int(correct_acc) / n:.3f}")
+    loss_sum = float(loss_acc)
+    correct = int(correct_acc)
+    # Average over all ranks' samples so every rank logs (and writes) the same numbers.
+    parts = all_gather_objects((loss_sum, correct, n, skipped), info)
+    loss_sum = sum(p[0] for p in parts)
+    correct = sum(p[1] for p in parts)
+    n = sum(p[2] for p in parts)
+    skipped = sum(p[3] for p in parts)
+    return {
+        "loss": loss_sum / n if n else float("nan"),
+        "accuracy": correct / n if n else float("nan"),
+        "n": n,
+        "skipped": skipped,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    *,
+    amp_dtype: Optional[torch.dtype] = None,
+    dist_info: Optional[DistInfo] = None,
+    progress: bool = True,
+    desc: str = "val",
+) -> dict:
+    """Predict every sample of ``loader``; returns ``{loss, index, y_true, p_fake, n, seconds}``.
+
+    ``loss`` is the mean unweighted cross-entropy (the log-loss of P(FAKE)). Under DDP each rank
+    predicts its shard (``ShardSampler``) and the results of all ranks are gathered, ordered by
+    dataset index, so every rank holds the full validation set's predictions. ``model`` should be
+    the plain module (not the DDP wrapper) so evaluation runs no collectives.
+    """
+    info = dist_info or DistInfo()
+    model.eval()
+    t0 = time.perf_counter()
+    idx_all: list[np.ndarray] = []
+    y_all: list[np.ndarray] = []
+    p_all: list[np.ndarray] = []
+    loss_all: list[np.ndarray] = []
+    offset = 0
+    for batch in _progress(loader, desc, progress and info.is_main):
+        x, y, index = _unpack(batch)
+        if index is None:
+            index = torch.arange(offset, offset + len(y))
+        offset += len(y)
+        x = x.to(device, non_blocking=True)
+        with autocast_context(device, amp_dtype):
+            logits = model(x)
+        logits = logits.float().cpu()
+        losses = nn.functional.cross_entropy(logits, y.long(), reduction="none")
+        p = torch.softmax(logits, dim=1)[:, 1]
+        idx_all.append(index.numpy())
+        y_all.append(y.numpy())
+        p_all.append(p.numpy())
+        loss_all.append(losses.numpy())
+
+    def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+    local = (cat(idx_all, np.int64), cat(y_all, np.int64), cat(p_all, np.float64), cat(loss_all, np.float64))
+    gathered = all_gather_objects(local, info)
+    index = np.concatenate([g[0] for g in gathered])
+    order = np.argsort(index, kind="stable")
+    index = index[order]
+    y_true = np.concatenate([g[1] for g in gathered])[order]
+    p_fake = np.concatenate([g[2] for g in gathered])[order]
+    losses = np.concatenate([g[3] for g in gathered])[order]
+    finite = np.isfinite(losses)
+    return {
+        "loss": float(losses[finite].mean()) if finite.any() else float("nan"),
+        "index": index,
+        "y_true": y_true,
+        "p_fake": p_fake,
+        "n": int(index.size),
+        "seconds": time.perf_counter() - t0,
+    }

@@ -1,0 +1,160 @@
+"""``deepfake-detector train`` and ``evaluate`` end to end on a tiny synthetic cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+import urllib.error
+
+import pytest
+
+from deepfake_detector.cli import main
+from deepfake_detector.engine.checkpoint import load_checkpoint
+from tests.cache_helpers import make_synthetic_cache
+
+TINY = [
+    "--backbone",
+    "tiny",
+    "--no-pretrained",
+    "--hidden-size",
+    "16",
+    "--seq-len",
+    "6",
+    "--batch-size",
+    "8",
+    "--lr",
+    "3e-3",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    splits = {f"{k}-{i}": "test" for k in ("real", "fake") for i in (0, 1, 2)}
+    cache = make_synthetic_cache(root / "cache", n_real=14, n_fake=14, splits=splits)
+    rc = main(
+        ["train", str(cache), "--name", "cli", "--runs-dir", str(root / "runs"), "--epochs", "3", *TINY]
+    )
+    assert rc == 0
+    return root, cache, root / "runs" / "cli"
+
+
+def test_train_writes_the_run_folder_with_test_results(trained, capsys):
+    root, cache, run = trained
+    names = {p.name for p in run.iterdir()}
+    assert {
+        "config.yaml",
+        "metrics.csv",
+        "best.pt",
+        "last.pt",
+        "loss.png",
+        "accuracy.png",
+        "confusion_matrix.png",
+        "roc.png",
+        "val_predictions.csv",
+        "test_metrics.json",
+        "test_predictions.csv",
+    } <= names
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["train"]["seq_len"] == 6 and cfg["model"]["backbone"] == "tiny" and cfg["train"]["epochs"] == 3
+    with open(run / "test_predictions.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+
+
+def test_evaluate_writes_metrics_predictions_and_plots(trained, capsys, tmp_path):
+    root, cache, run = trained
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(run / "best.pt"), str(cache), "--split", "test", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "auc" in printed and "confusion" in printed
+    assert {"metrics.json", "predictions.csv", "confusion_matrix.png", "roc.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 6 and metrics["split"] == "test"
+    assert metrics["threshold"] == pytest.approx(load_checkpoint(run / "best.pt")["threshold"])
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:3] == ["path", "label", "p_fake"]
+    # the same p_fake as training's own test pass (same checkpoint, seq_len and eval transform)
+    with open(run / "test_predictions.csv", newline="") as fh:
+        train_side = {r["path"]: float(r["p_fake"]) for r in csv.DictReader(fh)}
+    for r in rows:
+        assert float(r["p_fake"]) == pytest.approx(train_side[r["path"]], abs=1e-6)
+    # the validation split is re-created exactly as in training
+    out_val = tmp_path / "ev_val"
+    assert main(["evaluate", str(run / "best.pt"), str(cache), "--split", "val", "--out", str(out_val)]) == 0
+    with open(run / "val_predictions.csv", newline="") as fh:
+        val_paths = sorted(r["path"] for r in csv.DictReader(fh))
+    with open(out_val / "predictions.csv", newline="") as fh:
+        assert sorted(r["path"] for r in csv.DictReader(fh)) == val_paths
+
+
+def test_existing_run_is_refused_and_resume_continues(trained, capsys):
+    root, cache, run = trained
+    rc = main(["train", str(cache), "--name", "cli", "--runs-dir", str(root / "runs"), *TINY])
+    assert rc == 2 and "already exists" in capsys.readouterr().err
+    rc = main(
+        ["train", str(cache), "--name", "cli", "--runs-dir", str(root / "runs"), "--resume", "--epochs", "4"]
+    )
+    assert rc == 0
+    with open(run / "metrics.csv", newline="") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4]
+    assert load_checkpoint(run / "last.pt")["config"]["train"]["batch_size"] == 8  # saved settings kept
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    assert main(["train", str(tmp_path / "missing"), "--name", "x", "--runs-dir", str(tmp_path), *TINY]) == 2
+    assert "manifest" in capsys.readouterr().err
+    cache = make_synthetic_cache(tmp_path / "c", n_real=4, n_fake=4)
+    assert (
+        main(["train", str(cache), "--name", "x", "--runs-dir", str(tmp_path), *TINY, "--epochs", "0"]) == 2
+    )
+    assert "epochs" in capsys.readouterr().err
+
+    import torchvision.models._api as api
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    rc = main(
+        [
+            "train",
+            str(cache),
+            "--name",
+            "y",
+            "--runs-dir",
+            str(tmp_path),
+            "--backbone",
+            "mobilenet_v2",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ImageNet weights for mobilenet_v2 could not be downloaded")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert main(["evaluate", str(tmp_path / "nope.pt"), str(cache)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_stop_after_then_resume_finishes_the_run(tmp_path, capsys):
+    cache = make_synthetic_cache(tmp_path / "c", n_real=5, n_fake=5, frames=4, size=16)
+    base = ["train", str(cache), "--name", "s", "--runs-dir", str(tmp_path / "runs")]
+    assert main([*base, *TINY, "--epochs", "3", "--stop-after", "1"]) == 0
+    assert "--resume" in capsys.readouterr().out
+    assert not (tmp_path / "runs/s/roc.png").exists()  # like a killed run: not finished
+    assert main([*base, "--resume"]) == 0  # settings come from last.pt; stop-after is not inherited
+    with open(tmp_path / "runs/s/metrics.csv", newline="") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3]
+    assert (tmp_path / "runs/s/roc.png").exists()

@@ -1,0 +1,389 @@
+"""Training engine: acceptance on a synthetic cache, exact resume, early stopping, non-finite batches,
+checkpoint safety and the samplers."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepfake_detector.config import ModelConfig, TrainConfig
+from deepfake_detector.engine.checkpoint import get_rng_state, load_checkpoint, set_rng_state
+from deepfake_detector.engine.distributed import BalancedDistributedSampler, ShardSampler
+from deepfake_detector.engine.early_stopping import EarlyStoppingWithCheckpoint
+from deepfake_detector.engine.loop import NonFiniteTracker, evaluate, train_epoch
+from deepfake_detector.engine.trainer import METRICS_COLUMNS, fit
+from deepfake_detector.errors import UnsafeFileError, UserError
+from tests.cache_helpers import make_synthetic_cache
+
+RUN_FILES = {
+    "config.yaml",
+    "metrics.csv",
+    "best.pt",
+    "last.pt",
+    "loss.png",
+    "accuracy.png",
+    "confusion_matrix.png",
+    "roc.png",
+    "val_predictions.csv",
+}
+
+
+def tiny_cfg(cache, runs, name="run", **kw) -> TrainConfig:
+    model = ModelConfig(backbone="tiny", pretrained=False, hidden_size=16, dropout=0.2)
+    base = dict(
+        cache=str(cache),
+        name=name,
+        runs_dir=str(runs),
+        model=model,
+        epochs=3,
+        batch_size=8,
+        lr=3e-3,
+        seq_len=6,
+        workers=0,
+        patience=5,
+        device="cpu",  # exact resume is a CPU promise (CUDA kernels may be non-deterministic)
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def square_cache(tmp_path_factory):
+    return make_synthetic_cache(tmp_path_factory.mktemp("cache") / "c", n_real=16, n_fake=16, kind="square")
+
+
+def test_acceptance_tiny_model_learns_the_synthetic_fakes(square_cache, tmp_path):
+    torch.set_num_threads(1)
+    summary = fit(tiny_cfg(square_cache, tmp_path, epochs=5, monitor="val_loss"), progress=False)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= RUN_FILES
+    rows = read_csv(run / "metrics.csv")
+    assert list(rows[0]) == METRICS_COLUMNS and len(rows) == summary["epochs_run"]
+    best = max(float(r["val_auc"]) for r in rows)
+    assert best >= 0.95, rows
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])  # it learned, not luck of the init
+    ck = load_checkpoint(run / "best.pt")
+    assert set(ck) >= {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "config",
+        "metrics",
+        "threshold",
+        "version",
+        "rng",
+    }
+    assert 0.0 <= ck["threshold"] <= 1.0
+    assert set(ck["config"]) == {"train", "model", "preprocess"}
+    assert ck["config"]["model"]["backbone"] == "tiny" and ck["config"]["preprocess"]["size"] == 24
+    assert ck["epoch"] == summary["best_epoch"]
+    # the returned model holds the best weights
+    for k, v in summary["model"].state_dict().items():
+        assert torch.equal(v, ck["model"][k]), k
+    preds = read_csv(run / "val_predictions.csv")
+    assert list(preds[0]) == ["path", "label", "p_fake", "predicted"]
+    last = load_checkpoint(run / "last.pt")
+    assert last["optimizer"] and last["scheduler"] and last["rng"] and last["early_stopping"]
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
+    cache = make_synthetic_cache(tmp_path / "c", n_real=8, n_fake=8, kind="flicker")
+    kw = dict(batch_size=4, patience=0, balance="sampler", monitor="val_auc")
+    straight = fit(tiny_cfg(cache, tmp_path / "runs", "a", **kw), progress=False)
+    first = fit(tiny_cfg(cache, tmp_path / "runs", "b", stop_after=1, **kw), progress=False)
+    assert first["interrupted"] and first["epochs_run"] == 1
+    resumed = fit(tiny_cfg(cache, tmp_path / "runs", "b", resume=True, **kw), progress=False)
+    assert resumed["epochs_run"] == 2
+    a = read_csv(tmp_path / "runs/a/metrics.csv")
+    b = read_csv(tmp_path / "runs/b/metrics.csv")
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b):
+        ra.pop("seconds"), rb.pop("seconds")
+        assert ra == rb
+    for name in ("last.pt", "best.pt"):
+        ca, cb = load_checkpoint(tmp_path / "runs/a" / name), load_checkpoint(tmp_path / "runs/b" / name)
+        for k in ca["model"]:
+            assert torch.equal(ca["model"][k], cb["model"][k]), (name, k)
+        assert ca["threshold"] == cb["threshold"]
+    for k, v in straight["model"].state_dict().items():
+        assert torch.equal(v, resumed["model"].state_dict()[k])
+
+
+def test_run_folder_is_never_overwritten_silently(square_cache, tmp_path):
+    cfg = tiny_cfg(square_cache, tmp_path, epochs=1)
+    fit(cfg, progress=False)
+    with pytest.raises(UserError, match="already exists"):
+        fit(cfg, progress=False)
+    fit(tiny_cfg(square_cache, tmp_path, epochs=1, overwrite=True), progress=False)
+    with pytest.raises(UserError, match="cannot resume"):
+        fit(tiny_cfg(square_cache, tmp_path, name="other", resume=True), progress=False)
+    with pytest.raises(UserError, match="invalid run name"):
+        fit(tiny_cfg(square_cache, tmp_path, name="../escape"), progress=False)
+
+
+def test_missing_cache_and_one_class_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="manifest"):
+        fit(tiny_cfg(tmp_path / "nothing", tmp_path / "runs", "x"), progress=False)
+    cache = make_synthetic_cache(tmp_path / "c", n_real=6, n_fake=0)
+    with pytest.raises(UserError, match="only REAL"):
+        fit(tiny_cfg(cache, tmp_path / "runs", "y"), progress=False)
+
+
+# --- early stopping -----------------------------------------------------------------------------
+
+
+def test_early_stopping_min_mode_saves_best_and_restores_it(tmp_path):
+    model = nn.Linear(2, 2)
+    stopper = EarlyStoppingWithCheckpoint(tmp_path / "best.pt", "val_loss", patience=2, min_delta=0.01)
+    values = [1.0, 0.8, 0.795, 0.9, 0.7]
+    saved_weights = {}
+    for epoch, v in enumerate(values, start=1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        improved = stopper.step(v, epoch, model, lambda e=epoch: {"model": model.state_dict(), "epoch": e})
+        if improved:
+            saved_weights[epoch] = model.weight.clone()
+        if stopper.should_stop:
+            break
+    assert list(saved_weights) == [1, 2]  # 0.795 is within min_delta: no improvement
+    assert epoch == 4 and stopper.best_epoch == 2 and stopper.best == pytest.approx(0.8)
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    assert stopper.restore_best(model)
+    assert torch.equal(model.weight, saved_weights[2])
+    # after a "resume" the weights come from best.pt
+    fresh = EarlyStoppingWithCheckpoint(tmp_path / "best.pt", "val_loss", patience=2)
+    fresh.load_state_dict(stopper.state_dict())
+    other = nn.Linear(2, 2)
+    assert fresh.restore_best(other) and torch.equal(other.weight, saved_weights[2])
+    assert fresh.counter == stopper.counter and fresh.best == stopper.best
+
+
+def test_early_stopping_max_mode_and_nan(tmp_path):
+    model = nn.Linear(1, 1)
+    stopper = EarlyStoppingWithCheckpoint(tmp_path / "b.pt", "val_auc", patience=1, write=False)
+    assert not stopper.step(float("nan"), 1, model, dict)
+    assert stopper.step(0.7, 2, model, dict)
+    assert not stopper.step(0.6, 3, model, dict) and stopper.should_stop
+    assert not (tmp_path / "b.pt").exists()  # write=False (non-zero DDP ranks)
+    with pytest.raises(ValueError):
+        EarlyStoppingWithCheckpoint(tmp_path / "x.pt", "val_magic")
+
+
+# --- non-finite batches -------------------------------------------------------------------------
+
+
+class _Clips(torch.utils.data.Dataset):
+    def __init__(self, bad: set) -> None:
+        self.bad = bad
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i):
+        x = torch.randn(2, 3, 8, 8)
+        if i in self.bad:
+            x[0, 0, 0, 0] = float("nan")
+        return x, i % 2, i
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    from deepfake_detector.models import build_model
+
+    return build_model(ModelConfig(backbone="tiny", pretrained=False, hidden_size=4))
+
+
+def test_nonfinite_inputs_are_skipped_with_video_ids(caplog):
+    model = _tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(_Clips({2}), batch_size=2)
+    paths = [f"video{i}.mp4" for i in range(6)]
+    with caplog.at_level(logging.WARNING):
+        out = train_epoch(
+            model,
+            loader,
+            opt,
+            nn.CrossEntropyLoss(),
+            torch.device("cpu"),
+            paths=paths,
+            tracker=NonFiniteTracker(2),
+            progress=False,
+        )
+    assert out["skipped"] == 1 and out["n"] == 4
+    assert "video2.mp4" in caplog.text and "video3.mp4" in caplog.text
+    for k, v in model.state_dict().items():  # parameters and BatchNorm statistics stay finite
+        if v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+
+
+def test_too_many_nonfinite_batches_in_a_row_stop_with_a_clear_error():
+    model = _tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(_Clips({0, 2, 4}), batch_size=2)
+    with pytest.raises(UserError, match="3 batches in a row"):
+        train_epoch(
+            model,
+            loader,
+            opt,
+            nn.CrossEntropyLoss(),
+            torch.device("cpu"),
+            tracker=NonFiniteTracker(3),
+            progress=False,
+        )
+
+
+def test_nonfinite_loss_and_gradients_are_skipped():
+    model = _tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(_Clips(set()), batch_size=2)
+
+    def inf_loss(logits, y):
+        return logits.sum() * float("inf")
+
+    out = train_epoch(
+        model, loader, opt, inf_loss, torch.device("cpu"), tracker=NonFiniteTracker(10), progress=False
+    )
+    assert out["skipped"] == 3 and out["n"] == 0
+    model.load_state_dict(before)
+
+    def nan_grad_loss(logits, y):  # finite loss, NaN gradient (sqrt at 0 of a negative slope)
+        return nn.functional.cross_entropy(logits, y) + torch.sqrt(logits.sum() * 0.0 - 0.0)
+
+    out = train_epoch(
+        model, loader, opt, nan_grad_loss, torch.device("cpu"), tracker=NonFiniteTracker(10), progress=False
+    )
+    assert out["skipped"] == 3
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+
+
+def test_evaluate_returns_predictions_in_dataset_order():
+    model = _tiny_model()
+    loader = torch.utils.data.DataLoader(_Clips(set()), batch_size=4, sampler=ShardSampler(6))
+    out = evaluate(model, loader, torch.device("cpu"), progress=False)
+    assert out["index"].tolist() == list(range(6)) and out["n"] == 6
+    assert ((out["p_fake"] >= 0) & (out["p_fake"] <= 1)).all() and np.isfinite(out["loss"])
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_checkpoint_with_code_execution_payload_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Evil(str(marker))}, path)
+    assert not marker.exists()
+    with pytest.raises(UnsafeFileError, match="refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(_Evil(str(marker))))
+    with pytest.raises(UserError):
+        load_checkpoint(raw)
+    assert not marker.exists()
+    (tmp_path / "garbage.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
+    state = get_rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
+    a = (np.random.rand(), torch.rand(1).item(), __import__("random").random())
+    set_rng_state(loaded)
+    b = (np.random.rand(), torch.rand(1).item(), __import__("random").random())
+    assert a == b
+
+
+# --- samplers -----------------------------------------------------------------------------------
+
+
+def test_balanced_sampler_balances_and_is_seeded_per_epoch():
+    labels = [1] * 90 + [0] * 10
+    counts = np.bincount(labels)
+    weights = [1.0 / counts[y] for y in labels]
+    s = BalancedDistributedSampler(range(100), weights=weights, seed=3)
+    s.set_epoch(0)
+    draws = [labels[i] for e in range(5) for i in (s.set_epoch(e) or list(s))]
+    assert 0.4 < np.mean(draws) < 0.6
+    s.set_epoch(1)
+    one = list(s)
+    s.set_epoch(1)
+    assert list(s) == one
+    s.set_epoch(2)
+    assert list(s) != one
+    ranks = [BalancedDistributedSampler(range(7), num_replicas=2, rank=r, seed=0) for r in range(2)]
+    parts = [list(r) for r in ranks]
+    assert len(parts[0]) == len(parts[1]) == 4 and set(parts[0]) | set(parts[1]) == set(range(7))
+
+
+def test_shard_sampler_covers_every_sample_once():
+    shards = [list(ShardSampler(7, 3, r)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(7))
+    assert [len(ShardSampler(7, 3, r)) for r in range(3)] == [3, 2, 2]
+
+
+# --- frozen backbone: feature cache -------------------------------------------------------------
+
+
+def test_freeze_backbone_trains_the_head_on_cached_features(square_cache, tmp_path):
+    from deepfake_detector.data.cache import load_manifest
+    from deepfake_detector.engine.trainer import evaluate_rows
+
+    model = ModelConfig(backbone="tiny", pretrained=False, hidden_size=16, dropout=0.2, freeze_backbone=True)
+    cfg = tiny_cfg(square_cache, tmp_path, "frozen", model=model, epochs=2, lr=1e-2)
+    summary = fit(cfg, progress=False)
+    feat_dirs = list((square_cache / "features").iterdir())
+    assert len(feat_dirs) == 1 and (feat_dirs[0] / "info.json").is_file()
+    files = sorted(feat_dirs[0].glob("*.npy"))
+    assert len(files) == len(load_manifest(square_cache))  # train + val clips, once each
+    assert np.load(files[0]).shape == (6, 64)
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    best = load_checkpoint(tmp_path / "frozen" / "best.pt")
+    # the p_fake computed from cached features equals the full model's on the clips (float16 features)
+    preds = {r["path"]: float(r["p_fake"]) for r in read_csv(tmp_path / "frozen" / "val_predictions.csv")}
+    rows = [r for r in load_manifest(square_cache) if r.path in preds]
+    ev = evaluate_rows(summary["model"], str(square_cache), rows, 6, 4, torch.device("cpu"), progress=False)
+    for path, p in zip(ev["paths"], ev["p_fake"]):
+        assert p == pytest.approx(preds[path], abs=5e-3)
+    assert best["config"]["model"]["freeze_backbone"] is True
+    # a second run reuses the features
+    fit(tiny_cfg(square_cache, tmp_path, "frozen2", model=model, epochs=1), progress=False)
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_single_class_validation_falls_back_to_val_loss(tmp_path, caplog):
+    splits = {"real-0": "val", "real-1": "val"}
+    cache = make_synthetic_cache(tmp_path / "c", n_real=5, n_fake=4, frames=4, size=16, splits=splits)
+    with caplog.at_level(logging.WARNING):
+        summary = fit(tiny_cfg(cache, tmp_path / "runs", "one", epochs=1, monitor="val_auc"), progress=False)
+    assert "only one class" in caplog.text and summary["monitor"] == "val_loss"
+    assert (tmp_path / "runs/one/best.pt").is_file()
+    assert np.isnan(summary["history"][0]["val_auc"])
