@@ -1,0 +1,113 @@
+"""``deepfake-detector serve CHECKPOINT``: the HTTP API and upload page under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import UserError
+
+HELP = "serve an HTTP API and an upload page for a trained checkpoint"
+DESCRIPTION = (
+    "Load CHECKPOINT once and serve POST /api/v1/predict (multipart field 'file'), GET /api/v1/model, "
+    "GET /healthz, the OpenAPI docs at /docs and an upload page at /. Binds to 127.0.0.1 unless --host "
+    "says otherwise. Set a bearer token with --token or the DEEPFAKE_DETECTOR_TOKEN environment variable "
+    "(preferred: command-line arguments are visible to other users in 'ps')."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="trained checkpoint (.pt)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind; 0.0.0.0 exposes the server to the network")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload (MB)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="inferences at the same time (threads sharing the loaded model)")
+    parser.add_argument("--queue-size", type=int, default=4,
+                        help="requests that may wait for a worker; more are answered 503 with Retry-After")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="per-request time limit (s) for queueing + analysis; 504 when exceeded")
+    parser.add_argument("--upload-timeout", type=float, default=300.0,
+                        help="time limit (s) for receiving one upload; 408 when exceeded")
+    parser.add_argument("--token", default=None,
+                        help="require 'Authorization: Bearer TOKEN' on /api/v1/*; 'generate' makes a random "
+                             "one and prints it (default: $DEEPFAKE_DETECTOR_TOKEN, else no authentication)")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="allow browser calls from this origin (repeatable); no CORS by default")
+    parser.add_argument("--tmp-dir", default=None,
+                        help="parent folder of the private upload folder (default: the system temp dir)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="override the checkpoint's decision threshold on P(FAKE)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="skip the start-up run of a tiny synthetic video (the first request is slower)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
+
+
+def _settings(args: argparse.Namespace):
+    from ..serve.app import generate_token
+    from ..serve.settings import ServeSettings, token_from_env
+
+    token = args.token
+    generated = False
+    if token == "generate":
+        token = generate_token()
+        generated = True
+    elif token is None:
+        token = token_from_env()
+    try:
+        settings = ServeSettings(
+            host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, workers=args.workers,
+            token=token, queue_size=args.queue_size, request_timeout_s=args.timeout,
+            upload_timeout_s=args.upload_timeout, cors_origins=tuple(args.cors_origin), tmp_dir=args.tmp_dir,
+            warmup=args.warmup,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return settings, generated
+
+
+def run(args: argparse.Namespace) -> int:
+    settings, generated = _settings(args)
+    if not os.path.isfile(args.checkpoint):
+        raise UserError(f"checkpoint not found: {args.checkpoint}")
+    try:
+        import uvicorn
+
+        from ..inference import Detector
+        from ..serve.app import create_app
+    except ImportError as exc:  # pragma: no cover - broken install
+        raise UserError(f"cannot start the server: {exc}") from exc
+
+    opts = {}
+    if args.threshold is not None:
+        if not 0.0 <= args.threshold <= 1.0:
+            raise UserError("--threshold must be between 0 and 1")
+        opts["threshold"] = args.threshold
+    print(f"loading {args.checkpoint} ...", file=sys.stderr)
+    detector = Detector.from_checkpoint(args.checkpoint, device=args.device, **opts)  # UserError on bad files
+    app = create_app(detector, settings)
+
+    host = settings.host
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{settings.port}/"
+    print(f"serving {args.checkpoint} at {url}  (API docs: {url}docs; Ctrl+C to stop)")
+    if generated:
+        print(f"bearer token: {settings.token}")
+    if not settings.is_loopback:
+        auth = "" if settings.token else " WITHOUT authentication (set --token or $DEEPFAKE_DETECTOR_TOKEN)"
+        print(f"warning: listening on {host}, reachable from the network{auth}; "
+              "put TLS (a reverse proxy) in front of it", file=sys.stderr)
+    sys.stdout.flush()
+    config = uvicorn.Config(
+        app, host=host, port=settings.port, log_level=args.log_level, workers=1,
+        server_header=False, proxy_headers=False, timeout_keep_alive=5,
+        # bound open connections well above the request queue so /healthz still answers when busy
+        limit_concurrency=max(64, 8 * settings.capacity),
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

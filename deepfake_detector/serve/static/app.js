@@ -1,0 +1,321 @@
+// Upload page of deepfake-detector: plain JavaScript, no external resources, no inline script.
+// Everything shown from the server or the user's file name goes through textContent, never innerHTML.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const TOKEN_KEY = "deepfake-detector-token";
+  let maxUploadMb = null;
+  let busy = false;
+
+  const els = {
+    file: $("file"), dropzone: $("dropzone"), explain: $("explain"), token: $("token"), tokenBox: $("token-box"),
+    modelLine: $("model-line"), limit: $("limit-mb"),
+    progress: $("progress"), progressLabel: $("progress-label"), bar: $("upload-bar"), pct: $("upload-pct"),
+    analysing: $("analysing"),
+    message: $("message"), messageTitle: $("message-title"), messageText: $("message-text"),
+    result: $("result"), verdict: $("verdict"), verdictText: $("verdict-text"), fileLine: $("file-line"),
+    meter: $("meter"), meterFill: $("meter-fill"), meterThreshold: $("meter-threshold"),
+    thresholdValue: $("threshold-value"), note: $("note"),
+    frames: $("fact-frames"), faces: $("fact-faces"), video: $("fact-video"), time: $("fact-time"),
+    explainFig: $("explain-fig"), explainImg: $("explain-img"),
+  };
+
+  function token() {
+    return els.token.value.trim();
+  }
+
+  function authHeaders() {
+    const t = token();
+    return t ? { Authorization: "Bearer " + t } : {};
+  }
+
+  function pct(x, digits) {
+    return (100 * x).toFixed(digits === undefined ? 0 : digits) + "\u00a0%";
+  }
+
+  function formatBytes(n) {
+    if (n >= 1024 * 1024) return (n / (1024 * 1024)).toFixed(1) + " MB";
+    if (n >= 1024) return (n / 1024).toFixed(0) + " kB";
+    return n + " bytes";
+  }
+
+  function show(section) {
+    for (const s of [els.progress, els.message, els.result]) s.hidden = s !== section;
+  }
+
+  function showMessage(title, text) {
+    els.messageTitle.textContent = title;
+    els.messageText.textContent = text;
+    show(els.message);
+    busy = false;
+    els.dropzone.classList.remove("disabled");
+  }
+
+  // ---------------------------------------------------------------- model and limits
+
+  async function loadInfo() {
+    try {
+      const h = await fetch("/healthz", { cache: "no-store" });
+      const health = await h.json();
+      if (health.limits) {
+        maxUploadMb = health.limits.max_upload_mb;
+        els.limit.textContent = String(maxUploadMb);
+        if (health.limits.auth) els.tokenBox.open = true;
+      }
+      if (!h.ok) {
+        els.modelLine.textContent = "The model is not loaded yet; reload the page in a moment.";
+        return;
+      }
+    } catch (e) {
+      els.modelLine.textContent = "The server cannot be reached.";
+      return;
+    }
+    try {
+      const r = await fetch("/api/v1/model", { headers: authHeaders(), cache: "no-store" });
+      if (r.status === 401) {
+        els.modelLine.textContent = "This server needs an access token: enter it under \u201cAccess token\u201d.";
+        els.tokenBox.open = true;
+        return;
+      }
+      const info = await r.json();
+      const parts = [];
+      parts.push("Model: " + (info.name || "unnamed"));
+      const sha = (info.model && info.model.sha256) || info.sha256;
+      if (sha) parts.push("checkpoint " + String(sha).slice(0, 12));
+      if (typeof info.threshold === "number") parts.push("threshold " + info.threshold.toFixed(2));
+      const auc = info.metrics && (info.metrics.val_auc ?? info.metrics.roc_auc ?? info.metrics.auc);
+      if (typeof auc === "number") parts.push("validation ROC-AUC " + auc.toFixed(3));
+      els.modelLine.textContent = parts.join(" \u00b7 ");
+    } catch (e) {
+      els.modelLine.textContent = "Model information is unavailable.";
+    }
+  }
+
+  // ---------------------------------------------------------------- upload
+
+  function start(file) {
+    if (busy || !file) return;
+    if (maxUploadMb !== null && file.size > maxUploadMb * 1024 * 1024) {
+      showMessage("File too large",
+        file.name + " is " + formatBytes(file.size) + "; this server accepts videos up to " + maxUploadMb + " MB.");
+      return;
+    }
+    busy = true;
+    els.dropzone.classList.add("disabled");
+    els.progressLabel.textContent = "Uploading " + file.name + " (" + formatBytes(file.size) + ")\u2026";
+    els.bar.value = 0;
+    els.bar.hidden = false;
+    els.pct.textContent = "0\u00a0%";
+    els.analysing.hidden = true;
+    els.progress.setAttribute("aria-busy", "true");
+    show(els.progress);
+
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const xhr = new XMLHttpRequest();
+    const url = "/api/v1/predict" + (els.explain.checked ? "?explain=true" : "");
+    xhr.open("POST", url);
+    const headers = authHeaders();
+    for (const k in headers) xhr.setRequestHeader(k, headers[k]);
+    xhr.responseType = "text";
+
+    xhr.upload.onprogress = (ev) => {
+      if (ev.lengthComputable) {
+        const p = Math.round((100 * ev.loaded) / ev.total);
+        els.bar.value = p;
+        els.pct.textContent = p + "\u00a0%";
+      }
+    };
+    xhr.upload.onload = () => {
+      els.bar.value = 100;
+      els.pct.textContent = "100\u00a0%";
+      els.progressLabel.textContent = "Uploaded " + file.name + ".";
+      els.analysing.hidden = false;
+    };
+    xhr.onerror = () => showMessage("Connection problem",
+      "The upload did not reach the server (network error, or the server closed the connection, " +
+      "which it does for files over the size limit). Check the file and try again.");
+    xhr.onload = () => {
+      els.progress.setAttribute("aria-busy", "false");
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (e) { body = null; }
+      if (xhr.status === 200 && body) {
+        render(body, file);
+      } else {
+        httpError(xhr, body, file);
+      }
+    };
+    xhr.send(form);
+  }
+
+  function detailText(body) {
+    if (!body || body.detail === undefined) return "";
+    if (typeof body.detail === "string") return body.detail;
+    try { return JSON.stringify(body.detail); } catch (e) { return ""; }
+  }
+
+  function sentence(text) {
+    text = String(text || "").trim();
+    if (!text) return "";
+    text = text.charAt(0).toUpperCase() + text.slice(1);
+    return /[.!?]$/.test(text) ? text : text + ".";
+  }
+
+  function httpError(xhr, body, file) {
+    const detail = detailText(body);
+    const retry = xhr.getResponseHeader("Retry-After");
+    switch (xhr.status) {
+      case 401:
+        els.tokenBox.open = true;
+        els.token.focus();
+        showMessage("Access token needed",
+          (token() ? "The token was not accepted. " : "This server needs an access token. ") +
+          "Enter it under \u201cAccess token\u201d and upload again.");
+        return;
+      case 413:
+        showMessage("File too large", file.name + ": " + (sentence(detail) || "The file is larger than this server accepts."));
+        return;
+      case 415:
+        showMessage("Not a video we can read",
+          file.name + ": " + (sentence(detail.replace(/^not a video:\s*/, "")) || "Not a video.") +
+          " Upload a video file (MP4, MOV, MKV, WebM, AVI, \u2026); " +
+          "images, audio-only files and damaged videos cannot be analysed.");
+        return;
+      case 503:
+        showMessage("Server busy",
+          "The server is analysing other videos right now" + (retry ? "; try again in " + retry + " s." : "; try again shortly."));
+        return;
+      case 504:
+        showMessage("Took too long", sentence(detail) || "The analysis took longer than the server allows.");
+        return;
+      case 408:
+        showMessage("Upload too slow", sentence(detail) || "The upload took longer than the server allows.");
+        return;
+      case 400:
+        showMessage("Upload problem", sentence(detail) || "The server could not read the upload.");
+        return;
+      default:
+        showMessage("Server error " + xhr.status, sentence(detail) || "The server could not analyse this video.");
+    }
+  }
+
+  // ---------------------------------------------------------------- result
+
+  const STATUS_TEXT = {
+    unreadable: "The video could not be decoded.",
+    too_short: "The video is too short to analyse.",
+    refused: "The video was refused (for example, its resolution or length is beyond the server's limits).",
+    no_face: "No face was found.",
+    error: "The analysis failed.",
+  };
+
+  function render(r, file) {
+    busy = false;
+    els.dropzone.classList.remove("disabled");
+    const scored = typeof r.p_fake === "number" && (r.label === "FAKE" || r.label === "REAL");
+    if (!scored) {
+      const reason = STATUS_TEXT[r.status] || "The video could not be scored (status " + r.status + ").";
+      showMessage("Could not analyse " + (r.filename || file.name), reason + (r.error ? " Details: " + r.error : ""));
+      return;
+    }
+    const fake = r.label === "FAKE";
+    els.verdict.textContent = fake ? "FAKE" : "REAL";
+    els.verdict.className = "verdict " + (fake ? "fake" : "real");
+    els.result.classList.toggle("is-fake", fake);
+    els.result.classList.toggle("is-real", !fake);
+    els.verdictText.textContent = fake
+      ? "Likely manipulated: " + pct(r.p_fake, 1) + " probability of a deepfake."
+      : "No manipulation detected: " + pct(r.p_fake, 1) + " probability of a deepfake.";
+    els.fileLine.textContent = (r.filename || file.name) + " \u00b7 " + formatBytes(r.size || file.size);
+
+    const p = Math.max(0, Math.min(1, r.p_fake));
+    els.meterFill.style.width = (100 * p).toFixed(1) + "%";
+    els.meterFill.className = "meter-fill " + (fake ? "fake" : "real");
+    els.meter.setAttribute("aria-valuenow", (100 * p).toFixed(1));
+    els.meter.setAttribute("aria-valuetext", pct(p, 1) + " probability of fake");
+    if (typeof r.threshold === "number") {
+      els.meterThreshold.hidden = false;
+      els.meterThreshold.style.left = (100 * r.threshold).toFixed(1) + "%";
+      els.thresholdValue.textContent = "(" + r.threshold.toFixed(2) + ")";
+    } else {
+      els.meterThreshold.hidden = true;
+      els.thresholdValue.textContent = "";
+    }
+
+    const notes = [];
+    if (r.status === "no_face") {
+      notes.push("No face was found in this video, so the centre of the frame was analysed instead. " +
+        "The model was trained on faces: treat this verdict with caution.");
+    } else if (typeof r.face_ratio === "number" && r.face_ratio < 0.5) {
+      notes.push("A face was found in only " + pct(r.face_ratio) + " of the sampled frames; the verdict is less reliable.");
+    }
+    if (r.error) notes.push(r.error);
+    els.note.textContent = notes.join(" ");
+    els.note.hidden = notes.length === 0;
+
+    els.frames.textContent = r.frames === null || r.frames === undefined ? "\u2013" : String(r.frames);
+    els.faces.textContent = typeof r.face_ratio === "number" ? pct(r.face_ratio) + " of frames" : "\u2013";
+    const v = r.video || {};
+    const vparts = [];
+    if (v.width && v.height) vparts.push(v.width + "\u00d7" + v.height);
+    if (typeof v.duration === "number") vparts.push(v.duration.toFixed(1) + " s");
+    if (v.codec) vparts.push(v.codec);
+    els.video.textContent = vparts.length ? vparts.join(", ") : "\u2013";
+    const t = r.timing || {};
+    els.time.textContent = typeof t.seconds === "number" ? t.seconds.toFixed(2) + " s" : "\u2013";
+
+    if (r.explanation_png) {
+      els.explainImg.src = "data:image/png;base64," + r.explanation_png;
+      els.explainFig.hidden = false;
+    } else {
+      els.explainImg.removeAttribute("src");
+      els.explainFig.hidden = true;
+    }
+    show(els.result);
+    els.verdict.focus();
+  }
+
+  function reset() {
+    els.file.value = "";
+    show(null);
+    els.file.focus();
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  els.file.addEventListener("change", () => {
+    if (els.file.files && els.file.files.length) start(els.file.files[0]);
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    els.dropzone.addEventListener(type, (ev) => {
+      ev.preventDefault();
+      if (!busy) els.dropzone.classList.add("dragging");
+    });
+  }
+  for (const type of ["dragleave", "dragend"]) {
+    els.dropzone.addEventListener(type, () => els.dropzone.classList.remove("dragging"));
+  }
+  els.dropzone.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    els.dropzone.classList.remove("dragging");
+    const files = ev.dataTransfer && ev.dataTransfer.files;
+    if (files && files.length) start(files[0]);
+  });
+  // a file dropped outside the zone must not make the browser navigate away from the page
+  window.addEventListener("dragover", (ev) => ev.preventDefault());
+  window.addEventListener("drop", (ev) => ev.preventDefault());
+  $("again").addEventListener("click", reset);
+  $("message-again").addEventListener("click", reset);
+
+  try {
+    const saved = sessionStorage.getItem(TOKEN_KEY);
+    if (saved) els.token.value = saved;
+  } catch (e) { /* storage disabled */ }
+  els.token.addEventListener("change", () => {
+    try { sessionStorage.setItem(TOKEN_KEY, token()); } catch (e) { /* storage disabled */ }
+    loadInfo();
+  });
+
+  loadInfo();
+})();
