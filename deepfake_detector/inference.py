@@ -1,0 +1,759 @@
+"""Screen videos with a trained checkpoint: ``Detector`` and ``Prediction``.
+
+``Detector.from_checkpoint`` rebuilds the network from the checkpoint's own config (never
+downloading weights) and repeats EXACTLY the preprocessing it was trained with: the same
+``extract_clip`` (frame sampling, face detection, crop size and margin) and the same
+``eval_transform`` (sequence length, ImageNet normalisation) that ``evaluate`` applies to cached clips.
+
+``predict`` overlaps decoding and the model: worker processes decode and crop videos ahead of the
+model (a bounded number in flight), the main process classifies them in batches. A video that
+cannot be read becomes a ``Prediction`` with a status and an error, never an exception; a worker
+killed by a crashing decoder is replaced and the culprit video isolated.
+
+Example::
+
+    from deepfake_detector.inference import Detector
+    det = Detector.from_checkpoint("runs/exp/best.pt")
+    for p in det.predict(["a.mp4", "b.mp4"], explain_dir="heatmaps"):
+        print(p.path, p.label, p.p_fake, p.status)
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import contextlib
+import logging
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Detector", "Prediction", "PREDICTION_FIELDS", "VIDEO_EXTENSIONS", "LABEL_REAL", "LABEL_FAKE"]
+
+LABEL_REAL = "REAL"
+LABEL_FAKE = "FAKE"
+NO_FACE_MODES = ("center", "skip")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
+                    ".3gp", ".ts", ".mts", ".m2ts", ".ogv")
+# statuses whose clip is classified (``no_face`` only with no_face="center")
+_SCORED_STATUSES = ("ok", "no_face")
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class Prediction:
+    """The verdict for one video.
+
+    ``p_fake`` is None when the video could not be scored (see ``status``/``error``); ``label`` is
+    ``FAKE`` when ``p_fake >= threshold``, ``REAL`` below, ``""`` when unscored.
+    """
+
+    path: str
+    p_fake: Optional[float] = None
+    label: str = ""
+    status: str = ""
+    error: str = ""
+    frames: int = 0
+    face_ratio: float = 0.0
+    seconds: float = 0.0
+    explanation: Optional[str] = None
+
+    @property
+    def scored(self) -> bool:
+        return self.p_fake is not None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PREDICTION_FIELDS = ["path", "p_fake", "label", "status", "error", "frames", "face_ratio", "seconds",
+                     "explanation"]
+
+
+def label_for(p_fake: Optional[float], threshold: float) -> str:
+    """``FAKE`` at or above the threshold, ``REAL`` below, ``""`` when unscored."""
+    if p_fake is None:
+        return ""
+    return LABEL_FAKE if p_fake >= threshold else LABEL_REAL
+
+
+@dataclass
+class _Failed:
+    """A ClipResult-shaped failure made here (missing file, crashed worker)."""
+
+    status: str
+    error: str
+    clip: Any = None
+    frames: int = 0
+    face_ratio: float = 0.0
+    seconds: float = 0.0
+    indices: list = field(default_factory=list)
+    boxes: Any = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding workers
+# --------------------------------------------------------------------------------------------------
+
+
+def _worker_init(threads: int = 1) -> None:
+    """Quiet, single-threaded decoding workers: the pool provides the parallelism."""
+    try:
+        import av.logging
+
+        av.logging.set_level(av.logging.PANIC)
+    except Exception:  # pragma: no cover - PyAV missing is reported by extract_clip itself
+        pass
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # pragma: no cover
+        pass
+    _WORKER["threads"] = int(threads)
+
+
+_WORKER: dict = {}
+
+
+def _extract(path: str, cfg: Any) -> Any:
+    """Run ``extract_clip`` (which never raises for a bad video); a bug still becomes a status."""
+    from .data.preprocess import extract_clip
+    from .legacy import ReferencePreprocess, reference_extract
+
+    try:
+        if isinstance(cfg, ReferencePreprocess):  # legacy exact mode: the reference's own preprocessing
+            return reference_extract(path, cfg)
+        return extract_clip(path, cfg, threads=_WORKER.get("threads", 0))
+    except Exception as exc:  # extract_clip's contract is to return a status; report bugs per item
+        log.exception("extract_clip failed on %s", path)
+        return _Failed(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _new_pool(workers: int, threads: int) -> cf.ProcessPoolExecutor:
+    # forkserver/spawn: workers start clean (no inherited torch/OpenCV threads or CUDA state)
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    kwargs: dict = {"max_workers": workers, "mp_context": multiprocessing.get_context(method),
+                    "initializer": _worker_init, "initargs": (threads,)}
+    if sys.version_info >= (3, 11):
+        kwargs["max_tasks_per_child"] = 200  # bounds slow leaks in native decoders
+    return cf.ProcessPoolExecutor(**kwargs)
+
+
+def _kill_pool(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop a pool whose worker is stuck in native code: terminate its processes."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _ping() -> int:
+    return os.getpid()
+
+
+def _pool_starts(pool: cf.ProcessPoolExecutor, timeout_s: float = 180.0) -> bool:
+    """Can this pool run anything at all? (A worker that cannot even import the caller's main module
+    would otherwise make every video look like a decoder crash.)"""
+    try:
+        pool.submit(_ping).result(timeout=timeout_s)
+        return True
+    except (BrokenProcessPool, cf.TimeoutError, OSError):
+        return False
+
+
+def _iter_extracted(paths: Sequence[str], cfg: Any, workers: int,
+                    extract: Any = None) -> Iterator[tuple[int, Any]]:
+    """Yield ``(index, ClipResult)`` for every path, decoding ``workers`` videos at a time ahead.
+
+    At most ``2 * workers`` videos are in flight, so memory stays bounded however many are queued;
+    results come in completion order. A worker that dies (decoder segfault, OOM kill) or hangs past
+    the hard timeout breaks the pool: it is killed and rebuilt, the videos that were in flight are
+    retried one at a time, and a video that breaks the pool on its own becomes an ``error`` row.
+    ``extract(path, cfg)`` (a module-level function, default ``extract_clip``) does one video.
+    """
+    extract = extract or _extract
+    if workers <= 0 or len(paths) <= 1:  # in this process: leave its global settings alone
+        for i, p in enumerate(paths):
+            yield i, extract(p, cfg)
+        return
+    workers = min(workers, len(paths))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    timeout_s = float(getattr(cfg, "timeout_s", 0) or 0)
+    hard_timeout = timeout_s * 2 + 60 if timeout_s else None
+    queue = collections.deque(range(len(paths)))
+    suspects: collections.deque = collections.deque()
+    pool = _new_pool(workers, threads)
+    if not _pool_starts(pool):
+        _kill_pool(pool)
+        log.warning("video-decoding worker processes could not start (a script without an "
+                    "`if __name__ == '__main__':` guard, or code run from stdin?); decoding in this process")
+        for i, p in enumerate(paths):
+            yield i, extract(p, cfg)
+        return
+    in_flight: dict[cf.Future, tuple[int, float]] = {}
+    alone: set = set()  # futures of suspects running on their own: a crash there names the culprit
+    try:
+        while queue or suspects or in_flight:
+            # stay in isolation while a suspect runs alone, not only while suspects wait
+            isolating = bool(suspects) or any(f in alone for f in in_flight)
+            limit = 1 if isolating else 2 * workers
+            while len(in_flight) < limit and (suspects or (queue and not isolating)):
+                if suspects:
+                    i = suspects.popleft()
+                    fut = pool.submit(extract, paths[i], cfg)
+                    alone.add(fut)
+                else:
+                    i = queue.popleft()
+                    fut = pool.submit(extract, paths[i], cfg)
+                in_flight[fut] = (i, time.monotonic())
+            done, _ = cf.wait(list(in_flight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                i, _ = in_flight.pop(fut)
+                was_alone = fut in alone
+                alone.discard(fut)
+                try:
+                    res = fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    if was_alone:
+                        yield i, _Failed(status="error", error="the decoding worker crashed on this video "
+                                                               "(killed or segfault)")
+                    else:
+                        suspects.append(i)
+                    continue
+                except Exception as exc:  # pickling problems and the like: per video
+                    res = _Failed(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+                yield i, res
+            if not broken and hard_timeout is not None:
+                now = time.monotonic()
+                late = [f for f, (_, t) in in_flight.items() if now - t > hard_timeout]
+                if late:
+                    i, _ = in_flight.pop(late[0])
+                    msg = f"timed out (worker killed after {hard_timeout:.0f} s)"
+                    yield i, _Failed(status="error", error=msg)
+                    broken = True
+            if broken:
+                for fut, (i, _) in list(in_flight.items()):
+                    if fut.done() and fut.exception() is None:
+                        yield i, fut.result()
+                    else:
+                        suspects.append(i)
+                in_flight.clear()
+                alone.clear()
+                _kill_pool(pool)
+                log.warning("a decoding worker died or hung; restarting it (%d video(s) to retry one by one)",
+                            len(suspects))
+                pool = _new_pool(workers, threads)
+    except BaseException:
+        for fut in in_flight:
+            fut.cancel()
+        _kill_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def default_workers() -> int:
+    """Decoding processes when not told: leave one core for the model, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# Device helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str = "auto"):
+    """``auto`` -> CUDA when available, else CPU; an explicit unavailable device is a user error."""
+    import torch
+
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise UserError(f"device {device!r} requested but only {n} CUDA device(s) exist")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"device {device!r} requested but MPS is not available here")
+    return dev
+
+
+def _amp_dtype(dev):
+    import torch
+
+    if dev.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+# --------------------------------------------------------------------------------------------------
+# Detector
+# --------------------------------------------------------------------------------------------------
+
+
+class Detector:
+    """A loaded model plus the exact preprocessing it was trained with.
+
+    Build it with :meth:`from_checkpoint`; ``predict`` many videos (decoding in worker processes),
+    ``predict_one`` for a single upload (inline, for the HTTP server).
+    """
+
+    def __init__(self, model: Any, preprocess: Any, seq_len: int, threshold: float, device: Any = "cpu",
+                 batch_size: int = 8, workers: Optional[int] = None, no_face: str = "center",
+                 channel_order: str = "rgb", meta: Optional[dict] = None, amp: bool = True,
+                 pad_short: bool = True) -> None:
+        import torch
+
+        if no_face not in NO_FACE_MODES:
+            raise UserError(f"no_face must be one of {', '.join(NO_FACE_MODES)}, got {no_face!r}")
+        if batch_size < 1:
+            raise UserError(f"batch size must be >= 1, got {batch_size}")
+        if workers is not None and workers < 0:
+            raise UserError(f"workers must be >= 0, got {workers}")
+        _check_threshold(threshold)
+        self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.amp_dtype = _amp_dtype(self.device) if amp else None
+        if self.device.type == "cuda" and hasattr(self.model, "set_channels_last"):
+            self.model.set_channels_last(True)
+        self.preprocess = preprocess
+        self.seq_len = int(seq_len)
+        self.threshold = float(threshold)
+        self.batch_size = int(batch_size)
+        self.workers = default_workers() if workers is None else int(workers)
+        self.no_face = no_face
+        self.channel_order = channel_order
+        self.pad_short = bool(pad_short)  # False: a short clip runs with the frames it has (reference)
+        self.meta = dict(meta or {})
+        self._sha256: Optional[str] = None
+
+    # ---- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, path: PathLike, device: str = "auto", threshold: Optional[float] = None,
+                        batch_size: int = 8, workers: Optional[int] = None, no_face: str = "center",
+                        legacy: Optional[bool] = None, legacy_mode: str = "fixed",
+                        legacy_frames: Optional[int] = None, legacy_preprocess: Optional[str] = None,
+                        amp: bool = True) -> Detector:
+        """Load a checkpoint written by ``train`` (or a reference-implementation state dict).
+
+        Loading uses ``weights_only=True``: a file that would need arbitrary unpickling is refused
+        with ``UnsafeFileError``. ``threshold`` overrides the checkpoint's; ``legacy=None``
+        auto-detects the reference layout (with a warning), ``legacy_mode`` is ``fixed`` or
+        ``exact`` (see docs/legacy.md), ``legacy_frames`` the sequence length it was trained with,
+        ``legacy_preprocess`` ``reference`` (first frames, tight crops: default with ``exact``) or
+        ``ours`` (default with ``fixed``).
+        """
+        from . import legacy as lg
+
+        if threshold is not None:
+            _check_threshold(threshold)
+        if legacy_mode not in lg.LEGACY_MODES:
+            raise UserError(f"legacy mode must be one of {', '.join(lg.LEGACY_MODES)}, got {legacy_mode!r}")
+        if legacy_preprocess not in (None, *lg.LEGACY_PREPROCESS):
+            raise UserError(f"legacy preprocessing must be one of {', '.join(lg.LEGACY_PREPROCESS)}, "
+                            f"got {legacy_preprocess!r}")
+        path = Path(path)
+        obj = lg.safe_torch_load(path)
+        looks_legacy = lg.is_legacy_state_dict(obj)
+        if legacy is None and looks_legacy:
+            log.warning("%s has the reference implementation's layout (model.*, lstm.*, linear1.*): "
+                        "loading it as a legacy checkpoint in '%s' mode (pass --legacy to silence this)",
+                        path.name, legacy_mode)
+            legacy = True
+        if legacy:
+            if not looks_legacy:
+                raise UserError(f"{path} is not a reference-implementation state dict "
+                                "(expected model.*, lstm.weight_ih_l0, linear1.* keys); drop --legacy")
+            return cls._from_legacy(path, obj, device, threshold, batch_size, workers, no_face, legacy_mode,
+                                    legacy_frames, legacy_preprocess, amp)
+        if looks_legacy:
+            raise UserError(f"{path} is a reference-implementation state dict; load it with --legacy")
+        return cls._from_ours(path, obj, device, threshold, batch_size, workers, no_face, amp)
+
+    @classmethod
+    def _from_ours(cls, path: Path, ckpt: Any, device: str, threshold: Optional[float], batch_size: int,
+                   workers: Optional[int], no_face: str, amp: bool) -> Detector:
+        from .config import ModelConfig, PreprocessConfig, from_dict
+        from .models import build_model
+
+        if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+            raise UserError(f"{path} is not a deepfake-detector checkpoint (needs 'model' and 'config' "
+                            "entries; a bare state dict does not say how to preprocess videos)")
+        config = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+        if not isinstance(config.get("model"), dict):
+            raise UserError(f"{path}: checkpoint config has no 'model' section")
+        try:
+            mcfg = from_dict(ModelConfig, config["model"])
+            mcfg.pretrained = False  # the checkpoint carries every weight: never download
+            mcfg.weights_file = None
+            pre = config.get("preprocess")
+            if isinstance(pre, dict):
+                pcfg = from_dict(PreprocessConfig, pre)
+            else:
+                log.warning("%s has no preprocess config; using defaults (results may differ from training)",
+                            path.name)
+                pcfg = PreprocessConfig()
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{path}: invalid config in checkpoint: {exc}") from None
+        train = config.get("train") if isinstance(config.get("train"), dict) else {}
+        seq_len = int(train.get("seq_len") or pcfg.frames)
+        try:
+            model = build_model(mcfg, load_weights=False)
+        except ValueError as exc:
+            raise UserError(f"{path}: cannot rebuild the model: {exc}") from None
+        state = ckpt["model"]
+        if not isinstance(state, dict):
+            raise UserError(f"{path}: 'model' entry is not a state dict")
+        for prefix in ("module.", "_orig_mod."):  # saved from a DDP / torch.compile wrapper
+            if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+            raise UserError(f"{path}: weights do not fit the configured model: {detail[:400]}") from None
+        ckpt_thr = _ckpt_threshold(ckpt, path)
+        thr = threshold if threshold is not None else ckpt_thr
+        meta = {
+            "name": str(train.get("name") or path.stem),
+            "checkpoint": str(path),
+            "config": config,
+            "metrics": ckpt.get("metrics") if isinstance(ckpt.get("metrics"), dict) else {},
+            "checkpoint_threshold": ckpt_thr,
+            "version": str(ckpt.get("version", "")),
+            "epoch": ckpt.get("epoch"),
+            "legacy": None,
+        }
+        return cls(model, pcfg, seq_len, thr, device=device, batch_size=batch_size, workers=workers,
+                   no_face=no_face, meta=meta, amp=amp)
+
+    @classmethod
+    def _from_legacy(cls, path: Path, obj: Any, device: str, threshold: Optional[float], batch_size: int,
+                     workers: Optional[int], no_face: str, mode: str, frames: Optional[int],
+                     preprocess: Optional[str], amp: bool) -> Detector:
+        from . import legacy as lg
+
+        sd = lg.unwrap_state_dict(obj)
+        spec = lg.inspect_legacy(sd)
+        if frames is None:
+            frames = lg.legacy_frames_from_name(path)
+            if frames is None:
+                frames = lg.LEGACY_DEFAULT_FRAMES
+                log.warning("legacy checkpoint: sequence length unknown; using %d frames (set "
+                            "--legacy-frames to the value it was trained with)", frames)
+        if frames < 1:
+            raise UserError(f"legacy frames must be >= 1, got {frames}")
+        model = lg.build_exact_model(sd, spec) if mode == "exact" else lg.build_fixed_model(sd, spec)
+        if mode == "fixed":
+            log.info("legacy 'fixed' mode: our LSTM runs over time, unlike the reference's length-1 "
+                     "sequences; probabilities differ from the reference (use --legacy-mode exact to "
+                     "reproduce them)")
+        preprocess = preprocess or ("reference" if mode == "exact" else "ours")
+        if preprocess == "reference":
+            pcfg: Any = lg.ReferencePreprocess(frames=frames, no_face=no_face)
+        else:
+            pcfg = lg.legacy_preprocess_config(frames)
+        mcfg = lg.legacy_model_config(spec)
+        from .config import to_dict
+
+        meta = {
+            "name": path.stem,
+            "checkpoint": str(path),
+            "config": {"model": to_dict(mcfg), "preprocess": to_dict(pcfg), "train": {"seq_len": frames}},
+            "metrics": {},
+            "checkpoint_threshold": 0.5,
+            "version": "",
+            "epoch": None,
+            "legacy": {"mode": mode, "frames": frames, "trunk": spec.trunk, "preprocess": preprocess,
+                       "channel_order": lg.LEGACY_CHANNEL_ORDER},
+        }
+        thr = 0.5 if threshold is None else threshold  # the reference took the arg-max
+        if mode == "exact":
+            amp = False  # the reference ran in float32; mixed precision would change its numbers
+        return cls(model, pcfg, frames, thr, device=device, batch_size=batch_size, workers=workers,
+                   no_face=no_face, channel_order=lg.LEGACY_CHANNEL_ORDER, meta=meta, amp=amp,
+                   pad_short=preprocess != "reference")
+
+    # ---- description ------------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        """Name, checkpoint hash, config, metrics and threshold (what the server's /info shows)."""
+        from .config import to_dict
+        from .utils import sha256_file
+
+        ckpt = self.meta.get("checkpoint")
+        if self._sha256 is None and ckpt and os.path.isfile(ckpt):
+            self._sha256 = sha256_file(ckpt)
+        return {
+            "name": self.meta.get("name", ""),
+            "checkpoint": ckpt,
+            "sha256": self._sha256,
+            "config": self.meta.get("config", {}),
+            "metrics": self.meta.get("metrics", {}),
+            "threshold": self.threshold,
+            "checkpoint_threshold": self.meta.get("checkpoint_threshold"),
+            "version": self.meta.get("version", ""),
+            "legacy": self.meta.get("legacy"),
+            "device": str(self.device),
+            "seq_len": self.seq_len,
+            "preprocess": to_dict(self.preprocess),
+            "no_face": self.no_face,
+        }
+
+    # ---- prediction -------------------------------------------------------------------------------
+
+    def predict(self, paths: Union[PathLike, Iterable[PathLike]], explain_dir: Optional[PathLike] = None,
+                progress: bool = False) -> list[Prediction]:
+        """One ``Prediction`` per path, in input order; failures are rows, never exceptions."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        paths = [os.fspath(p) for p in paths]
+        results: list[Optional[Prediction]] = [None] * len(paths)
+        for i, pred in self.iter_predict(paths, explain_dir=explain_dir, progress=progress):
+            results[i] = pred
+        return [r if r is not None else Prediction(path=paths[i], status="error", error="no result (bug)")
+                for i, r in enumerate(results)]
+
+    def predict_one(self, path: PathLike, explain_dir: Optional[PathLike] = None) -> Prediction:
+        """Classify one video in this process (no worker pool): the HTTP server's entry point."""
+        p = os.fspath(path)
+        out = None
+        for _, pred in self._run([p], explain_dir, progress=False, workers=0):
+            out = pred
+        return out if out is not None else Prediction(path=p, status="error", error="no result (bug)")
+
+    def iter_predict(self, paths: Sequence[PathLike], explain_dir: Optional[PathLike] = None,
+                     progress: bool = False) -> Iterator[tuple[int, Prediction]]:
+        """Yield ``(index, Prediction)`` as verdicts become available (completion order)."""
+        yield from self._run([os.fspath(p) for p in paths], explain_dir, progress, self.workers)
+
+    def _run(self, paths: list[str], explain_dir: Optional[PathLike], progress: bool,
+             workers: int) -> Iterator[tuple[int, Prediction]]:
+        cfg = self._extract_config()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(paths), unit="video", desc="predict", leave=False)
+        todo: list[str] = []
+        todo_idx: list[int] = []
+        try:
+            for i, p in enumerate(paths):  # cheap checks first: no worker needed for a missing file
+                pre = self._precheck(p)
+                if pre is not None:
+                    if bar is not None:
+                        bar.update(1)
+                    yield i, pre
+                else:
+                    todo.append(p)
+                    todo_idx.append(i)
+            batch: list[tuple[int, str, Any]] = []
+            for j, res in _iter_extracted(todo, cfg, workers):
+                i, p = todo_idx[j], todo[j]
+                pred = self._prediction_from_clip(p, res)
+                if pred is not None:
+                    if bar is not None:
+                        bar.update(1)
+                    yield i, pred
+                    continue
+                batch.append((i, p, res))
+                if len(batch) >= self.batch_size:
+                    for out in self._score_batch(batch, explain_dir):
+                        if bar is not None:
+                            bar.update(1)
+                        yield out
+                    batch = []
+            if batch:
+                for out in self._score_batch(batch, explain_dir):
+                    if bar is not None:
+                        bar.update(1)
+                    yield out
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _extract_config(self):
+        import dataclasses
+
+        cfg = self.preprocess
+        if any(f.name == "no_face" for f in dataclasses.fields(cfg)):
+            cfg = dataclasses.replace(cfg, no_face=self.no_face)
+        return cfg
+
+    @staticmethod
+    def _precheck(path: str) -> Optional[Prediction]:
+        try:
+            if not os.path.lexists(path):
+                return Prediction(path=path, status="missing", error="file not found")
+            if not os.path.exists(path):
+                return Prediction(path=path, status="unreadable",
+                                  error="broken symbolic link or symbolic link loop")
+            if os.path.isdir(path):
+                return Prediction(path=path, status="unreadable", error="is a directory, not a video")
+        except (OSError, ValueError) as exc:
+            return Prediction(path=path, status="unreadable", error=str(exc)[:300])
+        return None
+
+    def _prediction_from_clip(self, path: str, res: Any) -> Optional[Prediction]:
+        """A final Prediction for a clip that will not be scored, else None (goes to the model)."""
+        status = str(getattr(res, "status", "error") or "error")
+        clip = getattr(res, "clip", None)
+        base = Prediction(path=path, status=status, error=str(getattr(res, "error", "") or ""),
+                          frames=int(getattr(res, "frames", 0) or 0),
+                          face_ratio=float(getattr(res, "face_ratio", 0.0) or 0.0),
+                          seconds=round(float(getattr(res, "seconds", 0.0) or 0.0), 4))
+        if status not in _SCORED_STATUSES or clip is None or getattr(clip, "size", 0) == 0:
+            if not base.error and status in _SCORED_STATUSES:
+                base.error = "no frames to classify"
+                base.status = "error" if status == "ok" else status
+            return base
+        if status == "no_face" and self.no_face == "skip":
+            if not base.error:
+                base.error = "no face found (skipped: --no-face skip)"
+            return base
+        return None
+
+    def _to_input(self, clip: Any):
+        import numpy as np
+
+        from .data.dataset import eval_transform
+
+        arr = np.asarray(clip)
+        if self.channel_order == "bgr":
+            arr = np.ascontiguousarray(arr[..., ::-1])
+        seq_len = self.seq_len if self.pad_short else min(self.seq_len, len(arr))
+        return eval_transform(arr, seq_len)
+
+    def _forward(self, x):
+        import torch
+
+        x = x.to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            if self.amp_dtype is not None:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype):
+                    logits = self.model(x)
+            else:
+                logits = self.model(x)
+            return torch.softmax(logits.float(), dim=1)[:, 1].cpu()
+
+    def _forward_grouped(self, inputs: list) -> list:
+        """P(FAKE) per input; inputs of equal shape run as one batch (short clips may differ)."""
+        import torch
+
+        probs: list = [None] * len(inputs)
+        groups: dict = {}
+        for k, x in enumerate(inputs):
+            groups.setdefault(tuple(x.shape), []).append(k)
+        for idx in groups.values():
+            out = self._forward(torch.stack([inputs[k] for k in idx]))
+            for k, v in zip(idx, out):
+                probs[k] = float(v)
+        return probs
+
+    def _score_batch(self, batch: list[tuple[int, str, Any]], explain_dir: Optional[PathLike]):
+        import torch
+
+        t0 = time.perf_counter()
+        inputs: list = []
+        good: list[tuple[int, str, Any]] = []
+        outs: list[tuple[int, Prediction]] = []
+        for i, p, res in batch:
+            try:
+                inputs.append(self._to_input(res.clip))
+                good.append((i, p, res))
+            except (ValueError, TypeError) as exc:
+                pred = self._prediction_from_clip(p, _Failed(status="error", error=f"bad clip: {exc}"))
+                outs.append((i, pred))  # type: ignore[arg-type]
+        probs: list[Optional[float]] = []
+        err = ""
+        if inputs:
+            try:
+                probs = self._forward_grouped(inputs)
+            except RuntimeError as exc:  # e.g. out of memory: retry one by one, report per video
+                log.warning("batch of %d failed (%s); retrying one video at a time", len(inputs), exc)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                probs = []
+                for x in inputs:
+                    try:
+                        probs.append(float(self._forward(x.unsqueeze(0))[0]))
+                    except RuntimeError as exc1:
+                        probs.append(None)
+                        err = f"model failed: {str(exc1).splitlines()[0][:300]}"
+        share = (time.perf_counter() - t0) / max(1, len(good))
+        for (i, p, res), x, prob in zip(good, inputs, probs):
+            pred = Prediction(path=p, status=str(res.status), error=str(getattr(res, "error", "") or ""),
+                              frames=int(getattr(res, "frames", 0) or 0),
+                              face_ratio=float(getattr(res, "face_ratio", 0.0) or 0.0))
+            if prob is None or not math.isfinite(prob):
+                pred.status = "error"
+                pred.error = err or "model produced a non-finite score"
+            else:
+                pred.p_fake = prob
+                pred.label = label_for(prob, self.threshold)
+                if explain_dir is not None:
+                    pred.explanation = self._explain(x, res, pred, explain_dir)
+            pred.seconds = round(float(getattr(res, "seconds", 0.0) or 0.0) + share, 4)
+            outs.append((i, pred))
+        return outs
+
+    def _explain(self, x: Any, res: Any, pred: Prediction, explain_dir: PathLike) -> Optional[str]:
+        from . import explain
+
+        try:
+            out = explain.explain_video(self.model, x, res, pred, explain_dir, threshold=self.threshold,
+                                        seq_len=self.seq_len, channel_order=self.channel_order,
+                                        device=self.device)
+            return os.fspath(out)
+        except Exception as exc:  # an explanation must never cost the verdict; it is logged, not hidden
+            log.warning("could not write the explanation for %s: %s", pred.path, exc, exc_info=True)
+            return None
+
+
+def _check_threshold(threshold: Any) -> None:
+    try:
+        ok = 0.0 <= float(threshold) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"threshold must be a probability between 0 and 1, got {threshold!r}")
+
+
+def _ckpt_threshold(ckpt: dict, path: Path) -> float:
+    thr = ckpt.get("threshold")
+    try:
+        thr = float(thr)
+    except (TypeError, ValueError):
+        thr = None
+    if thr is None or not math.isfinite(thr) or not 0.0 <= thr <= 1.0:
+        log.warning("%s has no valid threshold; using 0.5", path.name)
+        return 0.5
+    return thr

@@ -1,0 +1,149 @@
+"""``deepfake-detector predict``: inputs, table, CSV/JSON output, explanations and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepfake_detector.cli import main
+from deepfake_detector.inference import PREDICTION_FIELDS
+from tests.helpers import make_bad_file, make_video
+from tests.test_inference import _tiny_legacy_file, make_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("predict_cli")
+    vids = root / "videos"
+    face = make_video(vids / "a_face.mp4", frames=20, size=(176, 144), face=True)
+    nested = make_video(vids / "sub" / "deeper" / "b face.MOV", frames=20, size=(160, 128), face=True)
+    (vids / "notes.txt").write_text("not a video")
+    (vids / "sub" / "loop").symlink_to(vids, target_is_directory=True)  # a symlink loop
+    noface = make_video(root / "noface.mp4", frames=16, size=(96, 80), face=False)
+    bad = make_bad_file(root / "bad.mp4", "random")
+    ckpt = make_tiny_checkpoint(root / "best.pt")
+    return {"root": root, "vids": vids, "face": face, "nested": nested, "noface": noface, "bad": bad,
+            "ckpt": ckpt}
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["predict", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_folder_recursive_with_symlink_loop_and_csv_output(data, capsys, tmp_path):
+    out_csv = tmp_path / "out" / "results.csv"
+    code, out, err = _run(capsys, data["ckpt"], data["vids"], "--workers", "0", "--device", "cpu",
+                          "--output", out_csv)
+    assert code == 0, out + err
+    assert "a_face.mp4" in out and "b face.MOV" in out and "notes.txt" not in out
+    assert "2 video(s)" in out
+    with open(out_csv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == PREDICTION_FIELDS
+    assert len(rows) == 2  # each video once, even though the loop reaches the folder again
+    for r in rows:
+        assert r["status"] == "ok" and r["label"] in ("REAL", "FAKE") and 0.0 <= float(r["p_fake"]) <= 1.0
+    assert not [p for p in out_csv.parent.iterdir() if p.name != "results.csv"]  # atomic: no temp files
+
+
+def test_bad_and_missing_inputs_give_exit_code_1_and_json(data, capsys, tmp_path):
+    out_json = tmp_path / "r.json"
+    code, out, _ = _run(capsys, data["ckpt"], data["face"], data["bad"], tmp_path / "missing.mp4",
+                        "--workers", "0", "-o", out_json)
+    assert code == 1
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ".mp4" in ln}
+    assert any("missing" in ln for ln in lines.values())
+    assert "not scored" in out
+    data_json = json.loads(out_json.read_text())
+    preds = data_json["predictions"]
+    assert [Path(p["path"]).name for p in preds] == ["a_face.mp4", "bad.mp4", "missing.mp4"]
+    assert preds[0]["p_fake"] is not None and preds[1]["p_fake"] is None and preds[1]["error"]
+    assert preds[2]["status"] == "missing"
+    assert set(preds[0]) == set(PREDICTION_FIELDS)
+    assert data_json["threshold"] == 0.5
+
+
+def test_csv_and_txt_lists_relative_to_the_list(data, capsys, tmp_path):
+    lists = data["root"] / "lists"
+    lists.mkdir(exist_ok=True)
+    (lists / "in.csv").write_text("label,path\nREAL,../videos/a_face.mp4\nFAKE,../noface.mp4\n")
+    (lists / "in.txt").write_text("# videos\n../videos/a_face.mp4\n\n")
+    code, out, _ = _run(capsys, data["ckpt"], lists / "in.csv", lists / "in.txt", "--workers", "0")
+    assert code == 0
+    assert "2 video(s)" in out  # a_face listed twice: deduplicated
+    assert "no_face" in out
+
+
+def test_no_face_skip_is_unscored(data, capsys):
+    code, out, _ = _run(capsys, data["ckpt"], data["noface"], "--workers", "0", "--no-face", "skip")
+    assert code == 1 and "no_face" in out
+
+
+def test_explain_and_threshold(data, capsys, tmp_path):
+    ex = tmp_path / "ex"
+    code, out, _ = _run(capsys, data["ckpt"], data["face"], "--workers", "0", "--explain", ex,
+                        "--threshold", "0")
+    assert code == 0 and "FAKE" in out and "threshold 0.000" in out
+    pngs = list(ex.glob("*.png"))
+    assert len(pngs) == 1 and pngs[0].name.startswith("a_face-")
+
+
+def test_worker_pool_from_the_cli(data, capsys):
+    code, out, _ = _run(capsys, data["ckpt"], data["face"], data["nested"], data["bad"], "--workers", "2",
+                        "--batch-size", "1", "-q")
+    assert code == 1
+    assert "3 video(s)" in out and "path" not in out.splitlines()[0]  # -q: summary only
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{missing_ckpt}", "{face}"], "checkpoint not found"),
+    (["{ckpt}", "{empty}"], "no videos found"),
+    (["{ckpt}", "{face}", "--output", "r.xlsx"], ".csv or .json"),
+    (["{ckpt}", "{face}", "--threshold", "1.5"], "threshold"),
+    (["{ckpt}", "{face}", "--batch-size", "0"], "batch-size"),
+    (["{ckpt}", "/definitely/not/here.mp4"], "none of the inputs"),
+    (["{ckpt}", "{face}", "--device", "cuda:7"], "CUDA"),
+])
+def test_usage_errors_exit_2(data, capsys, tmp_path, argv, message):
+    if "cuda" in argv and torch.cuda.device_count() > 7:
+        pytest.skip("machine has 8 GPUs")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    subs = {"missing_ckpt": tmp_path / "nope.pt", "face": data["face"], "ckpt": data["ckpt"], "empty": empty}
+    code, out, err = _run(capsys, *[a.format(**subs) for a in argv])
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_unsafe_checkpoint_is_refused(data, capsys, tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(2, 2), path)  # a whole pickled module
+    code, _, err = _run(capsys, path, data["face"])
+    assert code == 2 and "refusing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_legacy_checkpoint_exact_mode(data, capsys, tmp_path):
+    path = tmp_path / "model_90_acc_4_frames.pt"
+    _tiny_legacy_file(path)
+    code, out, err = _run(capsys, path, data["face"], "--legacy", "--legacy-mode", "exact", "--workers", "0")
+    assert code == 0, err
+    assert "a_face.mp4" in out and "threshold 0.500" in out
+
+
+def test_non_utf8_file_name(data, capsys, tmp_path):
+    if os.name == "nt":
+        pytest.skip("POSIX byte file names")
+    raw = os.fsencode(str(tmp_path)) + b"/caf\xe9 clip.mp4"
+    os.link(data["face"], raw)
+    out_csv = tmp_path / "r.csv"
+    code, out, _ = _run(capsys, data["ckpt"], os.fsdecode(raw), "--workers", "0", "-o", out_csv)
+    assert code == 0 and "caf" in out
+    assert out_csv.read_bytes().count(b"caf\xe9 clip.mp4") == 1

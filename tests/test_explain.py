@@ -1,0 +1,120 @@
+"""Explanations: Grad-CAM heat maps point at the evidence, leave-one-out bars add up, PNGs are safe."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from deepfake_detector.explain import explain_clip, explanation_filename, render_strip
+from deepfake_detector.inference import Detector
+from tests.helpers import make_video
+from tests.test_inference import make_tiny_checkpoint
+
+
+class BrightnessModel(nn.Module):
+    """A hand-made detector whose FAKE evidence is the brightness of the first channel.
+
+    ``backbone`` keeps the spatial layout (one channel = input channel 0, pooled 4x), so the
+    Grad-CAM map must light up exactly where the frame is bright; the head gives frame ``t`` weight
+    ``w[t]`` so leave-one-out contributions are predictable.
+    """
+
+    def __init__(self, frame_weights) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.AvgPool2d(4))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.w = torch.tensor(frame_weights, dtype=torch.float32)
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:  # [B, T, 3] -> [B, 2]
+        t = feats.shape[1]
+        w = self.w[:t] if t == len(self.w) else torch.ones(t) * self.w.mean()
+        score = (feats[..., 0] * w).mean(dim=1) * 4.0
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def test_gradcam_lights_up_the_region_that_raised_the_fake_score():
+    x = torch.zeros(3, 3, 32, 32)
+    x[:, 0, 2:10, 20:30] = 1.0  # bright patch, top right, in every frame
+    model = BrightnessModel([1.0, 1.0, 1.0])
+    expl = explain_clip(model, x)
+    assert expl.cams.shape == (3, 32, 32)
+    assert expl.cams.min() >= 0.0 and expl.cams.max() <= 1.0 + 1e-6
+    cam = expl.cams[0]
+    inside = cam[2:10, 20:30].mean()
+    outside = np.concatenate([cam[16:, :].ravel(), cam[:, :12].ravel()]).mean()
+    assert inside > 0.5 and outside < 0.1
+    assert 0.5 < expl.p_fake < 1.0
+
+
+def test_leave_one_out_contributions_match_rerunning_without_the_frame():
+    from deepfake_detector.config import ModelConfig
+    from deepfake_detector.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="tiny", hidden_size=8, pretrained=False)
+    model = build_model(cfg, load_weights=False).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(30)
+    x = torch.randn(4, 3, 32, 32)
+    expl = explain_clip(model, x)
+    with torch.no_grad():
+        p_full = float(torch.softmax(model(x.unsqueeze(0)), 1)[0, 1])
+        for t in range(4):
+            keep = torch.cat([x[:t], x[t + 1:]]).unsqueeze(0)
+            p_wo = float(torch.softmax(model(keep), 1)[0, 1])
+            assert abs(expl.contributions[t] - (p_full - p_wo)) < 1e-5
+    assert abs(expl.p_fake - p_full) < 1e-5
+    assert np.abs(expl.contributions).max() > 1e-4  # frames really matter: the check can fail
+
+
+def test_explanation_filenames_are_safe_and_unique():
+    a = explanation_filename("/data/a/clip 1.mp4")
+    b = explanation_filename("/data/b/clip 1.mp4")
+    assert a != b and a.endswith(".png") and a.startswith("clip_1-")
+    for hostile in ["../../etc/passwd", "/x/..mp4", "/x/\u00e9t\u00e9 \U0001f600.mov", "a" * 500 + ".mp4",
+                    "/x/\udcff\udcfe.mp4"]:
+        name = explanation_filename(hostile)
+        assert "/" not in name and "\\" not in name and not name.startswith(".")
+        assert len(name) < 100 and name.isascii()
+
+
+def test_render_strip_writes_a_png_atomically(tmp_path):
+    import cv2
+
+    from deepfake_detector.explain import Explanation
+
+    t = 12  # more than one row
+    crops = np.random.default_rng(0).integers(0, 255, (t, 48, 48, 3), dtype=np.uint8)
+    cams = np.random.default_rng(1).random((t, 48, 48)).astype(np.float32)
+    expl = Explanation(p_fake=0.8, cams=cams, contributions=np.linspace(-0.1, 0.2, t), p_without=np.zeros(t))
+    out = render_strip(tmp_path / "sub" / "x.png", crops, expl, title="FAKE  P(FAKE) = 0.800", label="FAKE")
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] > 200 and img.shape[1] > 600
+    assert [p.name for p in out.parent.iterdir()] == ["x.png"]  # no temporary files left behind
+
+
+def test_predict_with_explain_dir(tmp_path):
+    ckpt = make_tiny_checkpoint(tmp_path / "best.pt")
+    video = make_video(tmp_path / "my video (1).mp4", frames=24, size=(176, 144), face=True)
+    out_dir = tmp_path / "explain"
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0)
+    (pred,) = det.predict([video], explain_dir=out_dir)
+    assert pred.status == "ok" and pred.explanation
+    path = Path(pred.explanation)
+    assert path.parent == out_dir and path.name == explanation_filename(os.fspath(video))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # unscored videos get no explanation
+    (bad,) = det.predict([tmp_path / "missing.mp4"], explain_dir=out_dir)
+    assert bad.explanation is None
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_short_clips_explain(frames):
+    model = BrightnessModel([1.0] * frames)
+    expl = explain_clip(model, torch.rand(frames, 3, 16, 16))
+    assert expl.cams.shape == (frames, 16, 16) and expl.contributions.shape == (frames,)

@@ -1,0 +1,194 @@
+"""Reference-implementation ("legacy") checkpoints: exact reproduction and mapping onto our model."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from deepfake_detector import legacy as lg
+from deepfake_detector.errors import UnsafeFileError, UserError
+
+
+class ReferenceModel(nn.Module):
+    """The public reference implementation's model, verbatim except ``weights=None`` (no download)."""
+
+    def __init__(self, num_classes, latent_dim=2048, lstm_layers=1, hidden_dim=2048, bidirectional=False):
+        super().__init__()
+        model = torchvision.models.resnext50_32x4d(weights=None)
+        self.model = nn.Sequential(*list(model.children())[:-2])
+        self.lstm = nn.LSTM(latent_dim, hidden_dim, lstm_layers, bidirectional)
+        self.relu = nn.LeakyReLU()
+        self.dp = nn.Dropout(0.4)
+        self.linear1 = nn.Linear(2048, num_classes)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        batch_size, seq_length, c, h, w = x.shape
+        x = x.view(batch_size * seq_length, c, h, w)
+        fmap = self.model(x)
+        x = self.avgpool(fmap)
+        x = x.view(batch_size, seq_length, 2048)
+        x_lstm, _ = self.lstm(x, None)
+        return fmap, self.dp(self.linear1(torch.mean(x_lstm, dim=1)))
+
+
+def _randomize_bn(module: nn.Module, seed: int) -> None:
+    """Non-trivial BatchNorm statistics so a wrong mapping of buffers would show."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    torch.manual_seed(0)
+    ref = ReferenceModel(2).eval()
+    _randomize_bn(ref, 1)
+    with torch.no_grad():
+        ref.linear1.weight.mul_(20)  # spread the two classes so probabilities are not all ~0.5
+    return ref
+
+
+@pytest.fixture(scope="module")
+def exact(reference):
+    return lg.build_exact_model(reference.state_dict())
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(3)
+    return torch.randn(1, 2, 3, 64, 64)  # small frames keep the real ResNeXt-50 forward cheap
+
+
+def test_reference_layout_is_detected(reference):
+    sd = reference.state_dict()
+    assert "lstm.bias_ih_l0" not in sd  # the reference's LSTM really has no biases
+    assert lg.is_legacy_state_dict(sd)
+    spec = lg.inspect_legacy(sd)
+    shape = (spec.trunk, spec.latent_dim, spec.hidden_dim, spec.num_layers)
+    assert shape == ("resnext50_32x4d", 2048, 2048, 1)
+    # DataParallel prefix and {"state_dict": ...} wrapping are understood too
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in sd.items()}}
+    assert lg.is_legacy_state_dict(wrapped)
+    assert not lg.is_legacy_state_dict({"model": sd, "config": {}})
+
+
+@pytest.fixture(scope="module")
+def exact_logits(exact, clip):
+    with torch.no_grad():
+        return exact(clip)
+
+
+@pytest.mark.slow  # a real ResNeXt-50 + 2048-wide LSTM on CPU
+def test_exact_mode_matches_reference_forward(reference, exact_logits, clip):
+    with torch.no_grad():
+        ref_logits = reference(clip)[1]
+    ours = exact_logits
+    assert torch.equal(ours[:, [1, 0]], ref_logits)  # bit-for-bit, classes swapped to index 1 = FAKE
+    ref_p_fake = torch.softmax(ref_logits, 1)[:, 0]  # reference: class 0 = FAKE
+    our_p_fake = torch.softmax(ours, 1)[:, 1]  # ours: class 1 = FAKE
+    assert torch.allclose(our_p_fake, ref_p_fake, atol=1e-6, rtol=0)
+    assert 0.0 < float(our_p_fake) < 1.0
+
+
+@pytest.mark.slow  # a real ResNeXt-50 + 2048-wide LSTM on CPU
+def test_exact_mode_runs_each_video_as_the_reference_did_with_batch_one(exact, exact_logits, clip):
+    other = torch.randn(1, 2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        batched = exact(torch.cat([clip, other]))  # a batch must not mix videos (the reference's LSTM would)
+        # exposed halves (used by explanations) agree with the forward
+        feats = exact.frame_features(other[0]).unsqueeze(0)
+        via_head = exact.head(feats)
+    assert torch.allclose(batched[0], exact_logits[0], atol=1e-6)
+    assert torch.allclose(via_head[0], batched[1], atol=1e-6)
+
+
+@pytest.mark.slow  # a real ResNeXt-50 + 2048-wide LSTM on CPU
+def test_fixed_mode_maps_weights_onto_our_model(reference, exact, exact_logits, clip):
+    fixed = lg.build_fixed_model(reference.state_dict())
+    sd = reference.state_dict()
+    ours = fixed.state_dict()
+    assert torch.equal(ours["backbone.0.weight"], sd["model.0.weight"])
+    assert torch.equal(ours["backbone.7.2.bn3.running_var"], sd["model.7.2.bn3.running_var"])
+    assert torch.equal(ours["lstm.weight_hh_l0"], sd["lstm.weight_hh_l0"])
+    assert float(ours["lstm.bias_ih_l0"].abs().sum()) == 0.0
+    assert torch.equal(ours["fc.weight"][1], sd["linear1.weight"][0])  # FAKE row moved to index 1
+    assert torch.equal(ours["fc.bias"][0], sd["linear1.bias"][1])
+    with torch.no_grad():
+        # one frame: a length-1 sequence either way, so both modes agree ...
+        p_fixed_1 = torch.softmax(fixed(clip[:, :1]), 1)[:, 1]
+        p_exact_1 = torch.softmax(exact(clip[:, :1]), 1)[:, 1]
+        # ... with more frames our LSTM carries state across time and the numbers differ (documented)
+        p_fixed = torch.softmax(fixed(clip), 1)[:, 1]
+        p_exact = torch.softmax(exact_logits, 1)[:, 1]
+    assert torch.allclose(p_fixed_1, p_exact_1, atol=1e-5)
+    assert not torch.allclose(p_fixed, p_exact, atol=1e-6)
+
+
+# --- small trunk: file-level behaviour without the 230 MB ResNeXt state ------------------------------
+
+
+def _tiny_reference_state(hidden: int = 16, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    trunk = lg._our_backbone("tiny")
+    ref = lg.reference_model_class()(2, 64, 1, hidden, False, trunk=trunk)
+    _randomize_bn(ref, seed + 1)
+    return ref.eval()
+
+
+def test_tiny_trunk_exact_and_fixed(tmp_path):
+    ref = _tiny_reference_state()
+    sd = ref.state_dict()
+    spec = lg.inspect_legacy(sd)
+    assert spec.trunk == "tiny" and spec.hidden_dim == 16 and spec.latent_dim == 64
+    x = torch.randn(1, 3, 3, 64, 64)
+    exact = lg.build_exact_model(sd)
+    fixed = lg.build_fixed_model(sd)
+    with torch.no_grad():
+        assert torch.equal(exact(x)[:, [1, 0]], ref(x)[1])
+        assert torch.allclose(torch.softmax(fixed(x[:, :1]), 1), torch.softmax(exact(x[:, :1]), 1), atol=1e-6)
+
+
+def test_frames_from_reference_file_names():
+    assert lg.legacy_frames_from_name("model_97_acc_100_frames_FF_data.pt") == 100
+    assert lg.legacy_frames_from_name("checkpoints/model_87_acc_20_frames_final_data.pt") == 20
+    assert lg.legacy_frames_from_name("best.pt") is None
+
+
+def test_not_a_legacy_dict_is_a_user_error():
+    with pytest.raises(UserError):
+        lg.inspect_legacy({"fc.weight": torch.zeros(2, 3)})
+    bad = _tiny_reference_state().state_dict()
+    bad["linear1.weight"] = torch.zeros(3, 16)
+    with pytest.raises(UserError, match="linear1"):
+        lg.inspect_legacy(bad)
+
+
+def test_pickled_whole_model_is_refused(tmp_path, caplog):
+    ref = _tiny_reference_state()
+    path = tmp_path / "model_90_acc_10_frames.pt"
+    torch.save(nn.Sequential(nn.Linear(4, 2)), path)  # a whole model object: needs arbitrary unpickling
+    with pytest.raises(UnsafeFileError, match="refusing"):
+        lg.safe_torch_load(path)
+    # a plain state dict of the same model loads fine
+    torch.save(ref.state_dict(), path)
+    with caplog.at_level(logging.WARNING):
+        assert lg.is_legacy_state_dict(lg.safe_torch_load(path))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04broken zip"])
+def test_unreadable_files_are_user_errors(tmp_path, content):
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(UserError):
+        lg.safe_torch_load(path)
+    with pytest.raises(UserError, match="not found"):
+        lg.safe_torch_load(tmp_path / "missing.pt")
