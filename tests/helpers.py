@@ -21,9 +21,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -177,6 +178,7 @@ def make_video(
     frame_fn: Optional[Callable[[int], np.ndarray]] = None,
     audio: bool = False,
     options: Optional[dict] = None,
+    container_options: Optional[dict] = None,
 ) -> Path:
     """Write a small video with PyAV and return its path.
 
@@ -184,10 +186,12 @@ def make_video(
     - ``face=True``: carphone frames (a real face, looped, resized); ``face=False``: ``index_frame``
       frames (no face; each carries its number so tests can check which frames were sampled).
     - ``frame_fn(i) -> RGB uint8 [h,w,3]`` overrides both.
-    - ``codec``: ``libx264`` (mp4), ``mpeg4``, ``mjpeg`` (use ``.avi``/``.mkv``/``.mp4``), ``libvpx-vp9`` (``.webm``)...
+    - ``codec``: ``libx264`` (mp4), ``mpeg4``, ``mjpeg`` (``.avi``/``.mkv``), ``libvpx-vp9`` (``.webm``)...
     - ``gop``: keyframe interval (``g``); ``pts``: explicit presentation times in ``time_base`` units
       (variable frame rate); ``rotation``: display-matrix rotation in degrees (counter-clockwise, as
       ``VideoFrame.rotation`` reads it back); ``audio``: add a silent AAC track.
+    - ``options``: encoder options; ``container_options``: muxer options (e.g. ``{"movflags": "faststart"}``
+      puts the MP4 index first, so a truncated copy still opens and claims frames it lacks).
     """
     import av
 
@@ -197,7 +201,7 @@ def make_video(
     if frame_fn is None:
         frame_fn = (lambda i: _face_frame(i, (w, h))) if face else (lambda i: index_frame(i, (w, h)))
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width = w
         stream.height = h

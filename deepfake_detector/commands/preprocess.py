@@ -1,0 +1,144 @@
+"""``deepfake-detector preprocess DATA --out CACHE``: dataset on disk -> cached face clips + manifest."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import UserError
+
+HELP = "sample frames, crop faces and cache clips + manifest for a dataset (resumable, shardable)"
+DESCRIPTION = (
+    "Read a dataset (csv, legacy, dfdc, ffpp, celebdf or folders layout; --format auto detects it), sample "
+    "--frames frames evenly across each WHOLE video, find and track one face, and write one uint8 .npy clip "
+    "per video plus CACHE/manifest.csv (status per video: ok, no_face, unreadable, too_short, refused, "
+    "missing, error). A rerun skips finished videos and retries failed ones; --shard K/N lets many "
+    "machines share a dataset (each writes manifest-K-of-N.csv). Exit code 0 unless nothing could be "
+    "processed or the arguments are wrong."
+)
+
+_FORMATS = ("auto", "csv", "legacy", "dfdc", "ffpp", "celebdf", "folders")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..config import PreprocessConfig
+
+    d = PreprocessConfig()
+    p.add_argument("data", help="dataset folder (or a CSV/JSON file for csv/dfdc)")
+    p.add_argument("--out", required=True,
+                   help="cache folder to write (clips/, manifest.csv, preprocess.json)")
+    p.add_argument("--format", default="auto", choices=_FORMATS, help="dataset layout")
+    p.add_argument("--label-map", default=None,
+                   help="meaning of numeric labels, e.g. 1=FAKE,0=REAL (needed for 0/1 labels)")
+    g = p.add_argument_group("clips")
+    g.add_argument("--frames", type=int, default=d.frames, help="frames sampled evenly across each video")
+    g.add_argument("--size", type=int, default=d.size, help="side of the square face crop, pixels")
+    g.add_argument("--margin", type=float, default=d.margin, help="context around the face box (fraction)")
+    g.add_argument("--detector", default=d.detector, choices=["dlib", "haar", "center"],
+                   help="face detector: dlib HOG, OpenCV Haar cascade, or centre crop (no detection)")
+    g.add_argument("--upsample", type=int, default=d.upsample, help="dlib up-sampling passes (small faces)")
+    g.add_argument("--detect-max-side", type=int, default=d.detect_max_side,
+                   help="frames are down-scaled to this longest side for detection")
+    g.add_argument("--no-face", default=d.no_face, choices=["center", "skip"],
+                   help="no face found: keep centre crops (status no_face) or write no clip")
+    g = p.add_argument_group("safety caps")
+    g.add_argument("--max-decode-side", type=int, default=d.max_decode_side,
+                   help="decoded frames are down-scaled to this longest side")
+    g.add_argument("--max-duration", type=float, default=d.max_duration_s,
+                   help="only the first SECONDS of each video are considered")
+    g.add_argument("--max-pixels", type=int, default=d.max_pixels, help="refuse videos with larger frames")
+    g.add_argument("--timeout", type=float, default=d.timeout_s,
+                   help="per-video time limit, seconds (0 = none)")
+    g = p.add_argument_group("run")
+    g.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per CPU, up to 8; 0 = in this process)")
+    g.add_argument("--shard", default=None, metavar="K/N", help="process only the K-th (1-based) of N slices")
+    g.add_argument("--limit", type=int, default=None, help="only the first N videos (trying things out)")
+    g.add_argument("--force", action="store_true",
+                   help="redo every video even if CACHE was made with other settings")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _config(args: argparse.Namespace):
+    from ..config import PreprocessConfig
+
+    try:
+        return PreprocessConfig(
+            frames=args.frames, size=args.size, margin=args.margin, detector=args.detector,
+            upsample=args.upsample, detect_max_side=args.detect_max_side, no_face=args.no_face,
+            max_decode_side=args.max_decode_side, max_duration_s=args.max_duration,
+            max_pixels=args.max_pixels, timeout_s=args.timeout,
+        )
+    except ValueError as exc:
+        raise UserError(f"bad preprocessing setting: {exc}") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.faces import detector_available
+    from ..data.preprocess import parse_shard, run_preprocess
+    from ..data.sources import count_by_split, format_counts_table, load_records
+
+    cfg = _config(args)
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if args.workers is not None and args.workers < 0:
+        raise UserError("--workers must be >= 0")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be >= 1")
+    why = detector_available(cfg.detector)
+    if why:
+        raise UserError(f"face detector '{cfg.detector}' cannot run: {why}")
+    if not os.path.exists(args.data):
+        raise UserError(f"{args.data}: no such file or folder")
+
+    result = load_records(args.data, args.format, label_map=args.label_map)
+    records = result.records
+    how = "detected" if args.format == "auto" else "given"
+    print(f"dataset: {args.data} (format {result.format}, {how}): {len(records)} video(s)")
+    if records:
+        print(format_counts_table(count_by_split(records)))
+    if result.problems:
+        print(f"{len(result.problems)} record problem(s):")
+        for prob in result.problems[:20]:
+            print(f"  {prob}")
+        if len(result.problems) > 20:
+            print(f"  ... and {len(result.problems) - 20} more")
+    if args.limit:
+        records = records[: args.limit]
+    if not records:
+        print("nothing to do: no usable video records", file=sys.stderr)
+        return 1
+    if shard:
+        print(f"shard {shard[0]}/{shard[1]}")
+
+    summary = run_preprocess(
+        records, args.out, cfg, workers=args.workers, shard=shard, progress=not args.no_progress,
+        dataset_root=os.path.abspath(args.data), fmt=result.format, force=args.force,
+    )
+    _print_summary(summary)
+    this_run_ok = summary.counts.get("ok", 0) + summary.counts.get("no_face", 0)
+    if summary.total and this_run_ok == 0 and summary.skipped == 0:
+        print("error: no video could be processed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_summary(s) -> None:
+    from ..data.cache import STATUSES
+
+    print()
+    print(f"{'status':<12}{'this run':>10}{'in cache':>10}")
+    for st in STATUSES:
+        a, b = s.counts.get(st, 0), s.manifest_counts.get(st, 0)
+        if a or b:
+            print(f"{st:<12}{a:>10}{b:>10}")
+    print(f"{'skipped':<12}{s.skipped:>10}")
+    print(f"{s.processed} video(s) in {s.seconds:.1f} s ({s.videos_per_s:.2f} videos/s)")
+    if s.failures:
+        print("failures (first 10):")
+        for path, status, err in s.failures[:10]:
+            print(f"  {path}: {status}: {err}")
+    print(f"manifest: {s.manifest}")

@@ -1,0 +1,445 @@
+"""Face detectors by name, a one-subject tracker and the square cropper.
+
+Detectors (``get_detector(name, **kw)``):
+
+* ``dlib``: dlib's HOG frontal face detector (``dlib-bin`` wheel, no model file). HOG cost grows with
+  the pixel count, so each frame is searched coarse-to-fine: first at a small scale (faces that fill
+  a good part of the frame are found in a few ms), then at ``detect_max_side`` with ``upsample``
+  passes only when nothing was found. Once a face was found in a video, its size tells the scale to
+  use first on the next frames (the face is searched at about 100 px).
+* ``haar``: OpenCV's bundled frontal-face Haar cascade (dependency-free fallback, more false
+  positives; the tracker removes most).
+* ``center``: no detection; the centre square of the frame.
+
+All detectors return ``Box`` es in the coordinates of the frame they were given. Detector objects are
+picklable (the native detector is built lazily in each process).
+
+``FaceCropper`` keeps ONE subject per video: boxes are linked across the sampled frames into tracks
+(IoU / centre distance), the track with the most detections x size wins, its boxes are smoothed over
+time, frames without a detection get boxes interpolated from their neighbours, and each frame is cut
+as a square (``margin`` extra context), padded black at the borders, and resized to ``size``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Box:
+    """A face box ``[x0, x1) x [y0, y1)`` in pixels with a detector score (higher = more confident)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float = 0.0
+
+    @property
+    def w(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def h(self) -> float:
+        return self.y1 - self.y0
+
+    @property
+    def cx(self) -> float:
+        return (self.x0 + self.x1) / 2
+
+    @property
+    def cy(self) -> float:
+        return (self.y0 + self.y1) / 2
+
+    @property
+    def side(self) -> float:
+        return max(self.w, self.h)
+
+    def scaled(self, s: float) -> Box:
+        return Box(self.x0 * s, self.y0 * s, self.x1 * s, self.y1 * s, self.score)
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.x0, self.y0, self.x1, self.y1], np.float32)
+
+
+def iou(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
+    iy = max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+    inter = ix * iy
+    union = a.w * a.h + b.w * b.h - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _resize(img: np.ndarray, scale: float) -> np.ndarray:
+    import cv2
+
+    h, w = img.shape[:2]
+    nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(img, (nw, nh), interpolation=interp)
+
+
+class FaceDetector:
+    """Base class: ``detect(rgb) -> list[Box]`` in the frame's own pixel coordinates."""
+
+    name = "base"
+
+    def detect(self, rgb: np.ndarray, hint: Optional[float] = None) -> list[Box]:
+        """Faces in an RGB uint8 frame. ``hint``: expected face side in pixels (speeds up search)."""
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_native"] = None  # native detectors are rebuilt lazily in the receiving process
+        return state
+
+
+class DlibDetector(FaceDetector):
+    """dlib HOG frontal faces, searched coarse-to-fine (see the module docstring)."""
+
+    name = "dlib"
+    _WINDOW = 80  # dlib's HOG window: faces smaller than ~80 px need up-sampling
+    _TARGET = 100  # with a size hint, scale the frame so the face is about this big
+
+    def __init__(self, detect_max_side: int = 640, upsample: int = 1, coarse_side: int = 320,
+                 threshold: float = 0.0) -> None:
+        self.detect_max_side = int(detect_max_side)
+        self.upsample = int(upsample)
+        self.coarse_side = int(min(coarse_side, detect_max_side))
+        self.threshold = float(threshold)
+        self._native = None
+
+    @property
+    def native(self):
+        if self._native is None:
+            try:
+                import dlib
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise RuntimeError(
+                    "the dlib face detector needs the 'dlib-bin' package (pip install dlib-bin); "
+                    "or use --detector haar"
+                ) from exc
+            self._native = dlib.get_frontal_face_detector()
+        return self._native
+
+    def _run(self, img: np.ndarray, scale: float, upsample: int) -> list[Box]:
+        small = img if scale == 1.0 else _resize(img, scale)
+        rects, scores, _ = self.native.run(np.ascontiguousarray(small), upsample, self.threshold)
+        inv = 1.0 / scale
+        return [Box(r.left() * inv, r.top() * inv, (r.right() + 1) * inv, (r.bottom() + 1) * inv, float(s))
+                for r, s in zip(rects, scores)]
+
+    def plan(self, shape: Sequence[int], hint: Optional[float] = None) -> list[tuple[float, int]]:
+        """The (scale, upsample) passes tried in order for a frame of ``shape``.
+
+        Without a hint: coarse, then ``detect_max_side``, then ``detect_max_side`` up-sampled. With a
+        hint (the face size found on an earlier frame of this video) one pass at the scale that makes
+        that face ~100 px, then the coarse pass; the expensive passes are skipped because a frame
+        without a detection is filled from its neighbours anyway.
+        """
+        longest = float(max(shape[0], shape[1]))
+        full = min(1.0, self.detect_max_side / longest)
+        coarse = min(full, self.coarse_side / longest)
+        passes: list[tuple[float, int]] = []
+        if hint:
+            need = self._TARGET / float(hint)
+            if need <= full:
+                passes.append((max(coarse, need), 0))
+            elif self.upsample > 0:
+                passes.append((full, self.upsample))
+            else:
+                passes.append((full, 0))
+            passes.append((coarse, 0))
+        else:
+            passes.append((coarse, 0))
+            if full > coarse * 1.15:
+                passes.append((full, 0))
+            if self.upsample > 0:
+                passes.append((full, self.upsample))
+        seen, out = set(), []
+        for p in passes:
+            key = (round(p[0], 3), p[1])
+            if key not in seen:
+                seen.add(key)
+                out.append(p)
+        return out
+
+    def detect(self, rgb: np.ndarray, hint: Optional[float] = None) -> list[Box]:
+        for scale, up in self.plan(rgb.shape, hint):
+            boxes = self._run(rgb, scale, up)
+            if boxes:
+                return boxes
+        return []
+
+
+class HaarDetector(FaceDetector):
+    """OpenCV's bundled frontal-face Haar cascade on a grey, down-scaled frame."""
+
+    name = "haar"
+
+    def __init__(self, detect_max_side: int = 640, scale_factor: float = 1.1, min_neighbors: int = 5,
+                 cascade: str = "haarcascade_frontalface_default.xml", **_: object) -> None:
+        self.detect_max_side = int(detect_max_side)
+        self.scale_factor = float(scale_factor)
+        self.min_neighbors = int(min_neighbors)
+        self.cascade = cascade
+        self._native = None
+
+    @property
+    def native(self):
+        if self._native is None:
+            import cv2
+
+            path = self.cascade
+            if not path.startswith("/"):
+                path = cv2.data.haarcascades + path
+            clf = cv2.CascadeClassifier(path)
+            if clf.empty():
+                raise RuntimeError(f"cannot load the Haar cascade {path}")
+            self._native = clf
+        return self._native
+
+    def detect(self, rgb: np.ndarray, hint: Optional[float] = None) -> list[Box]:
+        import cv2
+
+        longest = max(rgb.shape[:2])
+        scale = min(1.0, self.detect_max_side / float(longest))
+        small = rgb if scale == 1.0 else _resize(rgb, scale)
+        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+        min_side = max(20, int(min(gray.shape[:2]) * 0.06))
+        rects, _, weights = self.native.detectMultiScale3(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(min_side, min_side), outputRejectLevels=True,
+        )
+        inv = 1.0 / scale
+        out = []
+        for (x, y, w, h), s in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).reshape(-1)):
+            out.append(Box(x * inv, y * inv, (x + w) * inv, (y + h) * inv, float(s)))
+        return out
+
+
+class CenterDetector(FaceDetector):
+    """No detection: the centre square of the frame (for face-centred footage or debugging)."""
+
+    name = "center"
+
+    def __init__(self, **_: object) -> None:
+        self._native = None
+
+    def detect(self, rgb: np.ndarray, hint: Optional[float] = None) -> list[Box]:
+        return [center_box(rgb.shape)]
+
+
+def center_box(shape: Sequence[int]) -> Box:
+    """The largest centred square of a frame of ``shape`` (h, w, ...)."""
+    h, w = float(shape[0]), float(shape[1])
+    s = min(h, w)
+    return Box((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2, 0.0)
+
+
+DETECTORS: dict[str, Callable[..., FaceDetector]] = {
+    "dlib": DlibDetector,
+    "haar": HaarDetector,
+    "center": CenterDetector,
+}
+
+
+def get_detector(name: str, **kw: object) -> FaceDetector:
+    """Build a detector by registry name (``dlib``, ``haar``, ``center``); extra keywords configure it."""
+    try:
+        cls = DETECTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown face detector {name!r}; choose from {', '.join(DETECTORS)}") from None
+    if cls is DlibDetector:
+        kw = {k: v for k, v in kw.items() if k in ("detect_max_side", "upsample", "coarse_side", "threshold")}
+    return cls(**kw)
+
+
+def detector_available(name: str) -> Optional[str]:
+    """None when detector ``name`` can run here, else a one-line reason."""
+    if name == "dlib":
+        try:
+            import dlib  # noqa: F401
+        except ImportError:
+            return "dlib is not installed (pip install dlib-bin), use --detector haar"
+    elif name == "haar":
+        import cv2
+
+        if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
+            return "this OpenCV build has no Haar cascades (use opencv-python-headless<5)"
+    elif name not in DETECTORS:
+        return f"unknown detector {name!r}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Tracking, smoothing and cropping
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CropResult:
+    crops: np.ndarray  # uint8 [T, size, size, 3]
+    boxes: np.ndarray  # float32 [T, 4] x0,y0,x1,y1 of the square crop in the frames' pixels
+    detected: np.ndarray  # bool [T]: the subject was really detected in this frame
+    face_ratio: float  # detected.mean()
+    found: bool  # any face at all
+
+
+def _link_tracks(dets: list[list[Box]]) -> list[dict[int, Box]]:
+    """Link per-frame boxes into tracks: in each frame the cheapest (box, track) pairs are matched
+    first (IoU, centre distance relative to size, similar size); unmatched boxes start new tracks."""
+    tracks: list[dict[int, Box]] = []
+    last: list[Box] = []  # latest box of each track
+    for t, boxes in enumerate(dets):
+        pairs = []
+        for bi, box in enumerate(boxes):
+            for k, lb in enumerate(last):
+                ratio = box.side / max(lb.side, 1e-6)
+                if not 0.5 <= ratio <= 2.0:
+                    continue
+                dist = float(np.hypot(box.cx - lb.cx, box.cy - lb.cy)) / max(lb.side, box.side, 1e-6)
+                overlap = iou(box, lb)
+                if overlap < 0.1 and dist > 1.0:
+                    continue
+                pairs.append((dist - overlap + abs(np.log(ratio)), bi, k))
+        used_b: set[int] = set()
+        used_t: set[int] = set()
+        for _, bi, k in sorted(pairs):
+            if bi in used_b or k in used_t:
+                continue
+            tracks[k][t] = boxes[bi]
+            last[k] = boxes[bi]
+            used_b.add(bi)
+            used_t.add(k)
+        for bi, box in enumerate(boxes):
+            if bi not in used_b:
+                tracks.append({t: box})
+                last.append(box)
+    return tracks
+
+
+def _track_score(track: dict[int, Box]) -> float:
+    sides = [b.side for b in track.values()]
+    return len(track) * float(np.median(sides))
+
+
+def _fill_and_smooth(track: dict[int, Box], n: int, window: int) -> np.ndarray:
+    """[n, 3] (cx, cy, side) for every frame: detections median-smoothed, gaps interpolated."""
+    ts = np.array(sorted(track), dtype=np.float64)
+    vals = np.array([[track[int(t)].cx, track[int(t)].cy, track[int(t)].side] for t in ts], np.float64)
+    if window > 1 and len(ts) >= 3:
+        half = window // 2
+        sm = vals.copy()
+        for i in range(len(ts)):
+            lo, hi = max(0, i - half), min(len(ts), i + half + 1)
+            sm[i] = np.median(vals[lo:hi], axis=0)
+        vals = sm
+    grid = np.arange(n, dtype=np.float64)
+    # np.interp: linear between detections, nearest value before the first / after the last
+    return np.stack([np.interp(grid, ts, vals[:, j]) for j in range(3)], axis=1)
+
+
+def square_crop(
+    img: np.ndarray, cx: float, cy: float, side: float, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a ``side`` square centred on (cx, cy), shifted inside the frame when it fits, padded black
+    where it does not, resized to ``size``. Returns the crop and the square's [x0,y0,x1,y1]."""
+    import cv2
+
+    h, w = img.shape[:2]
+    side = max(2.0, float(side))
+    x0 = cx - side / 2
+    y0 = cy - side / 2
+    # keep the square inside the frame when the frame is big enough (no padding needed)
+    if side <= w:
+        x0 = min(max(x0, 0.0), w - side)
+    if side <= h:
+        y0 = min(max(y0, 0.0), h - side)
+    ix0, iy0 = int(round(x0)), int(round(y0))
+    iside = max(2, int(round(side)))
+    ix1, iy1 = ix0 + iside, iy0 + iside
+    sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix1, w), min(iy1, h)
+    if sx1 <= sx0 or sy1 <= sy0:
+        patch = np.zeros((iside, iside, 3), np.uint8)
+    else:
+        patch = img[sy0:sy1, sx0:sx1]
+        pads = (sy0 - iy0, iy1 - sy1, sx0 - ix0, ix1 - sx1)
+        if any(pads):
+            patch = cv2.copyMakeBorder(patch, *pads, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    interp = cv2.INTER_AREA if iside > size else cv2.INTER_LINEAR
+    crop = cv2.resize(np.ascontiguousarray(patch), (size, size), interpolation=interp)
+    return crop, np.array([ix0, iy0, ix1, iy1], np.float32)
+
+
+class FaceCropper:
+    """Detect, track ONE subject, smooth, fill gaps and cut square crops from a list of frames."""
+
+    def __init__(self, detector: FaceDetector, size: int = 112, margin: float = 0.3, smooth: int = 3) -> None:
+        self.detector = detector
+        self.size = int(size)
+        self.margin = float(margin)
+        self.smooth = int(smooth)
+
+    def detect_all(self, frames: Sequence[np.ndarray]) -> list[list[Box]]:
+        """Per-frame detections; the size of the last face found guides the search on the next frame."""
+        out: list[list[Box]] = []
+        hint: Optional[float] = None
+        for frame in frames:
+            boxes = self.detector.detect(frame, hint=hint)
+            if boxes:
+                hint = max(b.side for b in boxes)
+            out.append(boxes)
+        return out
+
+    def crop(self, frames: Sequence[np.ndarray], detections: Optional[list[list[Box]]] = None) -> CropResult:
+        n = len(frames)
+        if n == 0:
+            raise ValueError("no frames to crop")
+        if detections is None:
+            detections = self.detect_all(frames)
+        centre_only = isinstance(self.detector, CenterDetector)
+        tracks = [] if centre_only else _link_tracks(detections)
+        detected = np.zeros(n, bool)
+        if tracks:
+            best = max(tracks, key=_track_score)
+            for t in best:
+                detected[t] = True
+            params = _fill_and_smooth(best, n, self.smooth)
+            sides = params[:, 2] * (1.0 + self.margin)
+            centres = params[:, :2]
+            found = True
+        else:
+            found = centre_only  # the centre detector never "finds" a face, by design
+            centres = np.array([[f.shape[1] / 2, f.shape[0] / 2] for f in frames], np.float64)
+            sides = np.array([min(f.shape[:2]) for f in frames], np.float64)
+        crops = np.empty((n, self.size, self.size, 3), np.uint8)
+        boxes = np.empty((n, 4), np.float32)
+        for i, frame in enumerate(frames):
+            crops[i], boxes[i] = square_crop(frame, centres[i, 0], centres[i, 1], sides[i], self.size)
+        ratio = float(detected.mean()) if n else 0.0
+        return CropResult(crops=crops, boxes=boxes, detected=detected, face_ratio=ratio, found=found)
+
+
+__all__ = [
+    "Box",
+    "FaceDetector",
+    "DlibDetector",
+    "HaarDetector",
+    "CenterDetector",
+    "DETECTORS",
+    "get_detector",
+    "detector_available",
+    "FaceCropper",
+    "CropResult",
+    "square_crop",
+    "center_box",
+    "iou",
+]

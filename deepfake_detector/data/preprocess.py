@@ -1,0 +1,521 @@
+"""Video -> face clip, for one video (``extract_clip``, shared with predict) and for a dataset
+(``run_preprocess``: process pool, resumable, shardable, crash- and hang-tolerant).
+
+``extract_clip`` never raises for a bad video: every outcome is a ``ClipResult`` with a status from
+``cache.STATUSES`` and a one-line error message.
+
+``run_preprocess`` writes into a cache folder (layout in ``cache``):
+
+* ``preprocess.json``: the resolved ``PreprocessConfig`` + dataset root/format. A rerun with settings
+  that change the clips (frames, size, margin, detector, ...) is refused unless ``force=True``
+  (which also redoes every video) -- mixing clips made two ways would silently corrupt training.
+* one ``.npy`` clip per video (written by the worker that made it, atomically), and
+  ``manifest.csv`` (``manifest-K-of-N.csv`` per shard), rewritten atomically every few seconds, at
+  the end and on Ctrl-C. Finished videos are skipped on rerun; failed ones are retried.
+
+Time and crash bounds: decoding stops at ``cfg.timeout_s`` inside the worker (status ``error``,
+"timed out"). A worker that still does not answer (stuck in native code) or dies (segfault, OOM
+kill) breaks the pool: the pool is killed and rebuilt, the videos that were in flight are retried
+one at a time, and a video that breaks the pool on its own is recorded as ``error``. The run goes on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import logging
+import multiprocessing as mp
+import os
+import stat
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..config import PreprocessConfig, from_dict, to_dict
+from ..errors import UserError
+from ..utils import atomic_write_json
+from . import cache
+from .records import VideoRecord
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+# settings whose change makes existing clips incompatible
+CLIP_KEYS = ("frames", "size", "margin", "detector", "upsample", "no_face", "detect_max_side", "smooth")
+_FLUSH_EVERY_S = 5.0
+MAX_TASKS_PER_CHILD = 200  # a worker process is replaced after this many videos (bounds native leaks)
+HARD_TIMEOUT_GRACE_S = 60.0  # a video still running after 2 * timeout_s + this is killed with its worker
+
+
+@dataclass
+class ClipResult:
+    """The outcome of turning one video into a face clip (see the module docstring)."""
+
+    clip: Optional[np.ndarray]  # uint8 [T,S,S,3] RGB; T == cfg.frames unless the video is shorter
+    status: str
+    error: str = ""
+    frames: int = 0  # T
+    face_ratio: float = 0.0  # sampled frames with a real detection / sampled frames
+    source_frames: int = 0  # frames the video really has (best estimate)
+    fps: float = 0.0
+    duration: float = 0.0
+    width: int = 0  # displayed (upright) size of the source
+    height: int = 0
+    seconds: float = 0.0  # time spent on this video
+    indices: list[int] = field(default_factory=list)  # frame ordinals sampled
+    boxes: Optional[np.ndarray] = None  # [T,4] x0,y0,x1,y1 crop squares in upright source pixels
+
+    @property
+    def usable(self) -> bool:
+        return self.clip is not None
+
+
+_DETECTOR_CACHE: dict[tuple, object] = {}
+
+
+def _detector_for(cfg: PreprocessConfig):
+    """One detector per process and setting (building dlib's detector costs ~0.5 s)."""
+    from .faces import get_detector
+
+    key = (cfg.detector, cfg.detect_max_side, cfg.upsample)
+    det = _DETECTOR_CACHE.get(key)
+    if det is None:
+        det = get_detector(cfg.detector, detect_max_side=cfg.detect_max_side, upsample=cfg.upsample)
+        _DETECTOR_CACHE[key] = det
+    return det
+
+
+def _precheck(path: str) -> Optional[tuple[str, str]]:
+    if not os.path.lexists(path):
+        return cache.MISSING, "file does not exist"
+    if not os.path.exists(path):
+        return cache.UNREADABLE, "broken symbolic link or symbolic link loop"
+    if os.path.isdir(path):
+        return cache.UNREADABLE, "is a directory, not a video file"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return cache.UNREADABLE, f"cannot stat: {exc.strerror or exc}"
+    if not stat.S_ISREG(mode):  # FIFOs and devices would block or never end
+        return cache.UNREADABLE, "not a regular file (pipe, device or socket)"
+    if not os.access(path, os.R_OK):
+        return cache.UNREADABLE, "permission denied"
+    return None
+
+
+def extract_clip(
+    path: str | os.PathLike, cfg: PreprocessConfig, *, detector=None, threads: int = 0
+) -> ClipResult:
+    """Sample ``cfg.frames`` frames across the whole video, find and track the face, cut square crops.
+
+    Never raises for a bad video: the status says what happened (``ok``, ``no_face``, ``unreadable``,
+    ``too_short``, ``refused``, ``missing``, ``error``). ``detector`` overrides the one named in
+    ``cfg`` (tests, benchmarks); ``threads`` is the decoder thread count (0 = automatic).
+    """
+    from .faces import FaceCropper
+    from .video import VideoError, read_frames
+
+    t0 = time.perf_counter()
+    path = os.fspath(path)
+    res = ClipResult(clip=None, status=cache.ERROR)
+    try:
+        pre = _precheck(path)
+        if pre is not None:
+            res.status, res.error = pre
+            return res
+        sampled = read_frames(
+            path,
+            cfg.frames,
+            max_side=cfg.max_decode_side,
+            max_pixels=cfg.max_pixels,
+            max_duration_s=cfg.max_duration_s,
+            threads=threads,
+            deadline_s=cfg.timeout_s or None,
+        )
+        info = sampled.info
+        res.source_frames = int(info.frames)
+        res.fps = float(info.fps)
+        res.duration = float(info.duration)
+        res.width, res.height = (int(v) for v in info.display_size)
+        res.indices = list(sampled.indices)
+        det = detector if detector is not None else _detector_for(cfg)
+        cropper = FaceCropper(det, size=cfg.size, margin=cfg.margin, smooth=cfg.smooth)
+        crop = cropper.crop(sampled.frames)
+        res.frames = len(sampled.frames)
+        res.face_ratio = crop.face_ratio
+        res.boxes = crop.boxes / np.float32(sampled.scale) if sampled.scale else crop.boxes
+        if crop.found:
+            res.status, res.clip = cache.OK, crop.crops
+        else:
+            res.status = cache.NO_FACE
+            res.error = f"no face found in {res.frames} sampled frames"
+            if cfg.no_face == "center":
+                res.clip = crop.crops
+                res.error += " (centre crops used)"
+            else:
+                res.frames = 0
+    except VideoError as exc:
+        res.status, res.error = exc.status, str(exc)
+    except MemoryError:
+        res.status, res.error = cache.ERROR, "MemoryError: out of memory while reading the video"
+    except Exception as exc:  # a bug or an unexpected library failure: reported per video
+        log.debug("extract_clip(%s) failed", path, exc_info=True)
+        res.status, res.error = cache.ERROR, f"{type(exc).__name__}: {exc}"
+    finally:
+        res.seconds = time.perf_counter() - t0
+    if res.status not in (cache.OK, cache.NO_FACE):
+        res.clip, res.frames = None, 0
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset runs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreprocessSummary:
+    out_dir: str
+    manifest: str
+    total: int = 0  # records in this shard
+    skipped: int = 0  # already done by an earlier run
+    processed: int = 0  # attempted in this run
+    counts: dict = field(default_factory=dict)  # status -> videos, this run
+    manifest_counts: dict = field(default_factory=dict)  # status -> videos, whole (shard) manifest
+    seconds: float = 0.0
+    failures: list = field(default_factory=list)  # (path, status, error), first 50 of this run
+    interrupted: bool = False
+
+    @property
+    def videos_per_s(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def usable(self) -> int:
+        return int(self.manifest_counts.get(cache.OK, 0) + self.manifest_counts.get(cache.NO_FACE, 0))
+
+
+def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """``"K/N"`` (1-based) -> (K, N); None/"" -> None. Raises ValueError on nonsense."""
+    if not text:
+        return None
+    try:
+        k_s, n_s = str(text).split("/")
+        k, n = int(k_s), int(n_s)
+    except ValueError:
+        raise ValueError(f"--shard must look like K/N (e.g. 2/8), got {text!r}") from None
+    if n < 1 or not 1 <= k <= n:
+        raise ValueError(f"--shard K/N needs 1 <= K <= N, got {text!r}")
+    return k, n
+
+
+def shard_of(rel_path: str, n: int) -> int:
+    """The 1-based shard of a video: a hash of its dataset-relative path (stable across machines and
+    across datasets that grow)."""
+    digest = hashlib.sha1(rel_path.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % n + 1
+
+
+def select_shard(records: list[VideoRecord], shard: Optional[tuple[int, int]]) -> list[VideoRecord]:
+    if shard is None or shard[1] == 1:
+        return list(records)
+    k, n = shard
+    return [r for r in records if shard_of(r.rel_path or r.path, n) == k]
+
+
+def _cache_meta(cfg: PreprocessConfig, dataset_root: Optional[str], fmt: str) -> dict:
+    from .. import __version__
+
+    return {
+        "cache_format": CACHE_FORMAT,
+        "preprocess": to_dict(cfg),
+        "dataset_root": os.fspath(dataset_root) if dataset_root else "",
+        "format": fmt,
+        "version": __version__,
+        "clip_layout": "uint8 [T,S,S,3] RGB .npy under clips/, T <= frames (short videos), see manifest",
+    }
+
+
+def read_cache_config(out_dir: str | os.PathLike) -> Optional[PreprocessConfig]:
+    """The PreprocessConfig a cache was made with (None when the folder has none)."""
+    import json
+
+    path = Path(out_dir) / cache.CONFIG_NAME
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return from_dict(PreprocessConfig, data.get("preprocess", data))
+
+
+def _check_cache(out_dir: Path, cfg: PreprocessConfig, force: bool) -> bool:
+    """Refuse to mix clips made with different settings. Returns True when old results must be redone."""
+    import json
+
+    path = out_dir / cache.CONFIG_NAME
+    if not path.is_file():
+        return False
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")).get("preprocess", {})
+    except (OSError, ValueError) as exc:
+        if not force:
+            raise UserError(f"{path} is unreadable ({exc}); use --force to rebuild this cache") from exc
+        return True
+    new = to_dict(cfg)
+    diff = [k for k in CLIP_KEYS if k in old and old.get(k) != new.get(k)]
+    if not diff:
+        return False
+    if not force:
+        what = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise UserError(
+            f"{out_dir} holds clips made with other settings ({what}); use another --out folder, "
+            "or --force to redo every video with the new settings"
+        )
+    log.warning("settings changed (%s): every video will be redone", ", ".join(diff))
+    return True
+
+
+# --- worker side -------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(cfg_dict: dict, out_dir: str, threads: int) -> None:
+    """Runs once in each worker process (spawn-safe: everything comes in as plain data)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # the OpenCV fallback's FFmpeg: quiet
+    # NB: never call av.logging.set_level() here: it installs a Python log callback that FFmpeg's
+    # decoder threads call while the main thread holds the GIL, which can deadlock (PyAV's default,
+    # no callback, is what we want).
+    with contextlib.suppress(Exception):
+        import cv2
+
+        cv2.setNumThreads(1)
+    _WORKER["cfg"] = from_dict(PreprocessConfig, cfg_dict)
+    _WORKER["out_dir"] = out_dir
+    _WORKER["threads"] = threads
+
+
+def _process_one(rec: tuple[str, str, str, str, str]) -> cache.ManifestRow:
+    """Make one video's clip, write it, and return its manifest row. Never raises."""
+    path, rel, label, split, group = rec
+    cfg: PreprocessConfig = _WORKER["cfg"]
+    res = extract_clip(path, cfg, threads=_WORKER.get("threads", 0))
+    row = cache.ManifestRow(
+        path=rel, label=label, split=split, group=group, status=res.status, frames=res.frames,
+        face_ratio=round(res.face_ratio, 4), error=res.error, source_frames=res.source_frames,
+        fps=round(res.fps, 4), duration=round(res.duration, 3), width=res.width, height=res.height,
+        seconds=round(res.seconds, 3),
+    )
+    if res.clip is not None:
+        try:
+            row.clip = cache.save_clip(_WORKER["out_dir"], rel, res.clip)
+        except OSError as exc:
+            row.status, row.error, row.frames = cache.ERROR, f"cannot write clip: {exc}", 0
+    return row
+
+
+_TASK = _process_one  # what the pool runs per video (tests swap in a misbehaving stand-in)
+
+
+def _error_row(rec: tuple, msg: str) -> cache.ManifestRow:
+    path, rel, label, split, group = rec
+    return cache.ManifestRow(path=rel, label=label, split=split, group=group, status=cache.ERROR, error=msg)
+
+
+# --- pool driver -------------------------------------------------------------------------------
+
+
+def _new_pool(workers: int, cfg: PreprocessConfig, out_dir: Path, threads: int) -> cf.ProcessPoolExecutor:
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    kwargs: dict = {
+        "max_workers": workers,
+        "mp_context": mp.get_context(method),
+        "initializer": _init_worker,
+        "initargs": (to_dict(cfg), str(out_dir), threads),
+    }
+    if sys.version_info >= (3, 11):
+        kwargs["max_tasks_per_child"] = MAX_TASKS_PER_CHILD
+    return cf.ProcessPoolExecutor(**kwargs)
+
+
+def _kill_pool(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop a pool whose worker is stuck: terminate its processes (private attribute, CPython)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+
+
+def _run_pool(todo: list[tuple], workers: int, cfg: PreprocessConfig, out_dir: Path, threads: int,
+              on_row) -> None:
+    """Feed ``todo`` through a process pool with bounded in-flight work and a hard per-video timeout."""
+    queue = deque(todo)
+    suspects: deque = deque()  # in flight when a pool broke: retried one at a time
+    hard_timeout = (cfg.timeout_s * 2 + HARD_TIMEOUT_GRACE_S) if cfg.timeout_s else None
+    pool = _new_pool(workers, cfg, out_dir, threads)
+    inflight: dict[cf.Future, tuple[tuple, float]] = {}
+    breaks_in_a_row = 0  # pool breaks with no finished video in between: the workers cannot run at all
+    try:
+        while queue or suspects or inflight:
+            isolating = bool(suspects)
+            limit = 1 if isolating else workers * 2
+            while len(inflight) < limit and (suspects or (queue and not isolating)):
+                rec = suspects.popleft() if suspects else queue.popleft()
+                inflight[pool.submit(_TASK, rec)] = (rec, time.monotonic())
+            done, _ = cf.wait(list(inflight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                rec, _ = inflight.pop(fut)
+                try:
+                    on_row(fut.result())
+                    breaks_in_a_row = 0
+                except cf.process.BrokenProcessPool:
+                    broken = True
+                    if isolating:
+                        on_row(_error_row(rec, "worker process crashed on this video (killed or segfault)"))
+                    else:
+                        suspects.append(rec)
+                except Exception as exc:  # pickling problems and the like: per video
+                    on_row(_error_row(rec, f"{type(exc).__name__}: {exc}"))
+            if not broken and hard_timeout is not None:
+                now = time.monotonic()
+                # the oldest future (pool is FIFO) is the one running longest
+                late = [f for f, (_, t) in inflight.items() if now - t > hard_timeout]
+                if late:
+                    rec, _ = inflight.pop(late[0])
+                    on_row(_error_row(rec, f"timed out (worker killed after {hard_timeout:.0f} s)"))
+                    broken = True
+            if broken:
+                breaks_in_a_row += 1
+                if breaks_in_a_row > 3:
+                    raise RuntimeError(
+                        "preprocess worker processes keep dying before finishing any video "
+                        "(see the messages above); try --workers 0 to run in this process"
+                    )
+                for fut, (rec, _) in list(inflight.items()):
+                    if not fut.done() or fut.exception() is not None:
+                        suspects.append(rec)
+                    else:
+                        on_row(fut.result())
+                inflight.clear()
+                _kill_pool(pool)
+                log.warning("a worker process died or hung; restarting the pool (%d videos to retry)",
+                            len(suspects))
+                pool = _new_pool(workers, cfg, out_dir, threads)
+    except BaseException:
+        for fut in inflight:
+            fut.cancel()
+        _kill_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def run_preprocess(
+    records: list[VideoRecord],
+    out_dir: str | os.PathLike,
+    cfg: PreprocessConfig,
+    workers: Optional[int] = None,
+    shard: Optional[tuple[int, int]] = None,
+    progress: bool = True,
+    dataset_root: Optional[str | os.PathLike] = None,
+    fmt: str = "",
+    force: bool = False,
+) -> PreprocessSummary:
+    """Preprocess ``records`` into the cache ``out_dir`` (see the module docstring).
+
+    ``workers``: processes (None = one per CPU up to 8; 0 = in this process, for debugging);
+    ``shard``: (K, N) to do only the K-th of N hash slices; ``force``: redo everything even when the
+    cache was made with other settings.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        redo_all = _check_cache(out_dir, cfg, force)
+        meta = _cache_meta(cfg, dataset_root and str(dataset_root), fmt)
+        atomic_write_json(out_dir / cache.CONFIG_NAME, meta)
+    except OSError as exc:
+        raise UserError(f"cannot write to the cache folder {out_dir}: {exc}") from exc
+    mine = select_shard(records, shard)
+    writer = cache.ManifestWriter(out_dir, shard)
+    summary = PreprocessSummary(out_dir=str(out_dir), manifest=str(writer.path), total=len(mine))
+    todo: list[tuple] = []
+    seen: set[str] = set()
+    for r in mine:
+        rel = r.rel_path or r.path
+        if rel in seen:
+            continue
+        seen.add(rel)
+        if not redo_all and writer.is_done(rel):
+            summary.skipped += 1
+            continue
+        todo.append((r.path, rel, r.label or "", r.split or "", r.group or ""))
+    if redo_all:
+        writer.rows.clear()
+    cpus = os.cpu_count() or 1
+    if workers is None:
+        workers = min(cpus, 8)
+    workers = max(0, min(int(workers), max(len(todo), 1)))
+    threads = max(1, cpus // max(workers, 1)) if workers else 0
+    counts: Counter = Counter()
+    bar = tqdm(total=len(todo), disable=not progress, unit="video", desc="preprocess", dynamic_ncols=True)
+    last_flush = time.monotonic()
+
+    def on_row(row: cache.ManifestRow) -> None:
+        nonlocal last_flush
+        writer.add(row)
+        counts[row.status] += 1
+        if row.status not in (cache.OK, cache.NO_FACE) and len(summary.failures) < 50:
+            summary.failures.append((row.path, row.status, row.error))
+        bar.update(1)
+        bar.set_postfix({k: v for k, v in sorted(counts.items())}, refresh=False)
+        if time.monotonic() - last_flush > _FLUSH_EVERY_S:
+            writer.flush()
+            last_flush = time.monotonic()
+
+    try:
+        if not todo:
+            pass
+        elif workers == 0:
+            _init_worker(to_dict(cfg), str(out_dir), 0)
+            for rec in todo:
+                on_row(_process_one(rec))
+        else:
+            _run_pool(todo, workers, cfg, out_dir, threads, on_row)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        raise
+    finally:
+        bar.close()
+        writer.flush()
+        summary.processed = sum(counts.values())
+        summary.counts = dict(counts)
+        summary.manifest_counts = dict(Counter(r.status for r in writer.rows.values()))
+        summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+__all__ = [
+    "ClipResult",
+    "extract_clip",
+    "run_preprocess",
+    "PreprocessSummary",
+    "parse_shard",
+    "shard_of",
+    "select_shard",
+    "read_cache_config",
+    "CLIP_KEYS",
+]

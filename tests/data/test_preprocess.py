@@ -1,0 +1,312 @@
+"""extract_clip statuses and the dataset run: resume, retries, shards, settings guard, atomic files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepfake_detector.config import PreprocessConfig
+from deepfake_detector.data import cache
+from deepfake_detector.data.preprocess import (
+    extract_clip,
+    parse_shard,
+    read_cache_config,
+    run_preprocess,
+    select_shard,
+    shard_of,
+)
+from deepfake_detector.data.records import VideoRecord
+from deepfake_detector.errors import UserError
+from tests.helpers import make_video
+
+CFG = PreprocessConfig(frames=6, size=32, detector="haar")
+
+
+def test_extract_clip_on_a_real_face(carphone):
+    cfg = PreprocessConfig(frames=10, size=48)
+    r = extract_clip(carphone, cfg)
+    assert r.status == "ok", r.error
+    assert r.clip.shape == (10, 48, 48, 3) and r.clip.dtype == np.uint8
+    assert r.frames == 10 and r.face_ratio >= 0.8
+    assert r.source_frames == 120 and (r.width, r.height) == (176, 144)
+    assert r.fps == pytest.approx(29.97, abs=0.01) and r.duration == pytest.approx(4.0, abs=0.05)
+    assert r.indices == [6, 18, 30, 42, 54, 66, 78, 90, 102, 114]
+    assert r.boxes.shape == (10, 4)
+    # the face sits in the upper middle of carphone's frames
+    cx = (r.boxes[:, 0] + r.boxes[:, 2]) / 2
+    assert ((cx > 50) & (cx < 130)).all()
+    assert r.seconds > 0
+
+
+def test_boxes_are_in_source_pixels_when_decode_is_downscaled(tmp_path):
+    path = make_video(tmp_path / "big.mp4", frames=8, size=(352, 288), face=True)
+    full = extract_clip(path, PreprocessConfig(frames=4, size=32))
+    small = extract_clip(path, PreprocessConfig(frames=4, size=32, max_decode_side=176))
+    assert full.status == small.status == "ok"
+    side_full = full.boxes[:, 2] - full.boxes[:, 0]
+    side_small = small.boxes[:, 2] - small.boxes[:, 0]
+    # detection at another resolution moves boxes a little; a wrong scale would double them
+    assert np.all(np.abs(side_small / side_full - 1) < 0.25)
+    centre = lambda b: (b[:, :2] + b[:, 2:]) / 2  # noqa: E731
+    assert np.all(np.abs(centre(full.boxes) - centre(small.boxes)) < 0.2 * side_full[:, None])
+
+
+@pytest.mark.parametrize(
+    "kind,status", [("zero", "unreadable"), ("random", "unreadable"), ("png", "unreadable"),
+                    ("truncated", "unreadable"), ("audio", "unreadable"), ("text", "unreadable")],
+)
+def test_bad_files_get_a_status(bad_videos, kind, status):
+    r = extract_clip(bad_videos[kind], CFG)
+    assert r.status == status
+    assert r.error and r.clip is None and r.frames == 0
+
+
+def test_missing_directory_refused_too_short_statuses(tmp_path):
+    assert extract_clip(tmp_path / "nope.mp4", CFG).status == "missing"
+    assert extract_clip(tmp_path, CFG).status == "unreadable"
+    big = make_video(tmp_path / "big.mp4", frames=3, size=(128, 96), face=False)
+    r = extract_clip(big, PreprocessConfig(frames=3, size=32, max_pixels=128 * 96 - 1))
+    assert r.status == "refused" and "max_pixels" in r.error
+    full = make_video(tmp_path / "fs.mp4", frames=10, size=(64, 64), face=False,
+                      container_options={"movflags": "faststart"})
+    data = full.read_bytes()
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(data[: data.find(b"mdat") + 20])
+    assert extract_clip(empty, CFG).status == "too_short"
+
+
+def test_symlink_loop_and_unreadable_file(tmp_path):
+    loop = tmp_path / "loop.mp4"
+    os.symlink(loop, loop)
+    r = extract_clip(loop, CFG)
+    assert r.status == "unreadable" and "link" in r.error
+    if os.geteuid() != 0:  # root reads anything
+        locked = make_video(tmp_path / "locked.mp4", frames=3, size=(64, 64), face=False)
+        locked.chmod(0)
+        assert extract_clip(locked, CFG).status == "unreadable"
+
+
+def test_no_face_center_and_skip(tmp_path):
+    path = make_video(tmp_path / "noface.mp4", frames=12, size=(96, 64), face=False)
+    r = extract_clip(path, CFG)
+    assert r.status == "no_face" and r.clip.shape == (6, 32, 32, 3) and r.face_ratio == 0.0
+    r = extract_clip(path, PreprocessConfig(frames=6, size=32, detector="haar", no_face="skip"))
+    assert r.status == "no_face" and r.clip is None
+
+
+def test_short_video_gives_a_short_clip(tmp_path):
+    path = make_video(tmp_path / "short.mp4", frames=3, size=(64, 64), face=True)
+    r = extract_clip(path, PreprocessConfig(frames=20, size=32, detector="center"))
+    assert r.status == "ok" and r.clip.shape[0] == 3 and r.indices == [0, 1, 2]
+
+
+def test_timeout_is_an_error_status(tmp_path):
+    path = make_video(tmp_path / "v.mp4", frames=10, size=(64, 64), face=False)
+    r = extract_clip(path, PreprocessConfig(frames=4, size=32, timeout_s=1e-9))
+    assert r.status == "error" and "timed out" in r.error
+
+
+def test_unexpected_exception_becomes_error_status(tmp_path, monkeypatch):
+    import deepfake_detector.data.video as video
+
+    def boom(*a, **k):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(video, "read_frames", boom)
+    path = make_video(tmp_path / "v.mp4", frames=3, size=(64, 64), face=False)
+    r = extract_clip(path, CFG)
+    assert r.status == "error" and r.error == "RuntimeError: kaboom"
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset runs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def dataset(tmp_path, carphone) -> tuple[Path, list[VideoRecord]]:
+    root = tmp_path / "data"
+    (root / "real").mkdir(parents=True)
+    shutil.copy(carphone, root / "real" / "face.mp4")
+    make_video(root / "fake" / "noface.mp4", frames=10, size=(64, 48), face=False)
+    make_video(root / "fake" / "small face.mp4", frames=8, size=(88, 72), face=True)
+    (root / "fake" / "broken.mp4").write_bytes(b"\x00" * 100)
+    recs = []
+    for p in sorted(root.rglob("*.mp4")):
+        rel = p.relative_to(root).as_posix()
+        recs.append(VideoRecord(path=str(p), label="REAL" if rel.startswith("real") else "FAKE", rel_path=rel,
+                                split="train"))
+    recs.append(VideoRecord(path=str(root / "fake" / "gone.mp4"), label="FAKE", rel_path="fake/gone.mp4"))
+    return root, recs
+
+
+def _rows(out: Path, name: str = "manifest.csv") -> dict[str, cache.ManifestRow]:
+    return {r.path: r for r in cache.read_manifest_file(out / name)}
+
+
+def test_run_preprocess_writes_clips_manifest_and_config(tmp_path, dataset):
+    root, recs = dataset
+    out = tmp_path / "cache"
+    s = run_preprocess(recs, out, CFG, workers=0, progress=False, dataset_root=root, fmt="folders")
+    assert s.total == 5 and s.processed == 5 and s.skipped == 0
+    rows = _rows(out)
+    assert rows["real/face.mp4"].status == "ok"
+    assert rows["fake/noface.mp4"].status == "no_face"
+    assert rows["fake/broken.mp4"].status == "unreadable"
+    assert rows["fake/gone.mp4"].status == "missing"
+    ok = rows["real/face.mp4"]
+    assert ok.label == "REAL" and ok.split == "train" and ok.frames == 6 and ok.face_ratio > 0.5
+    clip = cache.load_clip(out, ok.clip)
+    assert clip.shape == (6, 32, 32, 3)
+    meta = json.loads((out / cache.CONFIG_NAME).read_text())
+    assert meta["preprocess"]["frames"] == 6 and meta["format"] == "folders"
+    assert meta["dataset_root"] == str(root)
+    assert read_cache_config(out) == CFG
+    assert s.counts == {"ok": 2, "no_face": 1, "unreadable": 1, "missing": 1}
+    # atomic writes leave no temporary files behind
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_rerun_skips_done_retries_failed_and_redoes_deleted(tmp_path, dataset):
+    root, recs = dataset
+    out = tmp_path / "cache"
+    run_preprocess(recs, out, CFG, workers=0, progress=False)
+    s2 = run_preprocess(recs, out, CFG, workers=0, progress=False)
+    assert s2.skipped == 3  # ok, ok, no_face
+    assert s2.processed == 2  # unreadable + missing are retried
+    # a deleted clip is redone; a failure that got fixed becomes ok
+    rows = _rows(out)
+    (out / rows["real/face.mp4"].clip).unlink()
+    make_video(root / "fake" / "gone.mp4", frames=6, size=(64, 48), face=True)
+    s3 = run_preprocess(recs, out, CFG, workers=0, progress=False)
+    assert s3.processed == 3 and s3.skipped == 2
+    rows = _rows(out)
+    assert rows["fake/gone.mp4"].status in ("ok", "no_face")
+    assert (out / rows["real/face.mp4"].clip).is_file()
+
+
+def test_process_pool_matches_inline(tmp_path, dataset):
+    _, recs = dataset
+    a = run_preprocess(recs, tmp_path / "a", CFG, workers=0, progress=False)
+    b = run_preprocess(recs, tmp_path / "b", CFG, workers=2, progress=False)
+    assert a.counts == b.counts
+    ra, rb = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    for key, row in ra.items():
+        assert rb[key].status == row.status
+        if row.clip:
+            np.testing.assert_array_equal(cache.load_clip(tmp_path / "a", row.clip),
+                                          cache.load_clip(tmp_path / "b", rb[key].clip))
+
+
+def test_settings_guard(tmp_path, dataset):
+    _, recs = dataset
+    out = tmp_path / "cache"
+    run_preprocess(recs[:1], out, CFG, workers=0, progress=False)
+    other = PreprocessConfig(frames=8, size=32, detector="haar")
+    with pytest.raises(UserError, match="frames"):
+        run_preprocess(recs[:1], out, other, workers=0, progress=False)
+    s = run_preprocess(recs[:1], out, other, workers=0, progress=False, force=True)
+    assert s.processed == 1 and s.skipped == 0
+    assert cache.load_clip(out, _rows(out)["fake/broken.mp4"].clip).shape[0] == 8 \
+        if _rows(out)["fake/broken.mp4"].clip else True
+    assert read_cache_config(out).frames == 8
+
+
+def test_shards_partition_the_dataset(tmp_path, dataset):
+    _, recs = dataset
+    n = 3
+    parts = [select_shard(recs, (k, n)) for k in range(1, n + 1)]
+    keys = [sorted(r.rel_path for r in p) for p in parts]
+    assert sorted(sum(keys, [])) == sorted(r.rel_path for r in recs)  # every video exactly once
+    assert all(shard_of(r.rel_path, n) == k for k, p in enumerate(parts, 1) for r in p)
+    assert select_shard(recs, (1, 1)) == recs
+    out = tmp_path / "cache"
+    for k in range(1, n + 1):
+        run_preprocess(recs, out, CFG, workers=0, progress=False, shard=(k, n))
+    merged = cache.load_manifest(out)
+    assert sorted(r.path for r in merged) == sorted(r.rel_path for r in recs)
+    names = {p.name for p in out.glob("manifest*.csv")}
+    assert names == {f"manifest-{k}-of-{n}.csv" for k in range(1, n + 1)}
+
+
+def test_parse_shard():
+    assert parse_shard(None) is None
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("0/4", "5/4", "a/b", "3", "1/0"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+
+
+def test_duplicate_records_are_processed_once(tmp_path, dataset):
+    _, recs = dataset
+    s = run_preprocess(recs + recs[:2], tmp_path / "c", CFG, workers=0, progress=False)
+    assert s.processed == len(recs)
+
+
+def test_unwritable_cache_is_a_user_error(tmp_path, dataset):
+    _, recs = dataset
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot write"):
+        run_preprocess(recs, blocker / "cache", CFG, workers=0, progress=False)
+
+
+def _misbehaving_task(rec):
+    """Pool stand-in: hangs on 'hang*', kills its own process on 'crash*', else does the real work."""
+    import time as _time
+
+    from deepfake_detector.data import preprocess as pp
+
+    name = Path(rec[1]).name
+    if name.startswith("hang"):
+        _time.sleep(3600)
+    if name.startswith("crash"):
+        os._exit(3)
+    return pp._process_one(rec)
+
+
+def test_pool_survives_hung_and_crashing_workers(tmp_path, monkeypatch):
+    from deepfake_detector.data import preprocess as pp
+
+    good = make_video(tmp_path / "good.mp4", frames=6, size=(64, 48), face=False)
+    recs = [VideoRecord(path=str(good), label="REAL", rel_path=f"ok{i}.mp4") for i in range(4)]
+    recs += [VideoRecord(path=str(good), label="FAKE", rel_path="hang.mp4"),
+             VideoRecord(path=str(good), label="FAKE", rel_path="crash.mp4")]
+    monkeypatch.setattr(pp, "_TASK", _misbehaving_task)
+    monkeypatch.setattr(pp, "HARD_TIMEOUT_GRACE_S", 3.0)
+    cfg = PreprocessConfig(frames=2, size=16, detector="center", timeout_s=0.5)
+    s = run_preprocess(recs, tmp_path / "cache", cfg, workers=2, progress=False)
+    rows = _rows(tmp_path / "cache")
+    assert rows["hang.mp4"].status == "error" and "timed out" in rows["hang.mp4"].error
+    assert rows["crash.mp4"].status == "error" and "crashed" in rows["crash.mp4"].error
+    assert all(rows[f"ok{i}.mp4"].status == "ok" for i in range(4))  # centre detector: ok
+    assert s.processed == 6
+
+
+def test_interrupt_flushes_the_manifest(tmp_path, dataset, monkeypatch):
+    from deepfake_detector.data import preprocess as pp
+
+    _, recs = dataset
+    real = pp._process_one
+    calls = []
+
+    def interrupted(rec):
+        calls.append(rec)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(rec)
+
+    monkeypatch.setattr(pp, "_process_one", interrupted)
+    out = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        run_preprocess(recs, out, CFG, workers=0, progress=False)
+    assert len(_rows(out)) == 2  # what finished before Ctrl-C is on disk
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    monkeypatch.setattr(pp, "_process_one", real)
+    s = run_preprocess(recs, out, CFG, workers=0, progress=False)
+    assert s.processed + s.skipped == len(recs) and len(_rows(out)) == len(recs)
