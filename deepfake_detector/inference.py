@@ -20,21 +20,17 @@ Example::
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
-import contextlib
+import functools
 import logging
 import math
-import multiprocessing
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .data.pool import imap_resilient
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -110,12 +106,8 @@ class _Failed:
 
 def _worker_init(threads: int = 1) -> None:
     """Quiet, single-threaded decoding workers: the pool provides the parallelism."""
-    try:
-        import av.logging
-
-        av.logging.set_level(av.logging.PANIC)
-    except Exception:  # pragma: no cover - PyAV missing is reported by extract_clip itself
-        pass
+    # No av.logging.set_level() here: its Python log callback, called from FFmpeg's decoder threads,
+    # can deadlock against the GIL (see data/preprocess.py::_init_worker).
     try:
         import cv2
 
@@ -142,53 +134,13 @@ def _extract(path: str, cfg: Any) -> Any:
         return _Failed(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
 
 
-def _new_pool(workers: int, threads: int) -> cf.ProcessPoolExecutor:
-    # forkserver/spawn: workers start clean (no inherited torch/OpenCV threads or CUDA state)
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    kwargs: dict = {"max_workers": workers, "mp_context": multiprocessing.get_context(method),
-                    "initializer": _worker_init, "initargs": (threads,)}
-    if sys.version_info >= (3, 11):
-        kwargs["max_tasks_per_child"] = 200  # bounds slow leaks in native decoders
-    return cf.ProcessPoolExecutor(**kwargs)
-
-
-def _kill_pool(pool: cf.ProcessPoolExecutor) -> None:
-    """Stop a pool whose worker is stuck in native code: terminate its processes."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    for proc in procs:
-        with contextlib.suppress(Exception):
-            proc.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        with contextlib.suppress(Exception):
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-
-
-def _ping() -> int:
-    return os.getpid()
-
-
-def _pool_starts(pool: cf.ProcessPoolExecutor, timeout_s: float = 180.0) -> bool:
-    """Can this pool run anything at all? (A worker that cannot even import the caller's main module
-    would otherwise make every video look like a decoder crash.)"""
-    try:
-        pool.submit(_ping).result(timeout=timeout_s)
-        return True
-    except (BrokenProcessPool, cf.TimeoutError, OSError):
-        return False
-
-
 def _iter_extracted(paths: Sequence[str], cfg: Any, workers: int,
                     extract: Any = None) -> Iterator[tuple[int, Any]]:
     """Yield ``(index, ClipResult)`` for every path, decoding ``workers`` videos at a time ahead.
 
-    At most ``2 * workers`` videos are in flight, so memory stays bounded however many are queued;
-    results come in completion order. A worker that dies (decoder segfault, OOM kill) or hangs past
-    the hard timeout breaks the pool: it is killed and rebuilt, the videos that were in flight are
-    retried one at a time, and a video that breaks the pool on its own becomes an ``error`` row.
-    ``extract(path, cfg)`` (a module-level function, default ``extract_clip``) does one video.
+    Decoding runs in ``data.pool.imap_resilient``: bounded in flight, and a video that kills or hangs
+    its worker becomes an ``error`` row. ``extract(path, cfg)`` (module-level, default
+    ``extract_clip``) does one video.
     """
     extract = extract or _extract
     if workers <= 0 or len(paths) <= 1:  # in this process: leave its global settings alone
@@ -199,77 +151,11 @@ def _iter_extracted(paths: Sequence[str], cfg: Any, workers: int,
     threads = max(1, (os.cpu_count() or 1) // workers)
     timeout_s = float(getattr(cfg, "timeout_s", 0) or 0)
     hard_timeout = timeout_s * 2 + 60 if timeout_s else None
-    queue = collections.deque(range(len(paths)))
-    suspects: collections.deque = collections.deque()
-    pool = _new_pool(workers, threads)
-    if not _pool_starts(pool):
-        _kill_pool(pool)
-        log.warning("video-decoding worker processes could not start (a script without an "
-                    "`if __name__ == '__main__':` guard, or code run from stdin?); decoding in this process")
-        for i, p in enumerate(paths):
-            yield i, extract(p, cfg)
-        return
-    in_flight: dict[cf.Future, tuple[int, float]] = {}
-    alone: set = set()  # futures of suspects running on their own: a crash there names the culprit
-    try:
-        while queue or suspects or in_flight:
-            # stay in isolation while a suspect runs alone, not only while suspects wait
-            isolating = bool(suspects) or any(f in alone for f in in_flight)
-            limit = 1 if isolating else 2 * workers
-            while len(in_flight) < limit and (suspects or (queue and not isolating)):
-                if suspects:
-                    i = suspects.popleft()
-                    fut = pool.submit(extract, paths[i], cfg)
-                    alone.add(fut)
-                else:
-                    i = queue.popleft()
-                    fut = pool.submit(extract, paths[i], cfg)
-                in_flight[fut] = (i, time.monotonic())
-            done, _ = cf.wait(list(in_flight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
-            broken = False
-            for fut in done:
-                i, _ = in_flight.pop(fut)
-                was_alone = fut in alone
-                alone.discard(fut)
-                try:
-                    res = fut.result()
-                except BrokenProcessPool:
-                    broken = True
-                    if was_alone:
-                        yield i, _Failed(status="error", error="the decoding worker crashed on this video "
-                                                               "(killed or segfault)")
-                    else:
-                        suspects.append(i)
-                    continue
-                except Exception as exc:  # pickling problems and the like: per video
-                    res = _Failed(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
-                yield i, res
-            if not broken and hard_timeout is not None:
-                now = time.monotonic()
-                late = [f for f, (_, t) in in_flight.items() if now - t > hard_timeout]
-                if late:
-                    i, _ = in_flight.pop(late[0])
-                    msg = f"timed out (worker killed after {hard_timeout:.0f} s)"
-                    yield i, _Failed(status="error", error=msg)
-                    broken = True
-            if broken:
-                for fut, (i, _) in list(in_flight.items()):
-                    if fut.done() and fut.exception() is None:
-                        yield i, fut.result()
-                    else:
-                        suspects.append(i)
-                in_flight.clear()
-                alone.clear()
-                _kill_pool(pool)
-                log.warning("a decoding worker died or hung; restarting it (%d video(s) to retry one by one)",
-                            len(suspects))
-                pool = _new_pool(workers, threads)
-    except BaseException:
-        for fut in in_flight:
-            fut.cancel()
-        _kill_pool(pool)
-        raise
-    pool.shutdown(wait=True)
+    yield from imap_resilient(
+        functools.partial(extract, cfg=cfg), list(paths), workers,
+        failure=lambda _path, msg: _Failed(status="error", error=msg),
+        initializer=_worker_init, initargs=(threads,), hard_timeout=hard_timeout,
+    )
 
 
 def default_workers() -> int:

@@ -21,16 +21,13 @@ one at a time, and a video that breaks the pool on its own is recorded as ``erro
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import hashlib
 import logging
-import multiprocessing as mp
 import os
 import stat
-import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -41,6 +38,7 @@ from ..config import PreprocessConfig, from_dict, to_dict
 from ..errors import UserError
 from ..utils import atomic_write_json
 from . import cache
+from .pool import imap_resilient
 from .records import VideoRecord
 
 log = logging.getLogger(__name__)
@@ -49,7 +47,6 @@ CACHE_FORMAT = 1
 # settings whose change makes existing clips incompatible
 CLIP_KEYS = ("frames", "size", "margin", "detector", "upsample", "no_face", "detect_max_side", "smooth")
 _FLUSH_EVERY_S = 5.0
-MAX_TASKS_PER_CHILD = 200  # a worker process is replaced after this many videos (bounds native leaks)
 HARD_TIMEOUT_GRACE_S = 60.0  # a video still running after 2 * timeout_s + this is killed with its worker
 
 
@@ -330,95 +327,13 @@ def _error_row(rec: tuple, msg: str) -> cache.ManifestRow:
 # --- pool driver -------------------------------------------------------------------------------
 
 
-def _new_pool(workers: int, cfg: PreprocessConfig, out_dir: Path, threads: int) -> cf.ProcessPoolExecutor:
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    kwargs: dict = {
-        "max_workers": workers,
-        "mp_context": mp.get_context(method),
-        "initializer": _init_worker,
-        "initargs": (to_dict(cfg), str(out_dir), threads),
-    }
-    if sys.version_info >= (3, 11):
-        kwargs["max_tasks_per_child"] = MAX_TASKS_PER_CHILD
-    return cf.ProcessPoolExecutor(**kwargs)
-
-
-def _kill_pool(pool: cf.ProcessPoolExecutor) -> None:
-    """Stop a pool whose worker is stuck: terminate its processes (private attribute, CPython)."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    for p in procs:
-        with contextlib.suppress(Exception):
-            p.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        with contextlib.suppress(Exception):
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-
-
 def _run_pool(todo: list[tuple], workers: int, cfg: PreprocessConfig, out_dir: Path, threads: int,
               on_row) -> None:
-    """Feed ``todo`` through a process pool with bounded in-flight work and a hard per-video timeout."""
-    queue = deque(todo)
-    suspects: deque = deque()  # in flight when a pool broke: retried one at a time
+    """Feed ``todo`` through a crash- and hang-tolerant process pool (``data.pool``), row by row."""
     hard_timeout = (cfg.timeout_s * 2 + HARD_TIMEOUT_GRACE_S) if cfg.timeout_s else None
-    pool = _new_pool(workers, cfg, out_dir, threads)
-    inflight: dict[cf.Future, tuple[tuple, float]] = {}
-    breaks_in_a_row = 0  # pool breaks with no finished video in between: the workers cannot run at all
-    try:
-        while queue or suspects or inflight:
-            isolating = bool(suspects)
-            limit = 1 if isolating else workers * 2
-            while len(inflight) < limit and (suspects or (queue and not isolating)):
-                rec = suspects.popleft() if suspects else queue.popleft()
-                inflight[pool.submit(_TASK, rec)] = (rec, time.monotonic())
-            done, _ = cf.wait(list(inflight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
-            broken = False
-            for fut in done:
-                rec, _ = inflight.pop(fut)
-                try:
-                    on_row(fut.result())
-                    breaks_in_a_row = 0
-                except cf.process.BrokenProcessPool:
-                    broken = True
-                    if isolating:
-                        on_row(_error_row(rec, "worker process crashed on this video (killed or segfault)"))
-                    else:
-                        suspects.append(rec)
-                except Exception as exc:  # pickling problems and the like: per video
-                    on_row(_error_row(rec, f"{type(exc).__name__}: {exc}"))
-            if not broken and hard_timeout is not None:
-                now = time.monotonic()
-                # the oldest future (pool is FIFO) is the one running longest
-                late = [f for f, (_, t) in inflight.items() if now - t > hard_timeout]
-                if late:
-                    rec, _ = inflight.pop(late[0])
-                    on_row(_error_row(rec, f"timed out (worker killed after {hard_timeout:.0f} s)"))
-                    broken = True
-            if broken:
-                breaks_in_a_row += 1
-                if breaks_in_a_row > 3:
-                    raise RuntimeError(
-                        "preprocess worker processes keep dying before finishing any video "
-                        "(see the messages above); try --workers 0 to run in this process"
-                    )
-                for fut, (rec, _) in list(inflight.items()):
-                    if not fut.done() or fut.exception() is not None:
-                        suspects.append(rec)
-                    else:
-                        on_row(fut.result())
-                inflight.clear()
-                _kill_pool(pool)
-                log.warning("a worker process died or hung; restarting the pool (%d videos to retry)",
-                            len(suspects))
-                pool = _new_pool(workers, cfg, out_dir, threads)
-    except BaseException:
-        for fut in inflight:
-            fut.cancel()
-        _kill_pool(pool)
-        raise
-    pool.shutdown(wait=True)
+    for _, row in imap_resilient(_TASK, todo, workers, _error_row, initializer=_init_worker,
+                                 initargs=(to_dict(cfg), str(out_dir), threads), hard_timeout=hard_timeout):
+        on_row(row)
 
 
 def run_preprocess(

@@ -1,0 +1,176 @@
+"""A process pool that survives the videos that kill or hang their decoder.
+
+Shared by ``preprocess`` and ``predict``: native decoders (FFmpeg, dlib) can segfault, be OOM-killed
+or hang on hostile files. ``imap_resilient`` keeps at most ``2 * workers`` items in flight (bounded
+memory however many are queued); when a worker dies or overruns the hard timeout the pool is killed
+and rebuilt, the items that were in flight are retried one at a time, and an item that breaks the
+pool on its own becomes a per-item failure instead of the end of the run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Optional
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+MAX_TASKS_PER_CHILD = 200  # a worker process is replaced after this many items (bounds native leaks)
+MAX_BREAKS_IN_A_ROW = 3  # pool breaks with no finished item in between: the workers cannot run at all
+
+
+def new_pool(workers: int, initializer: Optional[Callable] = None,
+             initargs: tuple = ()) -> cf.ProcessPoolExecutor:
+    """forkserver/spawn workers start clean (no inherited torch/OpenCV threads or CUDA state)."""
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    kwargs: dict = {"max_workers": workers, "mp_context": mp.get_context(method),
+                    "initializer": initializer, "initargs": initargs}
+    if sys.version_info >= (3, 11):
+        kwargs["max_tasks_per_child"] = MAX_TASKS_PER_CHILD
+    return cf.ProcessPoolExecutor(**kwargs)
+
+
+def kill_pool(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop a pool whose worker is stuck in native code (uses CPython's private ``_processes``)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _ping() -> int:
+    return os.getpid()
+
+
+def pool_starts(pool: cf.ProcessPoolExecutor, timeout_s: float = 180.0) -> bool:
+    """Can this pool run anything at all? (A worker that cannot import the caller's main module would
+    otherwise make every item look like a decoder crash.)"""
+    try:
+        pool.submit(_ping).result(timeout=timeout_s)
+        return True
+    except (BrokenProcessPool, cf.TimeoutError, OSError):
+        return False
+
+
+def imap_resilient(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    workers: int,
+    failure: Callable[[Any, str], Any],
+    initializer: Optional[Callable] = None,
+    initargs: tuple = (),
+    hard_timeout: Optional[float] = None,
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(index, fn(items[index]))`` in completion order, running ``fn`` in worker processes.
+
+    ``fn`` must be a module-level function that reports bad input in its return value; an exception
+    it raises, a crash of its worker, or a run past ``hard_timeout`` seconds becomes
+    ``failure(item, message)`` for that item alone. When the workers cannot start at all, items are
+    processed in this process instead (with a warning).
+    """
+    if not items:
+        return
+    workers = max(1, min(workers, len(items)))
+    pool = new_pool(workers, initializer, initargs)
+    if not pool_starts(pool):
+        kill_pool(pool)
+        log.warning("worker processes could not start (a script without an `if __name__ == '__main__':` "
+                    "guard, or code run from stdin?); working in this process")
+        if initializer is not None:
+            initializer(*initargs)
+        for i, item in enumerate(items):
+            try:
+                yield i, fn(item)
+            except Exception as exc:  # a bug on one item: reported for that item
+                yield i, failure(item, f"{type(exc).__name__}: {exc}"[:500])
+        return
+    queue = deque(range(len(items)))
+    suspects: deque = deque()  # in flight when the pool broke: retried one at a time
+    in_flight: dict[cf.Future, tuple[int, float]] = {}
+    alone: set = set()  # suspects running on their own: a crash there names the culprit
+    breaks_in_a_row = 0
+    try:
+        while queue or suspects or in_flight:
+            # isolate while a suspect waits OR runs alone (not only while suspects wait)
+            isolating = bool(suspects) or any(f in alone for f in in_flight)
+            limit = 1 if isolating else 2 * workers
+            while len(in_flight) < limit and (suspects or (queue and not isolating)):
+                if suspects:
+                    i = suspects.popleft()
+                    fut = pool.submit(fn, items[i])
+                    alone.add(fut)
+                else:
+                    i = queue.popleft()
+                    fut = pool.submit(fn, items[i])
+                in_flight[fut] = (i, time.monotonic())
+            done, _ = cf.wait(list(in_flight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            broken = False
+            resolved = False  # did any item get its answer (result or named culprit) this round?
+            for fut in done:
+                i, _ = in_flight.pop(fut)
+                was_alone = fut in alone
+                alone.discard(fut)
+                try:
+                    res = fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    if was_alone:
+                        resolved = True
+                        msg = "worker process crashed on this video (killed or segfault)"
+                        yield i, failure(items[i], msg)
+                    else:
+                        suspects.append(i)
+                    continue
+                except Exception as exc:  # pickling problems and the like: per item
+                    res = failure(items[i], f"{type(exc).__name__}: {exc}"[:500])
+                resolved = True
+                yield i, res
+            if not broken and hard_timeout is not None:
+                now = time.monotonic()
+                late = [f for f, (_, t) in in_flight.items() if now - t > hard_timeout]
+                if late:
+                    i, _ = in_flight.pop(late[0])
+                    alone.discard(late[0])
+                    resolved = True
+                    yield i, failure(items[i], f"timed out (worker killed after {hard_timeout:.0f} s)")
+                    broken = True
+            if resolved:
+                breaks_in_a_row = 0
+            if broken:
+                breaks_in_a_row += 0 if resolved else 1
+                if breaks_in_a_row > MAX_BREAKS_IN_A_ROW:
+                    raise UserError("worker processes keep dying before finishing any video (see the "
+                                    "messages above); try --workers 0 to work in this process", exit_code=1)
+                for fut, (i, _) in list(in_flight.items()):
+                    if fut.done() and fut.exception() is None:
+                        yield i, fut.result()
+                    else:
+                        suspects.append(i)
+                in_flight.clear()
+                alone.clear()
+                kill_pool(pool)
+                log.warning("a worker process died or hung; restarting the pool (%d item(s) to retry one "
+                            "by one)", len(suspects))
+                pool = new_pool(workers, initializer, initargs)
+    except BaseException:
+        for fut in in_flight:
+            fut.cancel()
+        kill_pool(pool)
+        raise
+    pool.shutdown(wait=True)

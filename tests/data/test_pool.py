@@ -1,0 +1,40 @@
+"""The crash-tolerant pool shared by preprocess and predict."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from deepfake_detector.data.pool import imap_resilient
+
+
+def _slow_crash_on_3(x: int) -> int:
+    if x == 3:
+        time.sleep(1.5)  # longer than the pool's 1 s polling: the culprit is still running alone
+        os._exit(1)
+    time.sleep(0.05)
+    return x * 10
+
+
+def _raise_on_2(x: int) -> int:
+    if x == 2:
+        raise ValueError("bad item")
+    return x
+
+
+@pytest.mark.timeout(120)
+def test_a_slow_crashing_item_is_isolated_and_named():
+    got = dict(imap_resilient(_slow_crash_on_3, list(range(8)), workers=2,
+                              failure=lambda item, msg: ("failed", item, msg)))
+    assert sorted(got) == list(range(8))
+    assert got[3][0] == "failed" and got[3][1] == 3 and "crashed" in got[3][2]
+    assert all(got[i] == i * 10 for i in range(8) if i != 3)
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_is_a_per_item_failure():
+    got = dict(imap_resilient(_raise_on_2, [0, 1, 2, 3], workers=2, failure=lambda item, msg: msg))
+    assert got[0] == 0 and got[1] == 1 and got[3] == 3
+    assert "ValueError" in got[2] and "bad item" in got[2]
