@@ -9,8 +9,10 @@ OpenCV) inside ``run`` so ``--help`` stays fast. User mistakes raise ``UserError
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -30,6 +32,11 @@ COMMANDS = {
 }
 
 log = logging.getLogger("deepfake_detector")
+
+# Environment problems a user fixes (disk full, read-only or forbidden output folder): one clear line.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+_SPACE_HINT = "free some space or choose another output folder; finished work is kept and a rerun resumes"
+_PERM_HINT = "check the permissions, or choose another output folder"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +75,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        where = f": {os.fsdecode(exc.filename)}" if exc.filename else ""
+        hint = _SPACE_HINT if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else _PERM_HINT
+        print(f"error: {exc.strerror or exc}{where} ({hint})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

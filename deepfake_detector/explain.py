@@ -199,7 +199,8 @@ def explain_video(model: Any, x: Any, res: Any, pred: Any, explain_dir: str | os
     title = f"{verdict}   P(FAKE) = {p:.3f}   (threshold {threshold:.2f})"
     face = f"face found in {pred.face_ratio * 100:.0f}% of sampled frames"
     status = "" if pred.status == "ok" else f"  |  status: {pred.status}"
-    name = os.path.basename(pred.path)
+    # file names need not be UTF-8 (surrogate escapes): fonts can only draw real text
+    name = os.fsencode(os.path.basename(pred.path)).decode("utf-8", "replace")
     subtitle = f"{name}  |  {len(crops)} frames to the model  |  {face}{status}"
     out = Path(explain_dir) / explanation_filename(pred.path)
     return render_strip(out, crops, expl, title=title, subtitle=subtitle, label=pred.label,

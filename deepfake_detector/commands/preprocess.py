@@ -21,6 +21,11 @@ DESCRIPTION = (
 _FORMATS = ("auto", "csv", "legacy", "dfdc", "ffpp", "celebdf", "folders")
 
 
+# dataset-specific flags passed to ``load_records`` (None = not given; a flag the format does not
+# take is refused with a clear error)
+_SOURCE_OPTIONS = ("data_root", "metadata", "video_list", "video_dir", "compression", "methods", "splits",
+                   "test_list")
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..config import PreprocessConfig
 
@@ -31,6 +36,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=_FORMATS, help="dataset layout")
     p.add_argument("--label-map", default=None,
                    help="meaning of numeric labels, e.g. 1=FAKE,0=REAL (needed for 0/1 labels)")
+    s = p.add_argument_group("dataset-specific options")
+    s.add_argument("--data-root", default=None,
+                   help="csv/dfdc: folder the listed paths are relative to (default: the list's folder)")
+    s.add_argument("--metadata", default=None,
+                   help="legacy: metadata CSV (default DATA/Data/Gobal_metadata.csv)")
+    s.add_argument("--video-list", default=None,
+                   help="legacy: pickled list of video paths (default DATA/Models/video_files.pkl)")
+    s.add_argument("--video-dir", default=None, help="legacy: folder to look for the listed videos in")
+    s.add_argument("--compression", default=None, help="ffpp: c0 (raw), c23 or c40 (default: most common)")
+    s.add_argument("--methods", default=None,
+                   help="ffpp: comma list of manipulation methods (default: all found)")
+    s.add_argument("--splits", default=None, help="ffpp: folder holding the official train/val/test.json")
+    s.add_argument("--test-list", default=None,
+                   help="celebdf: List_of_testing_videos.txt (default: the one in DATA)")
     g = p.add_argument_group("clips")
     g.add_argument("--frames", type=int, default=d.frames, help="frames sampled evenly across each video")
     g.add_argument("--size", type=int, default=d.size, help="side of the square face crop, pixels")
@@ -77,7 +96,7 @@ def _config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..data.faces import detector_available
     from ..data.preprocess import parse_shard, run_preprocess
-    from ..data.sources import count_by_split, format_counts_table, load_records
+    from ..data.sources import count_by_split, format_counts_table, load_records, summarize_problems
 
     cfg = _config(args)
     try:
@@ -94,18 +113,17 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.exists(args.data):
         raise UserError(f"{args.data}: no such file or folder")
 
-    result = load_records(args.data, args.format, label_map=args.label_map)
+    opts = {k: getattr(args, k) for k in _SOURCE_OPTIONS}
+    result = load_records(args.data, args.format, label_map=args.label_map, **opts)
     records = result.records
     how = "detected" if args.format == "auto" else "given"
     print(f"dataset: {args.data} (format {result.format}, {how}): {len(records)} video(s)")
     if records:
         print(format_counts_table(count_by_split(records)))
     if result.problems:
-        print(f"{len(result.problems)} record problem(s):")
-        for prob in result.problems[:20]:
-            print(f"  {prob}")
-        if len(result.problems) > 20:
-            print(f"  ... and {len(result.problems) - 20} more")
+        print(f"{len(result.problems)} record problem(s) (skipped):")
+        for line in summarize_problems(result.problems):
+            print(f"  {line}")
     if args.limit:
         records = records[: args.limit]
     if not records:
@@ -116,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_preprocess(
         records, args.out, cfg, workers=args.workers, shard=shard, progress=not args.no_progress,
-        dataset_root=os.path.abspath(args.data), fmt=result.format, force=args.force,
+        dataset_root=result.root or os.path.abspath(args.data), fmt=result.format, force=args.force,
     )
     _print_summary(summary)
     this_run_ok = summary.counts.get("ok", 0) + summary.counts.get("no_face", 0)

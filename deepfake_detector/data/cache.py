@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..utils import atomic_open, atomic_write_bytes
+from ..utils import atomic_open, atomic_write_bytes, is_within
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,10 @@ def save_clip(cache_dir: str | os.PathLike, rel_path: str, clip: np.ndarray) -> 
 
 
 def load_clip(cache_dir: str | os.PathLike, clip_rel: str, mmap: bool = True) -> np.ndarray:
-    """Read a clip written by ``save_clip`` (never unpickles)."""
+    """Read a clip written by ``save_clip`` (never unpickles, never leaves the cache folder)."""
     path = Path(cache_dir) / clip_rel
+    if Path(clip_rel).is_absolute() or not is_within(path, cache_dir):
+        raise ValueError(f"clip path {clip_rel!r} points outside the cache folder {cache_dir}")
     arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"{path}: not a clip (dtype {arr.dtype}, shape {arr.shape})")

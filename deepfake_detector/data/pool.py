@@ -15,6 +15,7 @@ import logging
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -29,12 +30,42 @@ MAX_TASKS_PER_CHILD = 200  # a worker process is replaced after this many items 
 MAX_BREAKS_IN_A_ROW = 3  # pool breaks with no finished item in between: the workers cannot run at all
 
 
+def _main_alive(pid: int) -> bool:
+    """Is process ``pid`` still running (a killed, not yet reaped zombie counts as dead)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return True  # no /proc (macOS): the kill(0) answer stands
+
+
+def _watch_main(pid: int, interval_s: float = 1.0) -> None:
+    while True:
+        time.sleep(interval_s)
+        if not _main_alive(pid):
+            os._exit(1)  # the main process was killed (kill -9): never outlive it
+
+
+def _bootstrap(main_pid: int, initializer: Optional[Callable], initargs: tuple) -> None:
+    """Worker start-up: a watchdog thread ends the worker when the main process dies, then the
+    caller's initializer. Without it, ``kill -9`` of the main process leaves workers running."""
+    threading.Thread(target=_watch_main, args=(main_pid,), daemon=True, name="main-watchdog").start()
+    if initializer is not None:
+        initializer(*initargs)
+
+
 def new_pool(workers: int, initializer: Optional[Callable] = None,
              initargs: tuple = ()) -> cf.ProcessPoolExecutor:
     """forkserver/spawn workers start clean (no inherited torch/OpenCV threads or CUDA state)."""
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     kwargs: dict = {"max_workers": workers, "mp_context": mp.get_context(method),
-                    "initializer": initializer, "initargs": initargs}
+                    "initializer": _bootstrap, "initargs": (os.getpid(), initializer, initargs)}
     if sys.version_info >= (3, 11):
         kwargs["max_tasks_per_child"] = MAX_TASKS_PER_CHILD
     return cf.ProcessPoolExecutor(**kwargs)
