@@ -66,6 +66,7 @@ class ManifestRow:
     width: int = 0
     height: int = 0
     seconds: float = 0.0  # processing time
+    source_stat: str = ""  # "size:mtime_ns" of the video when processed: a replaced file is redone
 
     @property
     def usable(self) -> bool:
@@ -75,6 +76,15 @@ class ManifestRow:
 MANIFEST_FIELDS = [f.name for f in fields(ManifestRow)]
 _INT_FIELDS = {"frames", "source_frames", "width", "height"}
 _FLOAT_FIELDS = {"face_ratio", "fps", "duration", "seconds"}
+
+
+def file_signature(path: str | os.PathLike) -> str:
+    """``size:mtime_ns`` of a file ("" when it cannot be read): cheap change detection for resume."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def clip_key(rel_path: str) -> str:
@@ -177,10 +187,15 @@ class ManifestWriter:
             except (ValueError, OSError, csv.Error) as exc:
                 log.warning("ignoring unreadable manifest %s (%s); it will be rebuilt", self.path, exc)
 
-    def is_done(self, rel_path: str) -> bool:
-        """True when this video already has a finished, intact result (failures are retried)."""
+    def is_done(self, rel_path: str, source_stat: str = "") -> bool:
+        """True when this video already has a finished, intact result (failures are retried).
+
+        ``source_stat`` (see ``file_signature``) detects a video replaced at the same path since.
+        """
         row = self.rows.get(rel_path)
         if row is None or row.status not in (OK, NO_FACE):
+            return False
+        if source_stat and row.source_stat and source_stat != row.source_stat:
             return False
         if not row.clip:
             return row.status == NO_FACE

@@ -301,12 +301,13 @@ def _process_one(rec: tuple[str, str, str, str, str]) -> cache.ManifestRow:
     """Make one video's clip, write it, and return its manifest row. Never raises."""
     path, rel, label, split, group = rec
     cfg: PreprocessConfig = _WORKER["cfg"]
+    signature = cache.file_signature(path)
     res = extract_clip(path, cfg, threads=_WORKER.get("threads", 0))
     row = cache.ManifestRow(
         path=rel, label=label, split=split, group=group, status=res.status, frames=res.frames,
         face_ratio=round(res.face_ratio, 4), error=res.error, source_frames=res.source_frames,
         fps=round(res.fps, 4), duration=round(res.duration, 3), width=res.width, height=res.height,
-        seconds=round(res.seconds, 3),
+        seconds=round(res.seconds, 3), source_stat=signature,
     )
     if res.clip is not None:
         try:
@@ -374,7 +375,9 @@ def run_preprocess(
         if rel in seen:
             continue
         seen.add(rel)
-        if not redo_all and writer.is_done(rel):
+        if not redo_all and writer.is_done(rel, cache.file_signature(r.path)):
+            done = writer.rows[rel]  # metadata may have been corrected since: keep the row current
+            done.label, done.split, done.group = r.label or "", r.split or "", r.group or ""
             summary.skipped += 1
             continue
         todo.append((r.path, rel, r.label or "", r.split or "", r.group or ""))

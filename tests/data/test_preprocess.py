@@ -310,3 +310,29 @@ def test_interrupt_flushes_the_manifest(tmp_path, dataset, monkeypatch):
     monkeypatch.setattr(pp, "_process_one", real)
     s = run_preprocess(recs, out, CFG, workers=0, progress=False)
     assert s.processed + s.skipped == len(recs) and len(_rows(out)) == len(recs)
+
+
+def test_a_video_replaced_at_the_same_path_is_processed_again(tmp_path):
+    """Resume keys on the path, but a file replaced since (new size/mtime) must not keep its old clip."""
+    from deepfake_detector.config import PreprocessConfig
+    from deepfake_detector.data import cache as cache_mod
+    from deepfake_detector.data.preprocess import run_preprocess
+    from deepfake_detector.data.records import VideoRecord
+    from tests.helpers import make_video
+
+    video = tmp_path / "v.mp4"
+    make_video(video, frames=8, size=(64, 48))
+    rec = VideoRecord(path=str(video), label="REAL", rel_path="v.mp4")
+    cfg = PreprocessConfig(frames=4, size=32, detector="center")
+    out = tmp_path / "cache"
+    run_preprocess([rec], out, cfg, workers=0, progress=False)
+    first = cache_mod.load_manifest(out)[0]
+    assert first.source_stat
+    s2 = run_preprocess([rec], out, cfg, workers=0, progress=False)
+    assert s2.skipped == 1
+    make_video(video, frames=12, size=(80, 64))
+    os.utime(video, ns=(1, 10**18))  # a surely different mtime
+    s3 = run_preprocess([rec], out, cfg, workers=0, progress=False)
+    assert s3.skipped == 0
+    again = cache_mod.load_manifest(out)[0]
+    assert again.source_stat != first.source_stat and again.width == 80
