@@ -93,3 +93,17 @@ def make_synthetic_cache(
         json.dumps({"config": {"frames": frames, "size": size, "margin": 0.3, "detector": "center"}})
     )
     return root
+
+
+# what every finished training run folder holds
+RUN_FILES = {
+    "config.yaml",
+    "metrics.csv",
+    "best.pt",
+    "last.pt",
+    "loss.png",
+    "accuracy.png",
+    "confusion_matrix.png",
+    "roc.png",
+    "val_predictions.csv",
+}

@@ -13,19 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from deepfake_detector.config import ModelConfig, TrainConfig
-from tests.cache_helpers import make_synthetic_cache
-
-RUN_FILES = {
-    "config.yaml",
-    "metrics.csv",
-    "best.pt",
-    "last.pt",
-    "loss.png",
-    "accuracy.png",
-    "confusion_matrix.png",
-    "roc.png",
-    "val_predictions.csv",
-}
+from tests.cache_helpers import RUN_FILES, make_synthetic_cache
 
 
 def _free_port() -> int:

@@ -20,19 +20,7 @@ from deepfake_detector.engine.early_stopping import EarlyStoppingWithCheckpoint
 from deepfake_detector.engine.loop import NonFiniteTracker, evaluate, train_epoch
 from deepfake_detector.engine.trainer import METRICS_COLUMNS, fit
 from deepfake_detector.errors import UnsafeFileError, UserError
-from tests.cache_helpers import make_synthetic_cache
-
-RUN_FILES = {
-    "config.yaml",
-    "metrics.csv",
-    "best.pt",
-    "last.pt",
-    "loss.png",
-    "accuracy.png",
-    "confusion_matrix.png",
-    "roc.png",
-    "val_predictions.csv",
-}
+from tests.cache_helpers import RUN_FILES, make_synthetic_cache
 
 
 def tiny_cfg(cache, runs, name="run", **kw) -> TrainConfig:

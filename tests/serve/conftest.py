@@ -15,29 +15,15 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
+from deepfake_detector.inference import Prediction
 from tests.helpers import make_video
 
-
-@dataclass
-class StubPrediction:
-    path: str
-    p_fake: Optional[float] = None
-    label: str = ""
-    status: str = ""
-    error: str = ""
-    frames: int = 0
-    face_ratio: float = 0.0
-    seconds: float = 0.0
-    explanation: Optional[str] = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+StubPrediction = Prediction  # the stand-in detector returns the real result type
 
 
 class StubDetector:
