@@ -19,7 +19,7 @@ def to_dict(cfg: Any) -> dict:
 
 
 def from_dict(cls: type[T], data: dict) -> T:
-    """Build ``cls`` from a dict, ignoring unknown keys (older/newer files) and recursing into nested dataclasses."""
+    """Build ``cls`` from a dict, ignoring unknown keys (older/newer files), recursing into nested configs."""
     kwargs = {}
     hints = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for name, f in hints.items():
