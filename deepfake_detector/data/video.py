@@ -634,6 +634,9 @@ def _read_cv2(path: str, k: int, max_side: Optional[int], max_pixels: int, max_d
               deadline: _Deadline) -> SampledFrames:
     import cv2
 
+    # OpenCV's bundled FFmpeg prints "[mov,mp4,...] moov atom not found" & co. to stderr; the status and
+    # message of each video say what failed. Read once, at the first capture (a user's setting wins).
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
