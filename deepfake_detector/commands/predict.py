@@ -250,6 +250,12 @@ def write_results(path: str, preds: list, meta: Optional[dict] = None) -> None:
 
     rows = [p.to_dict() for p in preds]
     if path.lower().endswith(".json"):
+        # JSON has no place for undecodable file-name bytes (lone surrogates break strict parsers):
+        # write them as \xNN escapes; CSV keeps the exact bytes
+        for r in rows:
+            for k in ("path", "explanation", "error"):
+                if isinstance(r.get(k), str):
+                    r[k] = r[k].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         data = {"predictions": rows, **(meta or {})}
         with atomic_open(path, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, ensure_ascii=True, allow_nan=False, default=str)

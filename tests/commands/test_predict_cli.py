@@ -147,3 +147,18 @@ def test_non_utf8_file_name(data, capsys, tmp_path):
     code, out, _ = _run(capsys, data["ckpt"], os.fsdecode(raw), "--workers", "0", "-o", out_csv)
     assert code == 0 and "caf" in out
     assert out_csv.read_bytes().count(b"caf\xe9 clip.mp4") == 1
+
+
+def test_json_output_is_strict_utf8_for_non_utf8_names(tmp_path):
+    """Lone surrogates (undecodable name bytes) would make strict JSON parsers fail."""
+    import json as _json
+    import os as _os
+
+    from deepfake_detector.commands.predict import write_results
+    from deepfake_detector.inference import Prediction
+
+    out = tmp_path / "o.json"
+    write_results(str(out), [Prediction(path=_os.fsdecode(b"/data/caf\xe9.mp4"), status="missing")])
+    raw = out.read_bytes()
+    raw.decode("utf-8", errors="strict")
+    assert _json.loads(raw)["predictions"][0]["path"] == "/data/caf\\xe9.mp4"
