@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 
 HELP = "train the detector on a preprocessed face-clip cache (writes runs/NAME/)"
@@ -220,6 +221,10 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..engine.trainer import fit
 
+    # one line per epoch even when stderr is a log file (Slurm, nohup), where tqdm bars are hidden
+    trainer_log = logging.getLogger("deepfake_detector.engine.trainer")
+    if trainer_log.getEffectiveLevel() > logging.INFO:
+        trainer_log.setLevel(logging.INFO)
     cfg, given = build_config(args)
     summary = fit(cfg, resume_overrides=given, progress=True)
     if summary.get("rank", 0) != 0:  # only rank 0 reports under torchrun
