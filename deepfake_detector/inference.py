@@ -496,17 +496,15 @@ class Detector:
 
     @staticmethod
     def _precheck(path: str) -> Optional[Prediction]:
+        from .data.preprocess import check_video_file
+
         try:
-            if not os.path.lexists(path):
-                return Prediction(path=path, status="missing", error="file not found")
-            if not os.path.exists(path):
-                return Prediction(path=path, status="unreadable",
-                                  error="broken symbolic link or symbolic link loop")
-            if os.path.isdir(path):
-                return Prediction(path=path, status="unreadable", error="is a directory, not a video")
-        except (OSError, ValueError) as exc:
+            problem = check_video_file(path)
+        except (OSError, ValueError) as exc:  # e.g. an embedded NUL byte in the path
             return Prediction(path=path, status="unreadable", error=str(exc)[:300])
-        return None
+        if problem is None:
+            return None
+        return Prediction(path=path, status=problem[0], error=problem[1])
 
     def _prediction_from_clip(self, path: str, res: Any) -> Optional[Prediction]:
         """A final Prediction for a clip that will not be scored, else None (goes to the model)."""

@@ -88,7 +88,11 @@ def _detector_for(cfg: PreprocessConfig):
     return det
 
 
-def _precheck(path: str) -> Optional[tuple[str, str]]:
+def check_video_file(path: str) -> Optional[tuple[str, str]]:
+    """``(status, error)`` when ``path`` cannot be a readable video file, else None.
+
+    Cheap checks before any decoder opens the file (shared by ``extract_clip`` and ``predict``).
+    """
     if not os.path.lexists(path):
         return cache.MISSING, "file does not exist"
     if not os.path.exists(path):
@@ -122,7 +126,7 @@ def extract_clip(
     path = os.fspath(path)
     res = ClipResult(clip=None, status=cache.ERROR)
     try:
-        pre = _precheck(path)
+        pre = check_video_file(path)
         if pre is not None:
             res.status, res.error = pre
             return res
