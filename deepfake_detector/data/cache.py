@@ -187,16 +187,19 @@ class ManifestWriter:
             except (ValueError, OSError, csv.Error) as exc:
                 log.warning("ignoring unreadable manifest %s (%s); it will be rebuilt", self.path, exc)
 
-    def is_done(self, rel_path: str, source_stat: str = "") -> bool:
+    def is_done(self, rel_path: str, source_path: Optional[str | os.PathLike] = None) -> bool:
         """True when this video already has a finished, intact result (failures are retried).
 
-        ``source_stat`` (see ``file_signature``) detects a video replaced at the same path since.
+        With ``source_path``, a video replaced at the same path since (see ``file_signature``) is not
+        done; the file is only stat'ed for rows that would otherwise count as finished.
         """
         row = self.rows.get(rel_path)
         if row is None or row.status not in (OK, NO_FACE):
             return False
-        if source_stat and row.source_stat and source_stat != row.source_stat:
-            return False
+        if source_path is not None and row.source_stat:
+            now = file_signature(source_path)
+            if now and now != row.source_stat:
+                return False
         if not row.clip:
             return row.status == NO_FACE
         return (self.cache_dir / row.clip).is_file()

@@ -379,7 +379,7 @@ def run_preprocess(
         if rel in seen:
             continue
         seen.add(rel)
-        if not redo_all and writer.is_done(rel, cache.file_signature(r.path)):
+        if not redo_all and writer.is_done(rel, r.path):
             done = writer.rows[rel]  # metadata may have been corrected since: keep the row current
             done.label, done.split, done.group = r.label or "", r.split or "", r.group or ""
             summary.skipped += 1
