@@ -26,7 +26,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -357,6 +357,16 @@ def _apply_table(info: VideoInfo, table: _Table, tb: float) -> None:
                 info.fps = 1.0 / step
 
 
+def _describe(path: str, container: Any, max_pixels: int) -> tuple[Any, VideoInfo, float, Optional[_Table]]:
+    """The video stream, its header info (caps checked), time base and the index's frame table
+    (None when the container has no usable index; the caller may then demux)."""
+    stream = _video_stream(container)
+    info = _info_from_stream(path, container, stream)
+    _check_caps(info, max_pixels)
+    tb = float(stream.time_base or 0)
+    return stream, info, tb, _table_from_index(stream, info.header_frames, info.container)
+
+
 def probe(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, scan: bool = True) -> VideoInfo:
     """Describe a video cheaply: header values corrected by the frame table, plus rotation.
 
@@ -367,11 +377,7 @@ def probe(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, scan
     path = os.fspath(path)
     container = _open(path)
     try:
-        stream = _video_stream(container)
-        info = _info_from_stream(path, container, stream)
-        _check_caps(info, max_pixels)
-        tb = float(stream.time_base or 0)
-        table = _table_from_index(stream, info.header_frames, info.container)
+        stream, info, tb, table = _describe(path, container, max_pixels)
         if table is None and scan:
             table = _table_from_demux(container, stream, None)
         if table is not None:
@@ -559,14 +565,10 @@ def _read_av(path: str, k: int, max_side: Optional[int], max_pixels: int, max_du
 
     container = _open(path)
     try:
-        stream = _video_stream(container)
-        info = _info_from_stream(path, container, stream)
-        _check_caps(info, max_pixels)
-        tb = float(stream.time_base or 0)
+        stream, info, tb, table = _describe(path, container, max_pixels)
         if not tb:
             raise VideoError("stream has no time base")
         max_ticks = int(max_duration_s / tb) if max_duration_s else None
-        table = _table_from_index(stream, info.header_frames, info.container)
         if table is None:
             deadline.check()
             table = _table_from_demux(container, stream, max_ticks)
