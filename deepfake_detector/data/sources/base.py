@@ -21,7 +21,7 @@ import os
 import re
 import stat
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Optional
 
 from ...errors import UserError
@@ -50,6 +50,25 @@ _NUMERIC_EXPLANATION = (
     "numeric labels are ambiguous (the known reference used 0=FAKE,1=REAL, DFDC-derived CSVs use "
     "1=FAKE,0=REAL); say which with --label-map, e.g. --label-map 1=FAKE,0=REAL"
 )
+
+
+def read_file_bytes(path: str | os.PathLike,
+                    limit: Optional[tuple[int, Callable[[str, int], Exception]]] = None) -> bytes:
+    """A whole metadata file as bytes; an OS error is one ``UserError`` line.
+
+    ``limit=(max_bytes, too_big)`` refuses a larger file before it is read, raising
+    ``too_big(shown_path, size)``, so a hostile multi-GB "list" never reaches memory.
+    """
+    shown = os.fsdecode(path)
+    try:
+        if limit is not None:
+            size = os.path.getsize(path)
+            if size > limit[0]:
+                raise limit[1](shown, size)
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise UserError(f"{shown}: cannot read: {exc.strerror or exc}") from exc
 
 
 def is_video_name(name: str) -> bool:

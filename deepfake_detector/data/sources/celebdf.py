@@ -24,7 +24,7 @@ from typing import Optional
 
 from ...errors import UserError
 from ..records import FAKE, REAL, LoadResult
-from .base import MALFORMED, MISSING, Collector, find_child, walk_files
+from .base import MALFORMED, MISSING, Collector, find_child, read_file_bytes, walk_files
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,7 @@ _FAKE = re.compile(r"^(id\d+)_(id\d+)_(\d+)$", re.IGNORECASE)
 
 def _read_test_list(path: str, col: Collector) -> dict[str, tuple[str, str]]:
     """dataset-relative path (lower case) -> (label, where) of the testing videos."""
-    try:
-        with open(path, encoding="utf-8-sig", errors="surrogateescape") as fh:
-            lines = fh.read().splitlines()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    lines = read_file_bytes(path).decode("utf-8-sig", errors="surrogateescape").splitlines()
     name = os.path.basename(path)
     out = {}
     for i, line in enumerate(lines, 1):

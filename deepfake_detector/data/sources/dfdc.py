@@ -20,7 +20,7 @@ from typing import Optional
 
 from ...errors import UserError
 from ..records import FAKE, LoadResult
-from .base import MALFORMED, Collector, normalize_split
+from .base import MALFORMED, Collector, normalize_split, read_file_bytes
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,8 @@ def find_metadata(root: str, max_depth: Optional[int] = None, max_dirs: Optional
 
 def read_json(path: str) -> object:
     """Parse a JSON file; unreadable or invalid JSON is one ``UserError`` line."""
-    try:
-        if os.path.getsize(path) > MAX_JSON_BYTES:
-            raise UserError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB; refused")
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    data = read_file_bytes(path, (MAX_JSON_BYTES, lambda shown, _size: UserError(
+        f"{shown}: larger than {MAX_JSON_BYTES >> 20} MiB; refused")))
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:

@@ -31,6 +31,7 @@ from .base import (
     Collector,
     find_child,
     lexically_within,
+    read_file_bytes,
     resolve_label,
     walk_files,
 )
@@ -65,14 +66,8 @@ class SafeListUnpickler(pickle.Unpickler):
 def load_video_list(path: str | os.PathLike) -> list[str]:
     """Read a pickled list of paths safely (see ``SafeListUnpickler``)."""
     shown = os.fsdecode(path)
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_PICKLE_BYTES:
-            raise UnsafeFileError(f"{shown}: {size} bytes is too big for a list of video paths; refused")
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise UserError(f"{shown}: cannot read: {exc.strerror or exc}") from exc
+    data = read_file_bytes(path, (MAX_PICKLE_BYTES, lambda shown, size: UnsafeFileError(
+        f"{shown}: {size} bytes is too big for a list of video paths; refused")))
     try:
         obj = SafeListUnpickler(io.BytesIO(data), encoding="utf-8", errors="surrogateescape").load()
     except UnsafeFileError as exc:
