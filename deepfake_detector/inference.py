@@ -26,11 +26,12 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from .data.pool import imap_resilient
+from .data.preprocess import ClipResult
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -85,18 +86,9 @@ def label_for(p_fake: Optional[float], threshold: float) -> str:
     return LABEL_FAKE if p_fake >= threshold else LABEL_REAL
 
 
-@dataclass
-class _Failed:
-    """A ClipResult-shaped failure made here (missing file, crashed worker)."""
-
-    status: str
-    error: str
-    clip: Any = None
-    frames: int = 0
-    face_ratio: float = 0.0
-    seconds: float = 0.0
-    indices: list = field(default_factory=list)
-    boxes: Any = None
+def _failed(error: str) -> ClipResult:
+    """A failure made here (crashed or hung worker, a bug, a bad clip): no clip, status ``error``."""
+    return ClipResult(clip=None, status="error", error=error)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,7 +123,7 @@ def _extract(path: str, cfg: Any) -> Any:
         return extract_clip(path, cfg, threads=_WORKER.get("threads", 0))
     except Exception as exc:  # extract_clip's contract is to return a status; report bugs per item
         log.exception("extract_clip failed on %s", path)
-        return _Failed(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+        return _failed(f"{type(exc).__name__}: {exc}"[:500])
 
 
 def _iter_extracted(paths: Sequence[str], cfg: Any, workers: int,
@@ -153,7 +145,7 @@ def _iter_extracted(paths: Sequence[str], cfg: Any, workers: int,
     hard_timeout = timeout_s * 2 + 60 if timeout_s else None
     yield from imap_resilient(
         functools.partial(extract, cfg=cfg), list(paths), workers,
-        failure=lambda _path, msg: _Failed(status="error", error=msg),
+        failure=lambda _path, msg: _failed(msg),
         initializer=_worker_init, initargs=(threads,), hard_timeout=hard_timeout,
     )
 
@@ -574,7 +566,7 @@ class Detector:
                 inputs.append(self._to_input(res.clip))
                 good.append((i, p, res))
             except (ValueError, TypeError) as exc:
-                pred = self._prediction_from_clip(p, _Failed(status="error", error=f"bad clip: {exc}"))
+                pred = self._prediction_from_clip(p, _failed(f"bad clip: {exc}"))
                 outs.append((i, pred))  # type: ignore[arg-type]
         probs: list[Optional[float]] = []
         err = ""

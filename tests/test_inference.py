@@ -104,11 +104,11 @@ def test_worker_pool_gives_the_same_results_and_order(tmp_path, videos, ckpt):
 
 def crashy_extract(path: str, cfg) -> object:
     """Runs in a decoding worker: dies like a segfaulting decoder on files named *crash*."""
-    from deepfake_detector.inference import _Failed
+    from deepfake_detector.data.preprocess import ClipResult
 
     if "crash" in os.path.basename(path):
         os._exit(139)
-    return _Failed(status="ok", error="", frames=1)
+    return ClipResult(clip=None, status="ok", error="", frames=1)
 
 
 def test_a_crashing_decoder_costs_one_row_not_the_run(tmp_path):
