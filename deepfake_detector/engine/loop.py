@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.dataset import clips_to_device
 from ..errors import UserError
 from .distributed import DistInfo, all_gather_objects, all_reduce_flags
 
@@ -118,11 +119,12 @@ def train_epoch(
         if limit_batches and step >= limit_batches:
             break
         x, y, index = _unpack(batch)
-        x = x.to(device, non_blocking=True)
+        raw = not x.is_floating_point()  # uint8 clips: finite by construction, normalised on device
+        x = clips_to_device(x, device)
         y = y.to(device, non_blocking=True)
         # Checked before forward: a NaN batch would poison BatchNorm running statistics. Under DDP
         # every rank learns whether any rank must skip, so no rank waits in a collective alone.
-        if all_reduce_flags((~torch.isfinite(x).all()).float().reshape(1), info).item():
+        if not raw and all_reduce_flags((~torch.isfinite(x).all()).float().reshape(1), info).item():
             skipped += 1
             tracker.bad("inputs", _names(index, paths))
             continue
@@ -130,29 +132,31 @@ def train_epoch(
         with autocast_context(device, amp_dtype):
             logits = model(x)
             loss = criterion(logits.float(), y)
-        if all_reduce_flags((~torch.isfinite(loss)).float().reshape(1), info).item():
-            if info.enabled:  # let DDP's reducer finish this iteration with harmless zero gradients
-                (logits.float().nan_to_num(0.0, 0.0, 0.0).sum() * 0.0).backward()
-                optimizer.zero_grad(set_to_none=True)
-            skipped += 1
-            tracker.bad("loss", _names(index, paths))
-            continue
+        # Backward runs even when the loss is not finite (its gradients are then not finite either,
+        # on every rank once DDP has averaged them), so the loss and gradient checks need ONE
+        # host-device sync per step, after backward, instead of one before and one after.
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
         else:
             loss.backward()
         norm = nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-        if not bool(torch.isfinite(norm)):  # gradients are already all-reduced: every rank agrees
+        local = torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(norm)]).float()
+        reduced = all_reduce_flags(local.clone(), info).to(local.device)  # in place under NCCL
+        bad_loss_any, bad_grad, bad_loss_here, _ = (v > 0 for v in torch.cat([reduced, local]).tolist())
+        if bad_loss_any or bad_grad:
             if scaler is not None:
-                # fp16 overflow: the scaler skips the step and lowers its scale (normal while calibrating)
-                scaler.step(optimizer)
-                scaler.update()
-                skipped += 1
-                continue
+                if not bad_loss_any:
+                    # fp16 overflow: the scaler skips the step and lowers its scale (normal while calibrating)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    skipped += 1
+                    continue
+                scaler.update()  # closes this iteration's unscale_ (lowers the scale: grads are not finite)
             optimizer.zero_grad(set_to_none=True)
             skipped += 1
-            tracker.bad("gradients", _names(index, paths))
+            what = "loss" if bad_loss_here else ("loss (on another rank)" if bad_loss_any else "gradients")
+            tracker.bad(what, _names(index, paths))
             continue
         if scaler is not None:
             scaler.step(optimizer)
@@ -216,7 +220,7 @@ def evaluate(
         if index is None:
             index = torch.arange(offset, offset + len(y))
         offset += len(y)
-        x = x.to(device, non_blocking=True)
+        x = clips_to_device(x, device)
         with autocast_context(device, amp_dtype):
             logits = model(x)
         logits = logits.float().cpu()

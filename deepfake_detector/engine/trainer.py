@@ -276,7 +276,7 @@ def evaluate_rows(
 ) -> dict:
     """Predict manifest ``rows`` (eval transform); ``{loss, y_true, p_fake, paths, ...}`` in row order."""
     info = info or DistInfo()
-    ds = ClipDataset(cache, rows, seq_len, train=False, return_index=True)
+    ds = ClipDataset(cache, rows, seq_len, train=False, return_index=True, raw=True)
     loader = DataLoader(
         ds,
         batch_size=batch_size,
@@ -331,9 +331,9 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
             f"label); found train={len(splits['train'])} val={len(splits['val'])}"
         )
     train_ds = ClipDataset(
-        cfg.cache, splits["train"], cfg.seq_len, train=True, seed=cfg.seed, return_index=True
+        cfg.cache, splits["train"], cfg.seq_len, train=True, seed=cfg.seed, return_index=True, raw=True
     )
-    val_ds = ClipDataset(cfg.cache, splits["val"], cfg.seq_len, train=False, return_index=True)
+    val_ds = ClipDataset(cfg.cache, splits["val"], cfg.seq_len, train=False, return_index=True, raw=True)
     counts = np.bincount(np.asarray(train_ds.labels, dtype=np.int64), minlength=2)
     if (counts == 0).any():
         raise UserError(

@@ -11,6 +11,7 @@ from deepfake_detector.data.dataset import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ClipDataset,
+    clips_to_device,
     eval_transform,
     fit_length,
     split_rows,
@@ -84,6 +85,31 @@ def test_clip_dataset_items_and_labels(tmp_path):
     ds_i = ClipDataset(cache, rows, seq_len=6, train=False, return_index=True)
     x2, y2, i = ds_i[2]
     assert i == 2 and ds_i.paths[i] == rows[2].path and y2 == ds.labels[2]
+
+
+def test_raw_items_normalised_on_the_device_equal_the_float_items_bit_for_bit(tmp_path):
+    cache = make_synthetic_cache(tmp_path / "c", n_real=2, n_fake=2, frames=5, size=16)
+    rows = sorted(load_manifest(cache), key=lambda r: r.path)
+    for train in (False, True):
+        flt = ClipDataset(cache, rows, seq_len=6, train=train, seed=3)
+        raw = ClipDataset(cache, rows, seq_len=6, train=train, seed=3, raw=True)
+        for i in range(len(rows)):
+            xr, yr = raw[i]
+            assert xr.dtype == torch.uint8 and xr.shape == (6, 16, 16, 3) and yr == flt[i][1]
+        batch_raw = torch.stack([raw[i][0] for i in range(len(rows))])
+        batch_flt = torch.stack([flt[i][0] for i in range(len(rows))])
+        on_device = clips_to_device(batch_raw, "cpu")
+        assert on_device.shape == batch_flt.shape and on_device.is_contiguous()
+        assert torch.equal(on_device, batch_flt)  # the same arithmetic: no drift between the paths
+
+
+def test_clips_to_device_moves_float_batches_unchanged_and_rejects_odd_raw_batches():
+    x = torch.randn(2, 3, 3, 4, 4)
+    assert clips_to_device(x, "cpu") is x
+    with pytest.raises(ValueError, match="uint8"):
+        clips_to_device(torch.zeros(2, 3, 4, 4, 3, dtype=torch.int32), "cpu")
+    with pytest.raises(ValueError, match="uint8"):
+        clips_to_device(torch.zeros(2, 3, 3, 4, 4, dtype=torch.uint8), "cpu")  # channels first
 
 
 def test_unreadable_clip_is_a_user_error(tmp_path):

@@ -261,6 +261,57 @@ def test_nonfinite_loss_and_gradients_are_skipped():
             assert torch.isfinite(v).all(), k
 
 
+class _RawClips(torch.utils.data.Dataset):
+    """uint8 [T,H,W,3] clips, as ClipDataset(raw=True) gives them."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return torch.randint(0, 256, (2, 8, 8, 3), generator=g, dtype=torch.uint8), i % 2, i
+
+
+def test_raw_uint8_batches_train_and_evaluate_like_their_float_form():
+    from deepfake_detector.data.dataset import clips_to_device
+
+    raw_loader = list(torch.utils.data.DataLoader(_RawClips(), batch_size=3))  # lists: no RNG draws
+    float_loader = [(clips_to_device(x, "cpu"), y, i) for x, y, i in raw_loader]
+    states = []
+    for loader in (raw_loader, float_loader):
+        model = _tiny_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        out = train_epoch(model, loader, opt, nn.CrossEntropyLoss(), torch.device("cpu"), progress=False)
+        assert out["n"] == 6 and out["skipped"] == 0
+        ev = evaluate(model, loader, torch.device("cpu"), progress=False)
+        states.append((model.state_dict(), ev["p_fake"]))
+    for k, v in states[0][0].items():
+        torch.testing.assert_close(v, states[1][0][k], rtol=0, atol=0)
+    np.testing.assert_array_equal(states[0][1], states[1][1])
+
+
+def test_nonfinite_loss_with_a_grad_scaler_is_skipped_and_training_goes_on():
+    model = _tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    loader = torch.utils.data.DataLoader(_Clips(set()), batch_size=2)
+    calls = {"n": 0}
+
+    def sometimes_nan(logits, y):  # the 2nd batch's loss is NaN; the others are fine
+        calls["n"] += 1
+        loss = nn.functional.cross_entropy(logits, y)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    tracker = NonFiniteTracker(10)
+    out = train_epoch(model, loader, opt, sometimes_nan, torch.device("cpu"), scaler=scaler,
+                      tracker=tracker, progress=False)
+    assert out["skipped"] == 1 and out["n"] == 4 and tracker.total == 1
+    assert scaler.get_scale() < 2.0**8  # the skipped step closed the scaler's iteration
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+
+
 def test_evaluate_returns_predictions_in_dataset_order():
     model = _tiny_model()
     loader = torch.utils.data.DataLoader(_Clips(set()), batch_size=4, sampler=ShardSampler(6))
