@@ -204,7 +204,7 @@ class Detector:
     def __init__(self, model: Any, preprocess: Any, seq_len: int, threshold: float, device: Any = "cpu",
                  batch_size: int = 8, workers: Optional[int] = None, no_face: str = "center",
                  channel_order: str = "rgb", meta: Optional[dict] = None, amp: bool = True,
-                 pad_short: bool = True) -> None:
+                 pad_short: bool = True, compile: bool = False) -> None:
         import torch
 
         if no_face not in NO_FACE_MODES:
@@ -221,6 +221,14 @@ class Detector:
         self.amp_dtype = _amp_dtype(self.device) if amp else None
         if self.device.type == "cuda" and hasattr(self.model, "set_channels_last"):
             self.model.set_channels_last(True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # batch shapes repeat: pick the fastest kernels once
+        # torch.compile: one static graph per batch-size bucket (batches are padded to a power of two,
+        # so at most log2(batch_size)+1 compilations); a backend that cannot compile here (no C
+        # compiler, unsupported device) is reported once and the eager model takes over.
+        self.compiled = bool(compile)
+        self._net: Any = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._net_checked = not compile
         self.preprocess = preprocess
         self.seq_len = int(seq_len)
         self.threshold = float(threshold)
@@ -239,7 +247,7 @@ class Detector:
                         batch_size: int = 8, workers: Optional[int] = None, no_face: str = "center",
                         legacy: Optional[bool] = None, legacy_mode: str = "fixed",
                         legacy_frames: Optional[int] = None, legacy_preprocess: Optional[str] = None,
-                        amp: bool = True) -> Detector:
+                        amp: bool = True, compile: bool = False) -> Detector:
         """Load a checkpoint written by ``train`` (or a reference-implementation state dict).
 
         Loading uses ``weights_only=True``: a file that would need arbitrary unpickling is refused
@@ -247,7 +255,8 @@ class Detector:
         auto-detects the reference layout (with a warning), ``legacy_mode`` is ``fixed`` or
         ``exact`` (see docs/legacy.md), ``legacy_frames`` the sequence length it was trained with,
         ``legacy_preprocess`` ``reference`` (first frames, tight crops: default with ``exact``) or
-        ``ours`` (default with ``fixed``).
+        ``ours`` (default with ``fixed``). ``compile`` runs the network through ``torch.compile``
+        (worth it for many videos on a GPU; the first batches pay the compilation).
         """
         from . import legacy as lg
 
@@ -271,14 +280,14 @@ class Detector:
                 raise UserError(f"{path} is not a reference-implementation state dict "
                                 "(expected model.*, lstm.weight_ih_l0, linear1.* keys); drop --legacy")
             return cls._from_legacy(path, obj, device, threshold, batch_size, workers, no_face, legacy_mode,
-                                    legacy_frames, legacy_preprocess, amp)
+                                    legacy_frames, legacy_preprocess, amp, compile)
         if looks_legacy:
             raise UserError(f"{path} is a reference-implementation state dict; load it with --legacy")
-        return cls._from_ours(path, obj, device, threshold, batch_size, workers, no_face, amp)
+        return cls._from_ours(path, obj, device, threshold, batch_size, workers, no_face, amp, compile)
 
     @classmethod
     def _from_ours(cls, path: Path, ckpt: Any, device: str, threshold: Optional[float], batch_size: int,
-                   workers: Optional[int], no_face: str, amp: bool) -> Detector:
+                   workers: Optional[int], no_face: str, amp: bool, compile: bool = False) -> Detector:
         from .config import ModelConfig, PreprocessConfig, from_dict
         from .models import build_model
 
@@ -331,12 +340,12 @@ class Detector:
             "legacy": None,
         }
         return cls(model, pcfg, seq_len, thr, device=device, batch_size=batch_size, workers=workers,
-                   no_face=no_face, meta=meta, amp=amp)
+                   no_face=no_face, meta=meta, amp=amp, compile=compile)
 
     @classmethod
     def _from_legacy(cls, path: Path, obj: Any, device: str, threshold: Optional[float], batch_size: int,
                      workers: Optional[int], no_face: str, mode: str, frames: Optional[int],
-                     preprocess: Optional[str], amp: bool) -> Detector:
+                     preprocess: Optional[str], amp: bool, compile: bool = False) -> Detector:
         from . import legacy as lg
 
         sd = lg.unwrap_state_dict(obj)
@@ -378,7 +387,7 @@ class Detector:
             amp = False  # the reference ran in float32; mixed precision would change its numbers
         return cls(model, pcfg, frames, thr, device=device, batch_size=batch_size, workers=workers,
                    no_face=no_face, channel_order=lg.LEGACY_CHANNEL_ORDER, meta=meta, amp=amp,
-                   pad_short=preprocess != "reference")
+                   pad_short=preprocess != "reference", compile=compile)
 
     # ---- description ------------------------------------------------------------------------------
 
@@ -404,6 +413,7 @@ class Detector:
             "seq_len": self.seq_len,
             "preprocess": to_dict(self.preprocess),
             "no_face": self.no_face,
+            "compiled": self.compiled,
         }
 
     # ---- prediction -------------------------------------------------------------------------------
@@ -518,27 +528,69 @@ class Detector:
         return None
 
     def _to_input(self, clip: Any):
-        import numpy as np
+        """The clip as the model's raw input: uint8 ``[T,H,W,3]`` in the model's channel order.
 
-        from .data.dataset import eval_transform
+        Normalisation happens on the model's device (``clips_to_device``, the same arithmetic as
+        ``eval_transform``): a quarter of the bytes cross to the GPU.
+        """
+        import numpy as np
+        import torch
+
+        from .data.dataset import eval_clip
 
         arr = np.asarray(clip)
         if self.channel_order == "bgr":
-            arr = np.ascontiguousarray(arr[..., ::-1])
+            arr = arr[..., ::-1]
         seq_len = self.seq_len if self.pad_short else min(self.seq_len, len(arr))
-        return eval_transform(arr, seq_len)
+        return torch.from_numpy(np.array(eval_clip(arr, seq_len), dtype=np.uint8, copy=True))
 
     def _forward(self, x):
+        """P(FAKE) for a batch of raw clips ``[B,T,H,W,3]`` (uint8)."""
         import torch
 
-        x = x.to(self.device, non_blocking=True)
+        from .data.dataset import clips_to_device
+
+        b = int(x.shape[0])
+        if self.compiled and self._net is not self.model:
+            padded = 1 << max(0, b - 1).bit_length()  # 1, 2, 4, 8, ...: few static shapes to compile
+            if padded > b:
+                x = torch.cat([x, x.new_zeros((padded - b, *x.shape[1:]))])
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        x = clips_to_device(x, self.device)
         with torch.inference_mode():
-            if self.amp_dtype is not None:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype):
-                    logits = self.model(x)
-            else:
-                logits = self.model(x)
-            return torch.softmax(logits.float(), dim=1)[:, 1].cpu()
+            with self._autocast():
+                logits = self._call_net(x)
+            return torch.softmax(logits.float(), dim=1)[:b, 1].cpu()
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _call_net(self, x):
+        """The (compiled) network; a compiler failure on the first call falls back to eager, once."""
+        import torch
+
+        if self._net_checked:
+            return self._net(x)
+        try:
+            out = self._net(x)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # the backend, not the video: report it and go on without compiling
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            log.warning("torch.compile failed on %s (%s: %s); predicting without compilation",
+                        self.device, type(exc).__name__, first)
+            self._net = self.model
+            self._net_checked = True
+            return self.model(x)
+        self._net_checked = True
+        return out
 
     def _forward_grouped(self, inputs: list) -> list:
         """P(FAKE) per input; inputs of equal shape run as one batch (short clips may differ)."""
@@ -585,7 +637,7 @@ class Detector:
                         probs.append(None)
                         err = f"model failed: {str(exc1).splitlines()[0][:300]}"
         share = (time.perf_counter() - t0) / max(1, len(good))
-        for (i, p, res), x, prob in zip(good, inputs, probs):
+        for (i, p, res), x, prob in zip(good, inputs, probs):  # x: raw uint8 [T,H,W,3]
             pred = Prediction(path=p, status=str(res.status), error=str(getattr(res, "error", "") or ""),
                               frames=int(getattr(res, "frames", 0) or 0),
                               face_ratio=float(getattr(res, "face_ratio", 0.0) or 0.0))
@@ -603,8 +655,10 @@ class Detector:
 
     def _explain(self, x: Any, res: Any, pred: Prediction, explain_dir: PathLike) -> Optional[str]:
         from . import explain
+        from .data.dataset import clips_to_device
 
         try:
+            x = clips_to_device(x.unsqueeze(0), "cpu")[0]  # normalised [T,3,H,W], as the model saw it
             out = explain.explain_video(self.model, x, res, pred, explain_dir, threshold=self.threshold,
                                         seq_len=self.seq_len, channel_order=self.channel_order,
                                         device=self.device)

@@ -369,3 +369,40 @@ def test_legacy_flags_are_checked(tmp_path, ckpt):
 def test_index_frame_helper_still_has_no_face():
     # guards the no-face fixture: if index frames ever looked like faces the no_face test would lie
     assert index_frame(3, (96, 80)).shape == (80, 96, 3)
+
+
+# --- torch.compile -------------------------------------------------------------------------------
+
+
+def test_compiled_detector_gives_the_eager_numbers_with_padded_batch_buckets(tmp_path, videos, ckpt):
+    paths = [videos["face"], videos["face2"], videos["noface"]]
+    eager = Detector.from_checkpoint(ckpt, device="cpu", workers=0, batch_size=4)
+    fast = Detector.from_checkpoint(ckpt, device="cpu", workers=0, batch_size=4, compile=True)
+    seen = []
+    real_net = fast._net
+    fast._net = lambda x: (seen.append(int(x.shape[0])), real_net(x))[1]
+    fast._net_checked = False
+    want = [p.p_fake for p in eager.predict(paths)]
+    got = [p.p_fake for p in fast.predict(paths)]
+    assert fast.info()["compiled"] and fast._net is not fast.model  # it did compile
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert seen == [4]  # 3 clips padded to the next power of two; the padding's scores are dropped
+    (one,) = fast.predict([videos["face"]])
+    assert seen[-1] == 1 and abs(one.p_fake - want[0]) < 1e-5
+
+
+def test_a_compiler_failure_falls_back_to_eager_with_one_warning(videos, ckpt, monkeypatch, caplog):
+    def broken_compile(model, **kw):
+        def call(x):
+            raise RuntimeError("backend compiler failed: no C++ compiler found")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    eager = Detector.from_checkpoint(ckpt, device="cpu", workers=0)
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0, compile=True)
+    with caplog.at_level(logging.WARNING):
+        got = det.predict([videos["face"], videos["face2"]])
+    assert [p.status for p in got] == ["ok", "ok"]
+    np.testing.assert_allclose([p.p_fake for p in got], [p.p_fake for p in eager.predict(
+        [videos["face"], videos["face2"]])], atol=1e-6)
+    assert caplog.text.count("torch.compile failed") == 1 and "no C++ compiler" in caplog.text
