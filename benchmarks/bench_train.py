@@ -1,9 +1,13 @@
 """Training throughput: reference-style setup vs ours, same model, same machine, one run.
 
-reference-style: fp32, NCHW, batch 4 clips, a plain loop (forward, CE loss, backward, Adam step).
+reference-style: fp32, NCHW, batch 4 clips of float frames, a plain loop (forward, CE loss, backward,
+                 Adam step, the loss read every step).
 ours:            ``engine.loop.train_epoch`` (the real training code: non-finite checks, gradient
-                 clipping, on-device metric accumulation) with AMP (bf16 where supported, else fp16 +
-                 GradScaler), channels_last, batch 16, optional ``torch.compile``.
+                 clipping, on-device metric accumulation, one host sync per step) with AMP (bf16 where
+                 supported, else fp16 + GradScaler), channels_last, batch 16, uint8 clips normalised on
+                 the device (as ``train`` feeds them), optional ``torch.compile``.
+floor:           on a GPU with a known peak, the FLOP bound: peak dense bf16 FLOP/s over the training
+                 FLOPs of one frame (3x forward, counted by ``torch.utils.flop_counter``).
 
 Inputs are random clips already in (pinned) host memory, so the numbers are model + optimizer
 throughput, not data loading. Prints a table (frames/s = clips/s x frames per clip) and, with
@@ -18,16 +22,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/flops.py (scripts only)
 
-def make_batches(n: int, batch: int, frames: int, size: int, pin: bool) -> list:
+
+def make_batches(n: int, batch: int, frames: int, size: int, pin: bool, raw: bool = False) -> list:
+    """Random clips in host memory: float [B,T,3,H,W] (reference), or uint8 [B,T,H,W,3] as ``train``'s
+    loader yields them (``ClipDataset(raw=True)``; normalised on the device by ``train_epoch``)."""
     out = []
     for i in range(n):
-        x = torch.randn(batch, frames, 3, size, size)
+        if raw:
+            x = torch.randint(0, 256, (batch, frames, size, size, 3), dtype=torch.uint8)
+        else:
+            x = torch.randn(batch, frames, 3, size, size)
         y = torch.randint(0, 2, (batch,))
         idx = torch.arange(i * batch, (i + 1) * batch)
         if pin:
@@ -107,7 +120,7 @@ def bench_ours(args, device: torch.device, channels_last: bool = True, compile_m
         [p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=1e-5, **fused
     )
     crit = nn.CrossEntropyLoss()
-    batches = make_batches(2, args.batch, args.frames, args.size, device.type == "cuda")
+    batches = make_batches(2, args.batch, args.frames, args.size, device.type == "cuda", raw=True)
 
     def run(n: int) -> None:
         loader = [batches[i % 2] for i in range(n)]
@@ -141,21 +154,23 @@ def bench_ours(args, device: torch.device, channels_last: bool = True, compile_m
     }
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnext50_32x4d")
     p.add_argument("--size", type=int, default=112, help="face crop side, pixels")
     p.add_argument("--frames", type=int, default=20, help="frames per clip")
     p.add_argument("--hidden", type=int, default=2048, help="LSTM hidden size")
     p.add_argument("--ref-batch", type=int, default=4)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16, help="ours: batch size (train's default)")
+    p.add_argument("--more-batches", default="", help="comma list: also time ours at these batch sizes")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 30 on CUDA, 2 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5 on CUDA, 1 on CPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="also torch.compile ours")
     p.add_argument("--json", action="store_true", help="print a JSON line too")
+    p.add_argument("--json-out", default=None, help="write the results as JSON to this file")
     p.add_argument("--variants", action="store_true", help="also ours with NCHW instead of channels_last")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = torch.device(
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()
@@ -170,20 +185,36 @@ def main() -> None:
         args.steps = args.steps or 30
         args.warmup = 5 if args.warmup is None else args.warmup
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    rows = [bench_reference(args, device)]
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    rows.append(bench_ours(args, device))
-    if device.type == "cuda" and args.variants:
-        torch.cuda.empty_cache()
-        rows.append(bench_ours(args, device, channels_last=False))
-    if device.type == "cuda" and args.variants:
-        torch.cuda.empty_cache()
-        rows.append(bench_reference(args, device, autotune=True))
-    if args.compile:
+
+    def fresh() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+    rows = [bench_reference(args, device)]
+    fresh()
+    rows.append(bench_ours(args, device))
+    default_batch = args.batch
+    for b in [int(v) for v in args.more_batches.split(",") if v.strip()]:
+        fresh()
+        args.batch = b
+        rows.append(bench_ours(args, device))
+    args.batch = default_batch
+    if device.type == "cuda" and args.variants:
+        fresh()
+        rows.append(bench_ours(args, device, channels_last=False))
+        fresh()
+        rows.append(bench_reference(args, device, autotune=True))
+    if args.compile:
+        fresh()
         rows.append(bench_ours(args, device, compile_model=True))
+    floor = None
+    if device.type == "cuda":
+        from flops import flop_bound_frames_per_s
+
+        floor = flop_bound_frames_per_s(build(args.backbone, args.hidden), args.size, name, train=True)
+        if floor is not None:
+            rows.append({"setup": "floor (FLOP bound)", "precision": "bf16", "layout": "-", "batch": 0,
+                         "clips_s": floor["frames_s"] / args.frames, "frames_s": floor["frames_s"]})
     ratio = rows[1]["frames_s"] / rows[0]["frames_s"]  # ours as `train` runs it by default
     print(
         f"training throughput: {args.backbone}, {args.size}px, {args.frames} frames/clip, "
@@ -199,19 +230,23 @@ def main() -> None:
             f"{r['frames_s']:>11.0f}{r['speedup']:>8.2f}x"
         )
     print(f"speed-up (frames/s), ours (train's defaults) vs reference-style: {ratio:.2f}x")
+    if floor is not None:
+        print(f"ours at {rows[1]['frames_s'] / floor['frames_s']:.1%} of the FLOP bound "
+              f"({floor['gflops_per_frame']:.2f} GFLOP/frame, {floor['tflops_peak']} TFLOP/s peak)")
+    result = {
+        "device": name,
+        "backbone": args.backbone,
+        "size": args.size,
+        "frames": args.frames,
+        "rows": rows,
+        "speedup": ratio,
+        "floor": floor,
+    }
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "device": name,
-                    "backbone": args.backbone,
-                    "size": args.size,
-                    "frames": args.frames,
-                    "rows": rows,
-                    "speedup": ratio,
-                }
-            )
-        )
+        print(json.dumps(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tmp-dir", default=None,
                         help="parent folder of the private upload folder (default: the system temp dir)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the network through torch.compile (GPU; the warm-up request pays it)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="override the checkpoint's decision threshold on P(FAKE)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
@@ -88,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--threshold must be between 0 and 1")
         opts["threshold"] = args.threshold
     print(f"loading {args.checkpoint} ...", file=sys.stderr)
-    detector = Detector.from_checkpoint(args.checkpoint, device=args.device, **opts)  # UserError on bad files
+    # UserError on bad files
+    detector = Detector.from_checkpoint(args.checkpoint, device=args.device, compile=args.compile, **opts)
     app = create_app(detector, settings)
 
     host = settings.host
