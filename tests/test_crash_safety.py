@@ -314,21 +314,60 @@ def four_videos(tmp_path_factory) -> Path:
     return root
 
 
+def assert_disk_full_line(proc: subprocess.CompletedProcess, what: str) -> None:
+    """Exit 1 and one ``error:`` line that names the disk-full write and says how to resume."""
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text, text[-4000:]
+    assert proc.returncode == 1, text[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, text[-3000:]
+    line = errors[0]
+    assert f"disk full while writing {what}" in line and "No space left on device" in line, line
+    assert "free space and rerun the same command to resume" in line, line
+
+
 @pytest.mark.timeout(300)
 def test_preprocess_on_a_full_disk_reports_no_space(four_videos, tmp_path):
     with tmpfs(tmp_path / "full", size="300k") as mnt:
-        # clips of 16 x 112 x 112 x 3 = 602 kB: none fits, preprocess.json and the manifest do
+        # clips of 12 x 112 x 112 x 3 = 452 kB: none fits, preprocess.json and the manifest do
         proc = run_cli("preprocess", str(four_videos), "--format", "folders", "--out", str(mnt / "cache"),
                        "--frames", "16", "--size", "112", "--detector", "center", "--workers", "0",
                        "--no-progress", cwd=tmp_path)
-        text = proc.stdout + proc.stderr
-        assert "Traceback" not in text, text[-4000:]
-        assert "No space left on device" in text, text[-3000:]
-        assert proc.returncode == 1 and "error:" in proc.stderr, text[-3000:]
+        assert_disk_full_line(proc, "clip clips/")
+        # the run stopped at the first full write: one row says why, the other videos were not tried
         rows = cache.load_manifest(mnt / "cache")
-        assert len(rows) == 4 and all(r.status == "error" and "No space" in r.error for r in rows), rows
+        assert len(rows) == 1 and rows[0].status == "error" and "No space" in rows[0].error, rows
+        assert "stopped early: 3 video(s) not tried yet" in proc.stdout, proc.stdout[-2000:]
         # nothing half-written was left behind as data
         assert not list((mnt / "cache").rglob("*.npy")) and not list((mnt / "cache").rglob("*.tmp"))
+
+
+@pytest.mark.timeout(300)
+def test_preprocess_when_the_disk_fills_partway_exits_1_and_a_rerun_resumes(four_videos, tmp_path):
+    """Some clips fit, then the disk is full: the run must not exit 0 (it used to, because some videos
+    were fine). It stops, keeps what finished in the manifest, and the same command resumes."""
+    args = ("preprocess", str(four_videos), "--format", "folders", "--frames", "16", "--size", "64",
+            "--detector", "center", "--workers", "0", "--no-progress")
+    # 12 x 64 x 64 x 3 = 147 kB per clip (37 tmpfs pages): two fit in 360k (90 pages), a third does not
+    with tmpfs(tmp_path / "full", size="360k") as mnt:
+        out = mnt / "cache"
+        proc = run_cli(*args, "--out", str(out), cwd=tmp_path)
+        assert_disk_full_line(proc, "clip clips/")
+        rows = cache.load_manifest(out)
+        assert sorted(r.status for r in rows) == ["error", "ok", "ok"], rows
+        for r in rows:
+            if r.status == "ok":
+                assert cache.load_clip(out, r.clip, mmap=False).shape == (12, 64, 64, 3)
+        assert len(list(out.rglob("*.npy"))) == 2 and not list(out.rglob("*.tmp"))
+        # free space (grow the file system) and run the same command again
+        grown = subprocess.run(["mount", "-o", "remount,size=4m", str(mnt)], capture_output=True, text=True)
+        if grown.returncode != 0:
+            pytest.skip(f"cannot grow the tmpfs: {grown.stderr.strip()}")
+        again = run_cli(*args, "--out", str(out), cwd=tmp_path)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert re.search(r"^skipped\s+2$", again.stdout, re.M), again.stdout[-1500:]
+        rows = cache.load_manifest(out)
+        assert len(rows) == 4 and all(r.status == "ok" for r in rows), rows
 
 
 @pytest.mark.timeout(300)
@@ -377,17 +416,20 @@ def test_disk_full_while_writing_the_manifest_is_a_clear_error(four_videos, tmp_
     except OSError as exc:
         pytest.fail(f"disk full while writing the manifest escaped as an exception: {exc!r}")
     err = capsys.readouterr().err
-    assert code != 0 and "error:" in err and "No space" in err, err
+    assert code == 1 and "error: disk full while writing the manifest" in err and "No space" in err, err
+    assert "rerun the same command to resume" in err, err
 
 
-def test_enospc_while_writing_clips_is_a_per_video_error(four_videos, tmp_path, monkeypatch):
-    """Disk full simulated in-process (works everywhere): each clip write fails with ENOSPC, the run
-    goes on, every video gets an ``error`` row that says why, and no temp file is left."""
-    from deepfake_detector import utils
-    from deepfake_detector.data.preprocess import run_preprocess
-    from deepfake_detector.data.sources import load_records
+def test_enospc_while_writing_clips_stops_the_run_and_a_rerun_resumes(four_videos, tmp_path, monkeypatch,
+                                                                       capsys):
+    """Disk full simulated in-process (works everywhere): the first two clips are written, the third
+    write fails with ENOSPC. The run stops there (the fourth video is not tried: it would fail the
+    same way), the manifest keeps the two finished videos and says why the third failed, no temp file
+    is left, the CLI exits 1 with one clear line, and the same command afterwards does the rest."""
+    from deepfake_detector import cli, utils
 
     real_fdopen = os.fdopen
+    clips_written = []
 
     class FullFile:
         def __init__(self, fh):
@@ -408,18 +450,34 @@ def test_enospc_while_writing_clips_is_a_per_video_error(four_videos, tmp_path, 
 
     def fdopen(fd, mode="r", *a, **kw):
         fh = real_fdopen(fd, mode, *a, **kw)
-        return FullFile(fh) if "b" in mode else fh  # clips are binary, the manifest is text
+        if "b" not in mode:  # clips are binary, the manifest is text
+            return fh
+        clips_written.append(fd)
+        return FullFile(fh) if len(clips_written) > 2 else fh
 
-    monkeypatch.setattr(utils.os, "fdopen", fdopen)
-    records = load_records(four_videos, "folders").records
     out = tmp_path / "cache"
-    cfg = PreprocessConfig(frames=4, size=32, detector="center")
-    summary = run_preprocess(records, out, cfg, workers=0, progress=False)
+    argv = ["preprocess", str(four_videos), "--format", "folders", "--out", str(out), "--frames", "4",
+            "--size", "32", "--detector", "center", "--workers", "0", "--no-progress"]
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(utils.os, "fdopen", fdopen)
+        code = cli.main(argv)
+    captured = capsys.readouterr()
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("error:")]
+    assert code == 1 and len(errors) == 1, captured.err
+    assert "disk full while writing clip clips/" in errors[0] and "No space left" in errors[0], errors
+    assert "free space and rerun the same command to resume" in errors[0], errors
+    assert len(clips_written) == 3  # the fourth video was not even tried
     rows = cache.load_manifest(out)
-    assert len(rows) == 4 and summary.processed == 4
-    for r in rows:
-        assert r.status == "error" and "No space left" in r.error and not r.clip, r
-    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.npy"))
+    assert sorted(r.status for r in rows) == ["error", "ok", "ok"], rows
+    failed = next(r for r in rows if r.status == "error")
+    assert "No space left" in failed.error and not failed.clip, failed
+    assert not list(out.rglob("*.tmp")) and len(list(out.rglob("*.npy"))) == 2
+    # space is back: the same command finishes the job and skips what was done
+    assert cli.main(argv) == 0
+    assert re.search(r"^skipped\s+2$", capsys.readouterr().out, re.M)
+    rows = cache.load_manifest(out)
+    assert len(rows) == 4 and all(r.status == "ok" and r.clip for r in rows), rows
 
 
 @pytest.mark.timeout(300)

@@ -14,8 +14,10 @@ DESCRIPTION = (
     "--frames frames evenly across each WHOLE video, find and track one face, and write one uint8 .npy clip "
     "per video plus CACHE/manifest.csv (status per video: ok, no_face, unreadable, too_short, refused, "
     "missing, error). A rerun skips finished videos and retries failed ones; --shard K/N lets many "
-    "machines share a dataset (each writes manifest-K-of-N.csv). Exit code 0 unless nothing could be "
-    "processed or the arguments are wrong."
+    "machines share a dataset (each writes manifest-K-of-N.csv). Exit code 0 when the run finished "
+    "(bad videos are rows with a status, not failures of the run); 1 when no video could be processed, or "
+    "when the cache folder cannot be written (disk full, read-only): the run stops at once, keeps what "
+    "finished, and the same command resumes it; 2 for wrong arguments or an unusable dataset."
 )
 
 _FORMATS = ("auto", "csv", "legacy", "dfdc", "ffpp", "celebdf", "folders")
@@ -95,7 +97,7 @@ def _config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..data.faces import detector_available
-    from ..data.preprocess import parse_shard, run_preprocess
+    from ..data.preprocess import CacheWriteError, parse_shard, run_preprocess
     from ..data.sources import count_by_split, format_counts_table, load_records, summarize_problems
 
     cfg = _config(args)
@@ -132,10 +134,15 @@ def run(args: argparse.Namespace) -> int:
     if shard:
         print(f"shard {shard[0]}/{shard[1]}")
 
-    summary = run_preprocess(
-        records, args.out, cfg, workers=args.workers, shard=shard, progress=not args.no_progress,
-        dataset_root=result.root or os.path.abspath(args.data), fmt=result.format, force=args.force,
-    )
+    try:
+        summary = run_preprocess(
+            records, args.out, cfg, workers=args.workers, shard=shard, progress=not args.no_progress,
+            dataset_root=result.root or os.path.abspath(args.data), fmt=result.format, force=args.force,
+        )
+    except CacheWriteError as exc:  # disk full / read-only: the counts so far, then one error line
+        if exc.summary is not None:
+            _print_summary(exc.summary)
+        raise
     _print_summary(summary)
     this_run_ok = summary.counts.get("ok", 0) + summary.counts.get("no_face", 0)
     if summary.total and this_run_ok == 0 and summary.skipped == 0:
@@ -155,6 +162,9 @@ def _print_summary(s) -> None:
             print(f"{st:<12}{a:>10}{b:>10}")
     print(f"{'skipped':<12}{s.skipped:>10}")
     print(f"{s.processed} video(s) in {s.seconds:.1f} s ({s.videos_per_s:.2f} videos/s)")
+    if s.stopped:
+        left = max(s.todo - s.processed, 0)
+        print(f"stopped early: {left} video(s) not tried yet (a rerun resumes)")
     if s.failures:
         print("failures (first 10):")
         for path, status, err in s.failures[:10]:

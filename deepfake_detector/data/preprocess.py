@@ -17,11 +17,17 @@ Time and crash bounds: decoding stops at ``cfg.timeout_s`` inside the worker (st
 "timed out"). A worker that still does not answer (stuck in native code) or dies (segfault, OOM
 kill) breaks the pool: the pool is killed and rebuilt, the videos that were in flight are retried
 one at a time, and a video that breaks the pool on its own is recorded as ``error``. The run goes on.
+
+A cache folder that cannot take more data (disk full or over quota while writing a clip or the
+manifest; a read-only or forbidden folder) is not a per-video problem: every remaining video would
+fail the same way. The run stops at the first such error, saves the manifest (atomically) with what
+finished, and raises ``CacheWriteError``; a rerun of the same command resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -48,6 +54,34 @@ CACHE_FORMAT = 1
 CLIP_KEYS = ("frames", "size", "margin", "detector", "upsample", "no_face", "detect_max_side", "smooth")
 _FLUSH_EVERY_S = 5.0
 HARD_TIMEOUT_GRACE_S = 60.0  # a video still running after 2 * timeout_s + this is killed with its worker
+# write errors that no later video can escape: the run stops at the first one
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_DENIED_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+STOP_ERRNOS = _FULL_ERRNOS | _DENIED_ERRNOS
+
+
+class CacheWriteError(UserError):
+    """The cache folder cannot take more data (disk full, quota, read-only, permissions), so the run
+    stopped early. What finished is in the manifest and a rerun resumes. ``summary`` is the
+    ``PreprocessSummary`` of the run so far (None when nothing had started)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, summary: Optional[PreprocessSummary] = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def cache_write_error(exc: OSError, what: str) -> CacheWriteError:
+    """One line for a failed write into the cache: what was being written, why, and what to do."""
+    why = exc.strerror or str(exc)
+    if exc.errno in _FULL_ERRNOS:
+        return CacheWriteError(f"disk full while writing {what} ({why}); free space and rerun the same "
+                               "command to resume")
+    if exc.errno in _DENIED_ERRNOS:
+        return CacheWriteError(f"cannot write {what} ({why}); make the folder writable or choose another "
+                               "--out, then rerun the same command to resume")
+    return CacheWriteError(f"cannot write {what} ({why}); fix that and rerun the same command to resume")
 
 
 @dataclass
@@ -186,12 +220,14 @@ class PreprocessSummary:
     manifest: str
     total: int = 0  # records in this shard
     skipped: int = 0  # already done by an earlier run
+    todo: int = 0  # to be attempted in this run
     processed: int = 0  # attempted in this run
     counts: dict = field(default_factory=dict)  # status -> videos, this run
     manifest_counts: dict = field(default_factory=dict)  # status -> videos, whole (shard) manifest
     seconds: float = 0.0
     failures: list = field(default_factory=list)  # (path, status, error), first 50 of this run
     interrupted: bool = False
+    stopped: str = ""  # why the run stopped before every video was tried (disk full, read-only, ...)
 
     @property
     def videos_per_s(self) -> float:
@@ -317,7 +353,11 @@ def _process_one(rec: tuple[str, str, str, str, str]) -> cache.ManifestRow:
         try:
             row.clip = cache.save_clip(_WORKER["out_dir"], rel, res.clip)
         except OSError as exc:
-            row.status, row.error, row.frames = cache.ERROR, f"cannot write clip: {exc}", 0
+            clip = cache.clip_relpath(rel)
+            row.status, row.frames = cache.ERROR, 0
+            row.error = f"cannot write clip {clip}: {exc.strerror or exc}"
+            # not a manifest column: tells the main process to stop the run (see STOP_ERRNOS)
+            row.write_errno = exc.errno  # type: ignore[attr-defined]
     return row
 
 
@@ -336,9 +376,13 @@ def _run_pool(todo: list[tuple], workers: int, cfg: PreprocessConfig, out_dir: P
               on_row) -> None:
     """Feed ``todo`` through a crash- and hang-tolerant process pool (``data.pool``), row by row."""
     hard_timeout = (cfg.timeout_s * 2 + HARD_TIMEOUT_GRACE_S) if cfg.timeout_s else None
-    for _, row in imap_resilient(_TASK, todo, workers, _error_row, initializer=_init_worker,
-                                 initargs=(to_dict(cfg), str(out_dir), threads), hard_timeout=hard_timeout):
-        on_row(row)
+    rows = imap_resilient(_TASK, todo, workers, _error_row, initializer=_init_worker,
+                          initargs=(to_dict(cfg), str(out_dir), threads), hard_timeout=hard_timeout)
+    # closing() stops the pool (and the videos still in flight) as soon as on_row stops the run,
+    # instead of whenever the traceback that holds the generator is freed
+    with contextlib.closing(rows):
+        for _, row in rows:
+            on_row(row)
 
 
 def run_preprocess(
@@ -368,7 +412,7 @@ def run_preprocess(
         meta = _cache_meta(cfg, dataset_root and str(dataset_root), fmt)
         atomic_write_json(out_dir / cache.CONFIG_NAME, meta)
     except OSError as exc:
-        raise UserError(f"cannot write to the cache folder {out_dir}: {exc}") from exc
+        raise cache_write_error(exc, f"the cache folder {out_dir}") from exc
     mine = select_shard(records, shard)
     writer = cache.ManifestWriter(out_dir, shard)
     summary = PreprocessSummary(out_dir=str(out_dir), manifest=str(writer.path), total=len(mine))
@@ -387,6 +431,7 @@ def run_preprocess(
         todo.append((r.path, rel, r.label or "", r.split or "", r.group or ""))
     if redo_all:
         writer.rows.clear()
+    summary.todo = len(todo)
     cpus = os.cpu_count() or 1
     if workers is None:
         workers = min(cpus, 8)
@@ -396,6 +441,12 @@ def run_preprocess(
     bar = tqdm(total=len(todo), disable=not progress, unit="video", desc="preprocess", dynamic_ncols=True)
     last_flush = time.monotonic()
 
+    def flush() -> None:
+        try:
+            writer.flush()
+        except OSError as exc:
+            raise cache_write_error(exc, f"the manifest {writer.path}") from exc
+
     def on_row(row: cache.ManifestRow) -> None:
         nonlocal last_flush
         writer.add(row)
@@ -404,10 +455,16 @@ def run_preprocess(
             summary.failures.append((row.path, row.status, row.error))
         bar.update(1)
         bar.set_postfix({k: v for k, v in sorted(counts.items())}, refresh=False)
+        code = getattr(row, "write_errno", None)
+        if code in STOP_ERRNOS:
+            where = f"clip {cache.clip_relpath(row.path)} in {out_dir}"
+            raise cache_write_error(OSError(code, os.strerror(code)), where)
         if time.monotonic() - last_flush > _FLUSH_EVERY_S:
-            writer.flush()
+            flush()
             last_flush = time.monotonic()
 
+    stop: Optional[CacheWriteError] = None
+    ran = False  # the loop ended without an exception (other than a stop)
     try:
         if not todo:
             pass
@@ -417,21 +474,38 @@ def run_preprocess(
                 on_row(_process_one(rec))
         else:
             _run_pool(todo, workers, cfg, out_dir, threads, on_row)
+        ran = True
     except KeyboardInterrupt:
         summary.interrupted = True
         raise
+    except CacheWriteError as exc:
+        stop, ran = exc, True
     finally:
         bar.close()
-        writer.flush()
+        try:
+            flush()  # what finished, atomically: a rerun skips it
+        except CacheWriteError as exc:
+            if stop is None and ran:
+                stop = exc
+            else:  # another error is on its way out: do not hide it, but say the manifest is stale
+                log.error("the manifest %s could not be saved (%s); videos finished in this run will be "
+                          "redone by the next one", writer.path, exc.__cause__)
         summary.processed = sum(counts.values())
         summary.counts = dict(counts)
         summary.manifest_counts = dict(Counter(r.status for r in writer.rows.values()))
         summary.seconds = time.perf_counter() - t0
+    if stop is not None:
+        summary.stopped = str(stop)
+        stop.summary = summary
+        raise stop
     return summary
 
 
 __all__ = [
+    "CacheWriteError",
     "ClipResult",
+    "STOP_ERRNOS",
+    "cache_write_error",
     "extract_clip",
     "run_preprocess",
     "PreprocessSummary",

@@ -21,6 +21,7 @@ Why this is more than ``for frame in container.decode()``:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -201,20 +202,81 @@ class _Table:
     source: str
 
 
-def _open(path: str):
+def _open(path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     import av
 
     try:
         return av.open(path, mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as exc:
+        # FFmpeg refuses some headers (an absurd frame size) with an errno that says nothing about
+        # the file ("Device or resource busy"): say what is wrong when the header tells us
+        size = declared_frame_size(path)
+        if size is not None and (size[0] * size[1] > max_pixels or not ffmpeg_accepts_size(*size)):
+            # not _OpenFailed: the OpenCV fallback (FFmpeg too) would refuse it or allocate for it
+            raise VideoError(f"cannot open: {_size_problem(size[0], size[1], max_pixels)}") from exc
         raise _OpenFailed(f"cannot open: {_av_msg(exc)}") from exc
     except (OSError, ValueError, UnicodeError) as exc:
         raise _OpenFailed(f"cannot open: {exc}") from exc
 
 
+# errnos that describe a file or the machine; any other errno from FFmpeg on a regular file we could
+# stat (EBUSY, ENOTTY, ...) is a decoder's error code reused for bad data, and its text would mislead
+_FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.EIO, errno.EISDIR, errno.ENOTDIR, errno.ELOOP,
+                errno.ENAMETOOLONG, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EFBIG, errno.EOVERFLOW,
+                errno.ESTALE, errno.ETIMEDOUT, errno.EINTR, errno.EAGAIN}
+
+
 def _av_msg(exc: BaseException) -> str:
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and isinstance(code, int) and code > 0 and code not in _FILE_ERRNOS:
+        name = errno.errorcode.get(code, str(code))
+        return f"invalid or unsupported data (FFmpeg error code {name})"
     msg = getattr(exc, "strerror", None) or str(exc)
     return f"{type(exc).__name__}: {msg}"
+
+
+def ffmpeg_accepts_size(width: int, height: int) -> bool:
+    """FFmpeg's own frame-size check (``av_image_check_size``): a header over it cannot be opened."""
+    w, h = int(width), int(height)
+    if w <= 0 or h <= 0:
+        return False
+    stride = 8 * w + 128 * 8
+    return stride < 2**31 - 1 and stride * (h + 128) < 2**31 - 1
+
+
+def _size_problem(width: int, height: int, max_pixels: int) -> str:
+    """Why a declared frame size cannot be used, in one line."""
+    if width * height > max_pixels:
+        side = int(round(max_pixels ** 0.5))
+        shape = f"{side}x{side}, " if side * side == max_pixels else ""
+        return f"frame size {width}x{height} exceeds the limit of {max_pixels} pixels ({shape}max_pixels)"
+    return f"frame size {width}x{height} is larger than the decoder (FFmpeg) accepts"
+
+
+def declared_frame_size(path: str | os.PathLike) -> Optional[tuple[int, int]]:
+    """The frame size a file's header declares, read without any decoder; None when unknown.
+
+    Only for headers FFmpeg checks (and rejects with a meaningless errno) before a stream exists:
+    YUV4MPEG2 (``.y4m``), whose first line is ``YUV4MPEG2 W<width> H<height> ...``. Container formats
+    (MP4, MKV, ...) open fine and their stream's size is checked against ``max_pixels`` as usual.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"YUV4MPEG2 "):
+        return None
+    w = h = None
+    for token in head.split(b"\n", 1)[0].split()[1:]:
+        try:
+            if token[:1] == b"W":
+                w = int(token[1:])
+            elif token[:1] == b"H":
+                h = int(token[1:])
+        except ValueError:
+            return None
+    return (w, h) if w is not None and h is not None and w > 0 and h > 0 else None
 
 
 _IMAGE_FORMATS = ("image2", "_pipe", "gif", "apng", "webp")
@@ -336,9 +398,7 @@ def _check_caps(info: VideoInfo, max_pixels: int) -> None:
     if info.width < 0 or info.height < 0:
         raise VideoRefused(f"invalid frame size {info.width}x{info.height}")
     if info.width * info.height > max_pixels:
-        raise VideoRefused(
-            f"frame size {info.width}x{info.height} exceeds the cap of {max_pixels} pixels (max_pixels)"
-        )
+        raise VideoRefused(_size_problem(info.width, info.height, max_pixels))
 
 
 def _apply_table(info: VideoInfo, table: _Table, tb: float) -> None:
@@ -375,7 +435,7 @@ def probe(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, scan
     import av
 
     path = os.fspath(path)
-    container = _open(path)
+    container = _open(path, max_pixels)
     try:
         stream, info, tb, table = _describe(path, container, max_pixels)
         if table is None and scan:
@@ -462,7 +522,7 @@ class _AvReader:
         todo = [t for t in targets if t not in have]
         if not todo:
             return
-        container = _open(self.path)
+        container = _open(self.path, self.max_pixels)
         try:
             stream = _video_stream(container)
             stream.thread_type = "AUTO"
@@ -563,7 +623,7 @@ def _read_av(path: str, k: int, max_side: Optional[int], max_pixels: int, max_du
              threads: int, deadline: _Deadline, skip_nonref: bool) -> SampledFrames:
     import av
 
-    container = _open(path)
+    container = _open(path, max_pixels)
     try:
         stream, info, tb, table = _describe(path, container, max_pixels)
         if not tb:

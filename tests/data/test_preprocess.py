@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -336,3 +337,143 @@ def test_a_video_replaced_at_the_same_path_is_processed_again(tmp_path):
     assert s3.skipped == 0
     again = cache_mod.load_manifest(out)[0]
     assert again.source_stat != first.source_stat and again.width == 80
+
+
+def test_absurd_frame_size_message_reaches_extract_clip_and_predict(tmp_path):
+    """A header claiming 60000x60000 (FFmpeg refuses it with EBUSY at open): preprocess and predict both
+    say what is wrong with the file, not "Device or resource busy"."""
+    from deepfake_detector.data.preprocess import check_video_file
+    from deepfake_detector.inference import Detector
+    from tests.corpus import write_y4m_header_lie
+    from tests.test_corpus_predict import make_checkpoint
+
+    path = str(write_y4m_header_lie(tmp_path / "absurd.y4m", 60000, 60000))
+    want = "frame size 60000x60000 exceeds the limit of 16777216 pixels (4096x4096, max_pixels)"
+    assert check_video_file(path) is None  # a regular readable file: the decoder decides
+    res = extract_clip(path, PreprocessConfig(frames=4, size=32, detector="center"))
+    assert res.status == "unreadable" and want in res.error and "busy" not in res.error.lower(), res.error
+    ckpt = make_checkpoint(tmp_path / "best.pt", PreprocessConfig(frames=4, size=32, detector="center"))
+    pred = Detector.from_checkpoint(ckpt, device="cpu", workers=0).predict_one(path)
+    assert pred.status == "unreadable" and want in pred.error, pred
+
+
+# --- a cache folder that cannot take more data: stop at once, keep what finished, resume ----------
+
+
+def _small_videos(tmp_path: Path, n: int) -> list[VideoRecord]:
+    video = make_video(tmp_path / "v.mp4", frames=4, size=(48, 48), face=False)
+    return [VideoRecord(path=str(video), label="REAL", rel_path=f"v{i}.mp4") for i in range(n)]
+
+
+_FAST = PreprocessConfig(frames=2, size=16, detector="center")
+
+
+@pytest.mark.parametrize("code, words", [
+    (errno.ENOSPC, "disk full while writing clip clips/"),
+    (errno.EDQUOT, "disk full while writing clip clips/"),
+    (errno.EROFS, "cannot write clip clips/"),
+    (errno.EACCES, "cannot write clip clips/"),
+])
+def test_a_cache_that_cannot_take_a_clip_stops_the_run(tmp_path, monkeypatch, code, words):
+    """Disk full, over quota, read-only or forbidden in the middle of a run: every later video would fail
+    the same way, so the run stops at the first one, saves the manifest with what finished, and raises
+    one clear ``CacheWriteError`` carrying the summary so far. A rerun resumes."""
+    from deepfake_detector.data import preprocess as pp
+
+    recs = _small_videos(tmp_path, 6)
+    real_save = cache.save_clip
+    calls = []
+
+    def save_clip(out_dir, rel, clip):
+        calls.append(rel)
+        if len(calls) > 2:
+            raise OSError(code, os.strerror(code), str(Path(out_dir) / ".x.npy.tmp"))
+        return real_save(out_dir, rel, clip)
+
+    monkeypatch.setattr(cache, "save_clip", save_clip)
+    out = tmp_path / "cache"
+    with pytest.raises(pp.CacheWriteError) as info:
+        run_preprocess(recs, out, _FAST, workers=0, progress=False)
+    exc = info.value
+    msg = str(exc)
+    assert words in msg and os.strerror(code) in msg and "rerun the same command to resume" in msg, msg
+    assert ".tmp" not in msg and "\n" not in msg and exc.exit_code == 1
+    assert isinstance(exc, UserError)  # the CLI prints it as one error: line
+    assert len(calls) == 3  # stopped at the first failure: videos 4-6 never tried
+    s = exc.summary
+    assert s is not None and s.processed == 3 and s.todo == 6 and s.stopped == msg
+    assert s.counts == {"ok": 2, "error": 1} and s.manifest_counts == {"ok": 2, "error": 1}
+    rows = _rows(out)
+    assert sorted(r.status for r in rows.values()) == ["error", "ok", "ok"]
+    bad = next(r for r in rows.values() if r.status == "error")
+    assert bad.error.startswith("cannot write clip clips/") and os.strerror(code) in bad.error, bad.error
+    monkeypatch.setattr(cache, "save_clip", real_save)
+    again = run_preprocess(recs, out, _FAST, workers=0, progress=False)
+    assert again.skipped == 2 and again.processed == 4 and not again.stopped
+    assert len(_rows(out)) == 6 and all(r.status == "ok" for r in _rows(out).values())
+
+
+def test_other_clip_write_errors_stay_per_video(tmp_path, monkeypatch):
+    """An error that says nothing about the folder as a whole (here EIO on one file) is that video's
+    row; the run goes on."""
+    recs = _small_videos(tmp_path, 3)
+    real_save = cache.save_clip
+
+    def save_clip(out_dir, rel, clip):
+        if rel == "v1.mp4":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_save(out_dir, rel, clip)
+
+    monkeypatch.setattr(cache, "save_clip", save_clip)
+    s = run_preprocess(recs, tmp_path / "cache", _FAST, workers=0, progress=False)
+    rows = _rows(tmp_path / "cache")
+    assert s.processed == 3 and not s.stopped
+    assert rows["v1.mp4"].status == "error" and "Input/output error" in rows["v1.mp4"].error
+    assert rows["v0.mp4"].status == rows["v2.mp4"].status == "ok"
+
+
+def test_manifest_write_failure_mid_run_stops_with_a_clear_error(tmp_path, monkeypatch):
+    from deepfake_detector.data import preprocess as pp
+
+    recs = _small_videos(tmp_path, 4)
+    monkeypatch.setattr(pp, "_FLUSH_EVERY_S", -1.0)  # flush after every video
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache, "write_manifest_file", full)
+    with pytest.raises(pp.CacheWriteError, match=r"disk full while writing the manifest .*manifest\.csv "
+                                                 r"\(No space left on device\); free space and rerun"):
+        run_preprocess(recs, tmp_path / "cache", _FAST, workers=0, progress=False)
+    assert not (tmp_path / "cache" / "manifest.csv").exists()
+
+
+def _disk_full_task(rec):
+    """Pool stand-in: the clip of 'full*' cannot be written (disk full), the others are real work."""
+    from deepfake_detector.data import preprocess as pp
+
+    row = pp._process_one(rec)
+    if Path(rec[1]).name.startswith("full"):
+        row.status, row.clip, row.error = "error", "", "cannot write clip: No space left on device"
+        row.write_errno = errno.ENOSPC
+    return row
+
+
+@pytest.mark.timeout(120)
+def test_disk_full_in_a_worker_process_stops_the_pool(tmp_path, monkeypatch):
+    from deepfake_detector.data import preprocess as pp
+
+    video = make_video(tmp_path / "v.mp4", frames=4, size=(48, 48), face=False)
+    names = ["a0.mp4", "a1.mp4", "full.mp4"] + [f"z{i}.mp4" for i in range(12)]
+    recs = [VideoRecord(path=str(video), label="REAL", rel_path=n) for n in names]
+    monkeypatch.setattr(pp, "_TASK", _disk_full_task)
+    out = tmp_path / "cache"
+    with pytest.raises(pp.CacheWriteError, match="disk full while writing clip") as info:
+        run_preprocess(recs, out, _FAST, workers=1, progress=False)
+    rows = _rows(out)
+    assert rows["full.mp4"].status == "error"
+    assert rows["a0.mp4"].status == rows["a1.mp4"].status == "ok"
+    assert len(rows) <= 5 and info.value.summary.processed == len(rows)  # the rest was never tried
+    monkeypatch.setattr(pp, "_TASK", pp._process_one)
+    again = run_preprocess(recs, out, _FAST, workers=0, progress=False)
+    assert again.skipped == len(rows) - 1 and len(_rows(out)) == len(recs)

@@ -241,6 +241,77 @@ def test_windows_separators_fifo_and_appledouble(tmp_path):
         assert kinds(res) == ["refused"] and "not a regular file" in str(res.problems[0])
 
 
+def sparse_file(path: Path, size: int, head: bytes = b"file,label\n") -> Path:
+    """A file that claims ``size`` bytes but uses almost no disk (a hole after ``head``)."""
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(size)
+    return path
+
+
+def test_csv_label_table_over_the_size_cap_is_refused_before_reading(tmp_path):
+    """A multi-GB "CSV" (a mistake or a hostile upload) is one clear error, never read into memory."""
+    from deepfake_detector.data.sources import base
+
+    big = sparse_file(tmp_path / "labels.csv", base.MAX_TEXT_BYTES + 1)
+    for fmt in ("csv", "auto"):
+        with pytest.raises(UserError, match=r"labels\.csv: is 256\.0 MB, larger than the limit of 256\.0 MB"):
+            load_records(big, fmt)
+
+
+def test_text_metadata_caps_cover_csv_legacy_and_celebdf_lists(tmp_path, monkeypatch):
+    from deepfake_detector.data.sources import base
+
+    monkeypatch.setattr(base, "MAX_TEXT_BYTES", 64)
+    touch(tmp_path / "csv" / "a.mp4")
+    table = tmp_path / "csv" / "t.csv"
+    table.write_text("file,label\n" + "a.mp4,REAL\n" * 10)
+    with pytest.raises(UserError, match="larger than the limit of 64 bytes for a label table"):
+        load_records(table, "csv")
+    # the legacy layout's metadata CSV goes through the same reader
+    touch(tmp_path / "legacy" / "a.mp4")
+    make_legacy(tmp_path / "legacy", ["a.mp4"], "a.mp4,REAL\n" * 10)
+    with pytest.raises(UserError, match="Gobal_metadata.csv: is 110 bytes, larger than the limit"):
+        load_records(tmp_path / "legacy", "legacy")
+    # Celeb-DF's list of testing videos
+    root = tmp_path / "celeb"
+    touch(root / "Celeb-real" / "id0_0000.mp4")
+    (root / "List_of_testing_videos.txt").write_text("1 Celeb-real/id0_0000.mp4\n" * 5)
+    with pytest.raises(UserError, match="List_of_testing_videos.txt: is 130 bytes, larger than the limit of "
+                                       "64 bytes for a list of testing videos"):
+        load_records(root, "celebdf")
+    # under the cap, both read as before
+    monkeypatch.setattr(base, "MAX_TEXT_BYTES", 1 << 20)
+    assert len(load_records(table, "csv").records) == 1
+    assert [r.split for r in load_records(root, "celebdf").records] == ["test"]
+
+
+def test_json_and_pickle_caps_give_the_same_message(tmp_path, monkeypatch):
+    from deepfake_detector.data.sources import dfdc, legacy
+
+    big = sparse_file(tmp_path / "metadata.json", 2048, b"{}")
+    monkeypatch.setattr(dfdc, "MAX_JSON_BYTES", 1024)
+    with pytest.raises(UserError, match="metadata.json: is 2048 bytes, larger than the limit of 1024 bytes"):
+        load_records(big, "dfdc")
+    pkl = sparse_file(tmp_path / "list.pkl", 2048, b"")
+    monkeypatch.setattr(legacy, "MAX_PICKLE_BYTES", 1024)
+    with pytest.raises(UnsafeFileError, match="list.pkl: is 2048 bytes, larger than the limit of 1024 bytes"):
+        load_video_list(pkl)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_metadata_file_that_is_a_pipe_is_refused_not_waited_on(tmp_path):
+    """The loaders check ``isfile`` first; the reader refuses a pipe on its own too (a file swapped for
+    one in between, or a new caller), instead of blocking in open()."""
+    from deepfake_detector.data.sources.base import read_file_bytes, text_limit
+
+    os.mkfifo(tmp_path / "labels.csv")  # open() would block until someone writes
+    for limit in (None, text_limit("a label table")):
+        with pytest.raises(UserError, match="labels.csv: not a regular file"):
+            read_file_bytes(tmp_path / "labels.csv", limit)
+
+
 # ------------------------------------------------------------------------------------- legacy
 
 

@@ -242,6 +242,57 @@ def test_absurd_size_is_refused(tmp_path):
     assert info.value.status == "refused"
 
 
+def test_absurd_declared_size_is_named_not_an_ffmpeg_errno(tmp_path):
+    """FFmpeg refuses a 60000x60000 y4m header at open with EBUSY ("Device or resource busy"); the
+    error must say what is wrong with the file, for read_frames and probe alike, and OpenCV (FFmpeg
+    again) is not tried."""
+    from tests.corpus import write_y4m_header_lie
+
+    path = write_y4m_header_lie(tmp_path / "absurd.y4m", 60000, 60000)
+    for call in (lambda: read_frames(path, 3), lambda: probe(path)):
+        with pytest.raises(VideoError) as info:
+            call()
+        msg = str(info.value)
+        assert info.value.status == "unreadable", msg
+        assert "frame size 60000x60000 exceeds the limit of 16777216 pixels (4096x4096, max_pixels)" in msg
+        assert "busy" not in msg.lower() and "errno" not in msg.lower(), msg
+    # a cap raised past it: FFmpeg's own limit is what stops it, and the message says so
+    with pytest.raises(VideoError, match=r"frame size 60000x60000 is larger than the decoder \(FFmpeg\)"):
+        read_frames(path, 3, max_pixels=10**10)
+    # a declared size inside both limits reaches the stream check as before
+    small = write_y4m_header_lie(tmp_path / "big.y4m", 8192, 8192)
+    with pytest.raises(VideoRefused, match="frame size 8192x8192 exceeds the limit of 16777216 pixels"):
+        read_frames(small, 3)
+
+
+def test_meaningless_ffmpeg_errno_is_not_shown_as_a_file_problem(tmp_path, monkeypatch):
+    """Whatever header makes FFmpeg answer with an errno unrelated to files, the message does not
+    pretend the device is busy."""
+    from deepfake_detector.data import video
+    from tests.corpus import write_y4m_header_lie
+
+    monkeypatch.setattr(video, "declared_frame_size", lambda path: None)  # as for a header we cannot parse
+    path = write_y4m_header_lie(tmp_path / "absurd.y4m", 60000, 60000)
+    with pytest.raises(VideoError) as info:
+        read_frames(path, 3, backend="av")
+    assert info.value.status == "unreadable"
+    assert str(info.value) == "cannot open: invalid or unsupported data (FFmpeg error code EBUSY)"
+
+
+def test_declared_frame_size_and_ffmpeg_limit(tmp_path):
+    from deepfake_detector.data.video import declared_frame_size, ffmpeg_accepts_size
+    from tests.corpus import write_y4m_header_lie
+
+    assert declared_frame_size(write_y4m_header_lie(tmp_path / "a.y4m", 60000, 123)) == (60000, 123)
+    assert declared_frame_size(make_video(tmp_path / "v.mp4", frames=2, size=(64, 64), face=False)) is None
+    (tmp_path / "bad.y4m").write_bytes(b"YUV4MPEG2 Wabc H10\n")
+    assert declared_frame_size(tmp_path / "bad.y4m") is None
+    assert declared_frame_size(tmp_path / "nope.y4m") is None
+    assert ffmpeg_accepts_size(8192, 8192) and ffmpeg_accepts_size(16000, 16000)
+    assert not ffmpeg_accepts_size(16384, 16384) and not ffmpeg_accepts_size(60000, 60000)
+    assert not ffmpeg_accepts_size(0, 10)
+
+
 def test_duration_cap(tmp_path):
     path = make_video(tmp_path / "long.mp4", frames=100, fps=25, size=(64, 64), face=False)
     s = read_frames(path, 5, max_duration_s=1.0)

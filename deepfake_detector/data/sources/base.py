@@ -52,21 +52,57 @@ _NUMERIC_EXPLANATION = (
 )
 
 
+# Size caps on metadata files, checked before a byte is read: a hostile or mistaken multi-GB "list"
+# never reaches memory. Generous for real datasets (DFDC's 120k-video metadata is ~10 MB).
+MAX_TEXT_BYTES = 256 << 20  # CSV label tables, Celeb-DF's List_of_testing_videos.txt
+MAX_JSON_BYTES = 1 << 30  # DFDC metadata.json, FF++ split files
+MAX_PICKLE_BYTES = 512 << 20  # the legacy pickled video list
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MB" if n >= 1 << 20 else f"{n} bytes"
+
+
+def size_limit(max_bytes: int, what: str, error: Callable[[str], Exception] = UserError
+               ) -> tuple[int, Callable[[str, int], Exception]]:
+    """The ``limit`` argument of ``read_file_bytes``: files over ``max_bytes`` raise ``error(message)``
+    with one line that names the file, its size and the limit."""
+
+    def too_big(shown: str, size: int) -> Exception:
+        return error(f"{shown}: is {_mb(size)}, larger than the limit of {_mb(max_bytes)} for {what}; "
+                     "refused (is this the right file?)")
+
+    return max_bytes, too_big
+
+
+def text_limit(what: str) -> tuple[int, Callable[[str, int], Exception]]:
+    """``size_limit`` for a text list or table (``MAX_TEXT_BYTES``, read when called)."""
+    return size_limit(MAX_TEXT_BYTES, what)
+
+
 def read_file_bytes(path: str | os.PathLike,
                     limit: Optional[tuple[int, Callable[[str, int], Exception]]] = None) -> bytes:
     """A whole metadata file as bytes; an OS error is one ``UserError`` line.
 
-    ``limit=(max_bytes, too_big)`` refuses a larger file before it is read, raising
-    ``too_big(shown_path, size)``, so a hostile multi-GB "list" never reaches memory.
+    ``limit=(max_bytes, too_big)`` (see ``size_limit``) refuses a larger file before it is read,
+    raising ``too_big(shown_path, size)``, so a hostile multi-GB "list" never reaches memory. The
+    read itself stops one byte past the limit, so a file that grows (or a size that lied) while it
+    is read is refused too. A pipe or device in place of the file is refused instead of blocking.
     """
     shown = os.fsdecode(path)
     try:
-        if limit is not None:
-            size = os.path.getsize(path)
-            if size > limit[0]:
-                raise limit[1](shown, size)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{shown}: not a regular file (pipe, device or socket); refused")
+        if limit is not None and st.st_size > limit[0]:
+            raise limit[1](shown, st.st_size)
         with open(path, "rb") as fh:
-            return fh.read()
+            if limit is None:
+                return fh.read()
+            data = fh.read(limit[0] + 1)
+        if len(data) > limit[0]:
+            raise limit[1](shown, len(data))
+        return data
     except OSError as exc:
         raise UserError(f"{shown}: cannot read: {exc.strerror or exc}") from exc
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 from ...errors import UserError
 from ..records import FAKE, REAL, LoadResult
-from .base import MALFORMED, MISSING, Collector, find_child, read_file_bytes, walk_files
+from .base import MALFORMED, MISSING, Collector, find_child, read_file_bytes, text_limit, walk_files
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ _FAKE = re.compile(r"^(id\d+)_(id\d+)_(\d+)$", re.IGNORECASE)
 
 def _read_test_list(path: str, col: Collector) -> dict[str, tuple[str, str]]:
     """dataset-relative path (lower case) -> (label, where) of the testing videos."""
-    lines = read_file_bytes(path).decode("utf-8-sig", errors="surrogateescape").splitlines()
+    data = read_file_bytes(path, text_limit("a list of testing videos"))
+    lines = data.decode("utf-8-sig", errors="surrogateescape").splitlines()
     name = os.path.basename(path)
     out = {}
     for i, line in enumerate(lines, 1):

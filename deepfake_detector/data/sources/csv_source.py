@@ -22,7 +22,7 @@ from typing import Optional
 
 from ...errors import UserError
 from ..records import LoadResult
-from .base import MALFORMED, Collector, normalize_split, read_file_bytes, resolve_label
+from .base import MALFORMED, Collector, normalize_split, read_file_bytes, resolve_label, text_limit
 
 FORMAT = "csv"
 
@@ -72,7 +72,7 @@ def _delimiter(line: str) -> str:
 def read_table(path: str, label_map: Optional[Mapping[str, str]] = None) -> list[Row]:
     """Parse a label table into rows; whole-file problems raise ``UserError`` (one line)."""
     shown = os.fsdecode(path)
-    text = read_file_bytes(path).decode("utf-8-sig", errors="surrogateescape")
+    text = read_file_bytes(path, text_limit("a label table")).decode("utf-8-sig", errors="surrogateescape")
     first_line = next((ln for ln in text.splitlines() if ln.strip()), "")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first_line))
     name = os.path.basename(shown)

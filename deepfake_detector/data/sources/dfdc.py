@@ -20,13 +20,12 @@ from typing import Optional
 
 from ...errors import UserError
 from ..records import FAKE, LoadResult
-from .base import MALFORMED, Collector, normalize_split, read_file_bytes
+from .base import MALFORMED, MAX_JSON_BYTES, Collector, normalize_split, read_file_bytes, size_limit
 
 log = logging.getLogger(__name__)
 
 FORMAT = "dfdc"
 METADATA_NAME = "metadata.json"
-MAX_JSON_BYTES = 1 << 30
 _KNOWN = ("label", "split", "original")
 
 
@@ -50,8 +49,7 @@ def find_metadata(root: str, max_depth: Optional[int] = None, max_dirs: Optional
 
 def read_json(path: str) -> object:
     """Parse a JSON file; unreadable or invalid JSON is one ``UserError`` line."""
-    data = read_file_bytes(path, (MAX_JSON_BYTES, lambda shown, _size: UserError(
-        f"{shown}: larger than {MAX_JSON_BYTES >> 20} MiB; refused")))
+    data = read_file_bytes(path, size_limit(MAX_JSON_BYTES, "a JSON metadata file"))
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:

@@ -27,12 +27,14 @@ from ..records import LoadResult
 from .base import (
     BAD_LABEL,
     MALFORMED,
+    MAX_PICKLE_BYTES,
     MISSING,
     Collector,
     find_child,
     lexically_within,
     read_file_bytes,
     resolve_label,
+    size_limit,
     walk_files,
 )
 from .csv_source import read_table
@@ -42,7 +44,6 @@ log = logging.getLogger(__name__)
 FORMAT = "legacy"
 VIDEO_LIST = os.path.join("Models", "video_files.pkl")
 METADATA = os.path.join("Data", "Gobal_metadata.csv")
-MAX_PICKLE_BYTES = 512 << 20  # a list of paths; anything bigger is not what we expect
 
 
 class SafeListUnpickler(pickle.Unpickler):
@@ -66,8 +67,8 @@ class SafeListUnpickler(pickle.Unpickler):
 def load_video_list(path: str | os.PathLike) -> list[str]:
     """Read a pickled list of paths safely (see ``SafeListUnpickler``)."""
     shown = os.fsdecode(path)
-    data = read_file_bytes(path, (MAX_PICKLE_BYTES, lambda shown, size: UnsafeFileError(
-        f"{shown}: {size} bytes is too big for a list of video paths; refused")))
+    data = read_file_bytes(path, size_limit(MAX_PICKLE_BYTES, "a pickled list of video paths",
+                                            UnsafeFileError))
     try:
         obj = SafeListUnpickler(io.BytesIO(data), encoding="utf-8", errors="surrogateescape").load()
     except UnsafeFileError as exc:
