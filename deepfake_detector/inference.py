@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .data.pool import imap_resilient
+from .data.pool import IDLE, imap_resilient
 from .data.preprocess import ClipResult
 from .errors import UserError
 
@@ -132,7 +132,8 @@ def _iter_extracted(paths: Sequence[str], cfg: Any, workers: int,
 
     Decoding runs in ``data.pool.imap_resilient``: bounded in flight, and a video that kills or hangs
     its worker becomes an ``error`` row. ``extract(path, cfg)`` (module-level, default
-    ``extract_clip``) does one video.
+    ``extract_clip``) does one video. ``(IDLE, None)`` items say "no clip is ready yet": the caller
+    may score what it has meanwhile.
     """
     extract = extract or _extract
     if workers <= 0 or len(paths) <= 1:  # in this process: leave its global settings alone
@@ -146,7 +147,7 @@ def _iter_extracted(paths: Sequence[str], cfg: Any, workers: int,
     yield from imap_resilient(
         functools.partial(extract, cfg=cfg), list(paths), workers,
         failure=lambda _path, msg: _failed(msg),
-        initializer=_worker_init, initargs=(threads,), hard_timeout=hard_timeout,
+        initializer=_worker_init, initargs=(threads,), hard_timeout=hard_timeout, idle_marker=True,
     )
 
 
@@ -464,7 +465,18 @@ class Detector:
                     todo.append(p)
                     todo_idx.append(i)
             batch: list[tuple[int, str, Any]] = []
+
+            def score(items: list[tuple[int, str, Any]]) -> Iterator[tuple[int, Prediction]]:
+                for out in self._score_batch(items, explain_dir):
+                    if bar is not None:
+                        bar.update(1)
+                    yield out
+
             for j, res in _iter_extracted(todo, cfg, workers):
+                if j == IDLE:  # the decoders have nothing ready: score what is here while they go on
+                    yield from score(batch)
+                    batch = []
+                    continue
                 i, p = todo_idx[j], todo[j]
                 pred = self._prediction_from_clip(p, res)
                 if pred is not None:
@@ -474,16 +486,9 @@ class Detector:
                     continue
                 batch.append((i, p, res))
                 if len(batch) >= self.batch_size:
-                    for out in self._score_batch(batch, explain_dir):
-                        if bar is not None:
-                            bar.update(1)
-                        yield out
+                    yield from score(batch)
                     batch = []
-            if batch:
-                for out in self._score_batch(batch, explain_dir):
-                    if bar is not None:
-                        bar.update(1)
-                    yield out
+            yield from score(batch)
         finally:
             if bar is not None:
                 bar.close()

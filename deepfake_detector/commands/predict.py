@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compile", action="store_true",
                    help="run the network through torch.compile: faster on a GPU for many videos, the "
-                        "first batches pay the compilation (falls back to eager, with a warning, if it fails)")
+                        "first batches pay the compilation (falls back to eager, with a warning, if it "
+                        "fails)")
     p.add_argument("--no-face", choices=["center", "skip"], default="center",
                    help="no face found: classify the centre crop (status no_face) or leave it unscored")
     p.add_argument("--legacy", action="store_true",

@@ -112,7 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default {t.epochs})")
     g.add_argument(
-        "--batch-size", type=int, default=None, help=f"clips per batch per process (default {t.batch_size})"
+        "--batch-size", type=int, default=None,
+        help="clips per batch per process (default 16 on CUDA, else 4)",
     )
     g.add_argument("--lr", type=float, default=None, help=f"learning rate (default {t.lr})")
     g.add_argument(
@@ -177,7 +178,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("hardware and run control")
     g.add_argument(
-        "--workers", type=int, default=None, help=f"DataLoader worker processes (default {t.workers})"
+        "--workers", type=int, default=None,
+        help=f"DataLoader worker processes, kept for the whole run (default here {t.workers}: CPUs - 1, 2..8)"
     )
     g.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
     g.add_argument(

@@ -221,10 +221,12 @@ class ClipDataset(Dataset):
                 "Re-run preprocess on this cache."
             ) from exc
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``ds[i]``, or ``ds[(i, epoch)]`` from a sampler that carries the epoch (persistent workers)."""
+        i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         clip = self.load(i)
         if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+            rng = np.random.default_rng([self.seed, epoch, int(i)])
             arr = train_clip(clip, self.seq_len, rng)
         else:
             arr = eval_clip(clip, self.seq_len)

@@ -99,6 +99,9 @@ def pool_starts(pool: cf.ProcessPoolExecutor, timeout_s: float = 180.0) -> bool:
         return False
 
 
+IDLE = -1  # the index of imap_resilient's "nothing ready yet" marker
+
+
 def imap_resilient(
     fn: Callable[[Any], Any],
     items: Sequence[Any],
@@ -107,8 +110,13 @@ def imap_resilient(
     initializer: Optional[Callable] = None,
     initargs: tuple = (),
     hard_timeout: Optional[float] = None,
+    idle_marker: bool = False,
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(index, fn(items[index]))`` in completion order, running ``fn`` in worker processes.
+
+    With ``idle_marker`` it also yields ``(IDLE, None)`` once each time it is about to wait with no
+    result ready: a consumer that batches results (predict) uses it to work on a partial batch while
+    the workers go on, instead of waiting for the batch to fill.
 
     ``fn`` must be a module-level function that reports bad input in its return value; an exception
     it raises, a crash of its worker, or a run past ``hard_timeout`` seconds becomes
@@ -136,6 +144,7 @@ def imap_resilient(
     in_flight: dict[cf.Future, tuple[int, float]] = {}
     alone: set = set()  # suspects running on their own: a crash there names the culprit
     breaks_in_a_row = 0
+    idle_sent = False
     try:
         while queue or suspects or in_flight:
             # isolate while a suspect waits OR runs alone (not only while suspects wait)
@@ -150,7 +159,12 @@ def imap_resilient(
                     i = queue.popleft()
                     fut = pool.submit(fn, items[i])
                 in_flight[fut] = (i, time.monotonic())
+            if idle_marker and not idle_sent and not any(f.done() for f in in_flight):
+                idle_sent = True
+                yield IDLE, None
             done, _ = cf.wait(list(in_flight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            if done:
+                idle_sent = False
             broken = False
             resolved = False  # did any item get its answer (result or named culprit) this round?
             for fut in done:

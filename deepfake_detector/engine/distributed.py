@@ -168,6 +168,30 @@ class BalancedDistributedSampler(DistributedSampler):
         return iter(indices[self.rank : self.total_size : self.num_replicas])
 
 
+class EpochTaggedSampler(torch.utils.data.Sampler):
+    """Yields ``(index, epoch)`` from a sampler with ``set_epoch``: the epoch travels WITH each index.
+
+    Persistent DataLoader workers hold their own copy of the dataset, so ``dataset.set_epoch`` in the
+    main process would never reach them; an epoch carried by the index does, and keeps per-epoch
+    augmentation exact (and resumable) while the workers live for the whole run.
+    """
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((int(i), epoch) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 class ShardSampler(torch.utils.data.Sampler):
     """Evaluation sharding without padding: rank r gets indices r, r+N, ... (every sample exactly once)."""
 

@@ -156,7 +156,8 @@ class FeatureDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:  # no augmentation in feature mode
         pass
 
-    def __getitem__(self, i: int) -> Any:
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        i = key[0] if isinstance(key, tuple) else key  # (index, epoch) from EpochTaggedSampler
         feats = np.load(_feature_path(self.feat_dir, self.rows[i].clip), allow_pickle=False)
         return torch.from_numpy(fit_length(feats, self.seq_len).astype(np.float32)), self.labels[i], i
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..config import TrainConfig, from_dict, to_dict
+from ..config import TrainConfig, default_batch_size, from_dict, to_dict
 from ..data.cache import CONFIG_NAME, load_manifest
 from ..data.dataset import ClipDataset, split_rows
 from ..data.records import index_to_label
@@ -43,6 +43,7 @@ from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng
 from .distributed import (
     BalancedDistributedSampler,
     DistInfo,
+    EpochTaggedSampler,
     ShardSampler,
     all_gather_objects,
     barrier,
@@ -314,6 +315,8 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
         log.info("resuming %s from epoch %d", run_dir, resume_ckpt["epoch"])
     if not cfg.cache:
         raise UserError("no cache folder given")
+    if cfg.batch_size == 0:  # auto: resolved here, so the run's config records the real value
+        cfg = replace(cfg, batch_size=default_batch_size(device.type))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     _seed_everything(cfg.seed)
@@ -358,22 +361,27 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
     )
     pin = cfg.pin_memory and device.type == "cuda"
 
-    def train_loader_for(epoch: int) -> DataLoader:
-        train_sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        g = torch.Generator()
-        g.manual_seed(cfg.seed * 1000003 + epoch)  # worker base seeds, never the global RNG
-        return DataLoader(
-            train_ds,
-            batch_size=cfg.batch_size,
-            sampler=train_sampler,
-            num_workers=cfg.workers,
-            pin_memory=pin,
-            generator=g,
-            drop_last=False,
-        )
+    # One loader for the whole run: its worker processes live across epochs (persistent_workers), and
+    # the epoch reaches them with each index (EpochTaggedSampler), not through dataset.set_epoch.
+    tagged_sampler = EpochTaggedSampler(train_sampler)
+    g = torch.Generator()
+    g.manual_seed(cfg.seed * 1000003)  # worker base seeds, never the global RNG
+    loader_opts: dict = {"num_workers": cfg.workers, "pin_memory": pin}
+    if cfg.workers > 0:
+        loader_opts.update(persistent_workers=True, prefetch_factor=4)
+    loaders: dict = {}
 
-    steps_per_epoch = len(train_loader_for(0))
+    def train_loader_for(epoch: int) -> DataLoader:
+        tagged_sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)  # for workers=0 and any direct use; the workers get it per index
+        if "train" not in loaders:  # made on first use: train_ds may have become a FeatureDataset
+            loaders["train"] = DataLoader(
+                train_ds, batch_size=cfg.batch_size, sampler=tagged_sampler, generator=g, drop_last=False,
+                **loader_opts,
+            )
+        return loaders["train"]
+
+    steps_per_epoch = math.ceil(len(tagged_sampler) / cfg.batch_size)
     if cfg.limit_train_batches:
         steps_per_epoch = min(steps_per_epoch, cfg.limit_train_batches)
 
@@ -406,8 +414,8 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
         val_ds,
         batch_size=cfg.batch_size,
         sampler=ShardSampler(len(val_ds), info.world_size, info.rank),
-        num_workers=cfg.workers,
-        pin_memory=pin,
+        generator=torch.Generator().manual_seed(cfg.seed),  # else each new iterator draws the global RNG
+        **loader_opts,
     )
     train_model: nn.Module = net
     if info.enabled:

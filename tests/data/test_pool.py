@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from deepfake_detector.data.pool import imap_resilient
+from deepfake_detector.data.pool import IDLE, imap_resilient
 
 
 def _slow_crash_on_3(x: int) -> int:
@@ -38,3 +38,21 @@ def test_an_exception_is_a_per_item_failure():
     got = dict(imap_resilient(_raise_on_2, [0, 1, 2, 3], workers=2, failure=lambda item, msg: msg))
     assert got[0] == 0 and got[1] == 1 and got[3] == 3
     assert "ValueError" in got[2] and "bad item" in got[2]
+
+
+def _slow_square(x: int) -> int:
+    time.sleep(0.3)
+    return x * x
+
+
+@pytest.mark.timeout(60)
+def test_idle_markers_say_when_nothing_is_ready_and_only_when_asked():
+    events = list(imap_resilient(_slow_square, [1, 2, 3, 4], workers=1, failure=lambda i, m: m,
+                                 idle_marker=True))
+    results = [(i, r) for i, r in events if i != IDLE]
+    assert sorted(results) == [(0, 1), (1, 4), (2, 9), (3, 16)]
+    marks = [k for k, (i, _) in enumerate(events) if i == IDLE]
+    assert marks and marks[0] == 0  # waiting for the first result
+    assert all(events[k + 1][0] != IDLE for k in marks if k + 1 < len(events))  # once per idle spell
+    plain = list(imap_resilient(_slow_square, [1, 2], workers=1, failure=lambda i, m: m))
+    assert all(i != IDLE for i, _ in plain)

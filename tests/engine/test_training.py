@@ -111,6 +111,33 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(v, resumed["model"].state_dict()[k])
 
 
+def test_persistent_loader_workers_see_each_epoch_exactly_like_no_workers(tmp_path):
+    """The workers live for the whole run; the epoch reaches them with each index, so every epoch's
+    augmentation (and hence the weights) equals a run that loads in the main process."""
+    cache = make_synthetic_cache(tmp_path / "c", n_real=6, n_fake=6, kind="flicker")
+    kw = dict(batch_size=4, patience=0, epochs=3, monitor="val_loss")
+    inline = fit(tiny_cfg(cache, tmp_path / "runs", "w0", workers=0, **kw), progress=False)
+    pooled = fit(tiny_cfg(cache, tmp_path / "runs", "w2", workers=2, **kw), progress=False)
+    a, b = read_csv(tmp_path / "runs/w0/metrics.csv"), read_csv(tmp_path / "runs/w2/metrics.csv")
+    for ra, rb in zip(a, b):
+        ra.pop("seconds"), rb.pop("seconds")
+        assert ra == rb
+    for k, v in inline["model"].state_dict().items():
+        assert torch.equal(v, pooled["model"].state_dict()[k]), k
+
+
+def test_train_config_defaults_resolve_per_device(tmp_path):
+    from deepfake_detector.config import default_batch_size
+
+    cfg = TrainConfig(cache="c", name="n")
+    assert cfg.batch_size == 0 and 2 <= cfg.workers <= 8  # auto until fit() resolves it
+    assert default_batch_size("cuda") == 16 and default_batch_size("cpu") == 4
+    cache = make_synthetic_cache(tmp_path / "c", n_real=4, n_fake=4)
+    fit(tiny_cfg(cache, tmp_path / "runs", "auto", batch_size=0, epochs=1), progress=False)
+    saved = load_checkpoint(tmp_path / "runs/auto/last.pt")["config"]["train"]
+    assert saved["batch_size"] == 4  # the resolved value is what the run records
+
+
 def test_run_folder_is_never_overwritten_silently(square_cache, tmp_path):
     cfg = tiny_cfg(square_cache, tmp_path, epochs=1)
     fit(cfg, progress=False)
