@@ -1,33 +1,173 @@
-"""Run every stage's benchmark on data it generates, one after another, and print their tables.
+"""Run every stage's benchmark on data it generates and print ONE table (and write it as JSON).
 
-    python benchmarks/run_all.py [--quick]
+    python benchmarks/run_all.py [--quick] [--out DIR]      # run everything, then summarise
+    python benchmarks/run_all.py --summarize DIR            # only print the table of JSON files in DIR
 
-Each script compares our implementation with the reference-style way in the same run (see its own
-docstring); this entry point only sequences them so one command measures the whole pipeline.
+Each stage is timed next to a reference-style implementation measured in the same run and next to
+its floor (see each script's docstring):
+
+* preprocess (``bench_preprocess.py``): videos/s on 30 s 720p clips with a real face; reference =
+  cv2 decode + colour conversion of the first 150 frames with detection on each; floor = decode-only.
+* train (``bench_train.py``): clips/s and frames/s of model + optimizer; reference = fp32 NCHW batch 4;
+  floor = the GPU's FLOP bound (a GPU with a known peak only).
+* predict, end to end (``bench_predict_e2e.py``): videos/s on 10 s 720p clips; reference = sequential
+  first-N decode + conversion + detection on every frame, fp32 NCHW batch 4, no overlap; floor =
+  decode-only time of the frames ours decodes.
+* predict, model stage (``bench_predict.py``): frames/s without decoding; reference = fp32 NCHW batch 4;
+  at 112 px (and 224 px on a GPU).
+
+Every script runs in its own process (fresh CUDA state, no allocator carry-over). The table's ratio
+columns: ``x ref`` = ours / reference-style throughput (higher is better) and ``x floor`` = floor /
+ours throughput, i.e. how many times the floor's time ours takes (1.0 is the limit).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 
 
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _row(stage: str, unit: str, ref: Optional[float], ours: Optional[float], floor: Optional[float],
+         note: str = "") -> dict:
+    return {
+        "stage": stage, "unit": unit, "reference": ref, "ours": ours, "floor": floor,
+        "x_ref": ours / ref if ours and ref else None,
+        "x_floor": floor / ours if ours and floor else None,
+        "note": note,
+    }
+
+
+def _by_setup(rows: list, prefix: str) -> Optional[dict]:
+    for r in rows:
+        if str(r.get("setup", "")).startswith(prefix):
+            return r
+    return None
+
+
+def collect(out: Path) -> dict:
+    """One summary (rows + device) from the JSON files the stage scripts wrote into ``out``."""
+    table: list[dict] = []
+    device = None
+    pre = _load(out / "preprocess.json")
+    for v in pre or []:
+        table.append(_row(f"preprocess {v['video']} ({v['size']}, {v['frames']} fr)", "videos/s",
+                          1 / v["ref_s"], 1 / v["ours_s"], 1 / v["floor_s"],
+                          f"floor = decode-only ({v.get('floor_how', '')})"))
+    for path in sorted(out.glob("train*.json")):
+        tr = _load(path)
+        if not tr:
+            continue
+        device = device or tr.get("device")
+        rows = tr["rows"]
+        ref, ours = rows[0], rows[1]
+        floor = tr.get("floor") or {}
+        stage = f"train {tr['backbone']} {tr['size']}px x{tr['frames']}"
+        table.append(_row(stage, "frames/s", ref["frames_s"], ours["frames_s"], floor.get("frames_s"),
+                          f"{ours['precision']} {ours['layout']} b{ours['batch']}; "
+                          f"clips/s {ref['clips_s']:.1f} -> {ours['clips_s']:.1f}"))
+        for extra in rows[2:]:
+            if extra["setup"].startswith("floor"):
+                continue
+            table.append(_row(f"  {extra['setup']} b{extra['batch']} {extra['layout']}", "frames/s",
+                              ref["frames_s"], extra["frames_s"], floor.get("frames_s"), extra["precision"]))
+    for path in sorted(out.glob("predict_e2e*.json")):
+        e2e = _load(path)
+        if not e2e:
+            continue
+        device = device or e2e.get("device")
+        rows = e2e["rows"]
+        ref, ours, floor = _by_setup(rows, "reference"), _by_setup(rows, "ours"), _by_setup(rows, "floor")
+        note = f"{e2e.get('backbone', '')}, {e2e.get('videos', '?')} videos"
+        if e2e.get("one_video_s") is not None:
+            note += f"; one video end to end {e2e['one_video_s']:.2f} s"
+        table.append(_row("predict end to end (10 s 720p)", "videos/s", ref and ref["videos_s"],
+                          ours and ours["videos_s"], floor and floor["videos_s"], note))
+    for path in sorted(out.glob("predict_model*.json")):
+        pm = _load(path)
+        if not pm or "rows" not in pm:
+            continue
+        device = device or pm.get("device")
+        rows = pm["rows"]
+        ref, fl = _by_setup(rows, "reference"), _by_setup(rows, "floor")
+        size = pm.get("size", "?")
+        for r in rows:
+            if r is ref or str(r.get("setup", "")).startswith("floor"):
+                continue
+            table.append(_row(f"predict model {pm.get('backbone', '')} {size}px: {r['setup']}", "frames/s",
+                              ref and ref["frames_s"], r["frames_s"], fl and fl["frames_s"],
+                              f"{r.get('precision', '')} {r.get('layout', '')} b{r.get('batch', '')}"))
+    return {"device": device or "CPU", "rows": table}
+
+
+def _fmt(v: Optional[float], ratio: bool = False) -> str:
+    if v is None:
+        return "-"
+    if ratio:
+        return f"{v:.2f}x"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def print_table(summary: dict) -> None:
+    rows = summary["rows"]
+    w = max([len(r["stage"]) for r in rows] + [5])
+    print(f"\nperformance summary on {summary['device']}  (x ref: ours/reference-style throughput; "
+          "x floor: floor/ours)")
+    hdr = (f"{'stage':<{w}}  {'unit':<9}{'reference':>11}{'ours':>11}{'floor':>11}{'x ref':>8}"
+           f"{'x floor':>9}  note")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        print(f"{r['stage']:<{w}}  {r['unit']:<9}{_fmt(r['reference']):>11}{_fmt(r['ours']):>11}"
+              f"{_fmt(r['floor']):>11}{_fmt(r['x_ref'], True):>8}{_fmt(r['x_floor'], True):>9}  {r['note']}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="shorter runs (one repeat, short-GOP clip skipped)")
+    ap.add_argument("--quick", action="store_true",
+                    help="short runs: one repeat, long-GOP clip only, small predict runs")
+    ap.add_argument("--out", default=None, help="folder for the stage JSON files and summary.json")
+    ap.add_argument("--summarize", default=None, metavar="DIR", help="only summarise the JSON files in DIR")
+    ap.add_argument("--stages", default="preprocess,train,predict",
+                    help="comma list of preprocess, train, predict")
     args = ap.parse_args(argv)
-    runs = [
-        ("preprocess", [HERE / "bench_preprocess.py", "--repeat", "1" if args.quick else "3"]
-         + (["--videos", "long-gop"] if args.quick else [])),
-        ("train", [HERE / "bench_train.py"]),
-        ("predict (model stage)", [HERE / "bench_predict.py"]
-         + (["--backbone", "tiny", "--clips", "16"] if args.quick else [])),
-    ]
+    if args.summarize:
+        out = Path(args.summarize)
+        summary = collect(out)
+        print_table(summary)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return 0 if summary["rows"] else 1
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_all_"))
+    out.mkdir(parents=True, exist_ok=True)
+    stages = {s.strip() for s in args.stages.split(",") if s.strip()}
+    q = args.quick
+    runs = []
+    if "preprocess" in stages:
+        runs.append(("preprocess", [HERE / "bench_preprocess.py", "--repeat", "1" if q else "3", "--json",
+                                    out / "preprocess.json"] + (["--videos", "long-gop"] if q else [])))
+    if "train" in stages:
+        runs.append(("train", [HERE / "bench_train.py", "--json-out", out / "train.json"]
+                     + (["--backbone", "mobilenet_v2", "--hidden", "256"] if q else [])))
+    if "predict" in stages:
+        runs.append(("predict end to end", [HERE / "bench_predict_e2e.py", "--json",
+                                            out / "predict_e2e.json"] + (["--videos", "2"] if q else [])))
+        runs.append(("predict model stage", [HERE / "bench_predict.py", "--json",
+                                             out / "predict_model_112.json"]
+                     + (["--backbone", "tiny", "--clips", "16"] if q else [])))
     failed = []
     for name, cmd in runs:
         print(f"\n=== {name} ===", flush=True)
@@ -36,6 +176,11 @@ def main(argv=None) -> int:
         print(f"({name}: {time.perf_counter() - t0:.0f} s, exit {rc})", flush=True)
         if rc:
             failed.append(name)
+    summary = collect(out)
+    summary["failed"] = failed
+    print_table(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nJSON: {out / 'summary.json'}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
