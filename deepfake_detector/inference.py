@@ -152,8 +152,11 @@ def _iter_extracted(paths: Sequence[str], cfg: Any, workers: int,
 
 
 def default_workers() -> int:
-    """Decoding processes when not told: leave one core for the model, at most 8."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Decoding processes when not told: CPUs - 1 (one core for the model), at least 2, at most 8.
+
+    At least 2 even on a 2-core machine: decoding and the model then take turns on both cores
+    (measured there: 1.24 s per 10 s 720p video with 2 workers, 1.56 s with 1, 1.45 s inline)."""
+    return max(2, min(8, (os.cpu_count() or 2) - 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,6 +264,10 @@ class Detector:
         """
         from . import legacy as lg
 
+        if workers is None or workers > 0:
+            from .data.pool import warm_up
+
+            warm_up()  # the decoding workers' server imports its modules while the model loads
         if threshold is not None:
             _check_threshold(threshold)
         if legacy_mode not in lg.LEGACY_MODES:

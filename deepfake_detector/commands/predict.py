@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "contributions")
     p.add_argument("--batch-size", type=int, default=8, help="clips per model batch")
     p.add_argument("--workers", type=int, default=None,
-                   help="video-decoding processes (default: CPUs - 1, at most 8; 0 = decode in this process)")
+                   help="video-decoding processes (default: CPUs - 1, 2 to 8; 0 = decode in this process)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compile", action="store_true",
                    help="run the network through torch.compile: faster on a GPU for many videos, the "

@@ -10,7 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ResNeXtLSTM"]
+__all__ = ["ResNeXtLSTM", "CPU_CHUNK_FRAMES"]
+
+# CPU convolutions are fastest on small batches whose activations stay in cache: ResNeXt-50 at 112 px on
+# 2 cores runs 47 frames/s in batches of 20-40 frames and 27 frames/s in one batch of 320 (16 clips).
+CPU_CHUNK_FRAMES = 32
 
 
 class ResNeXtLSTM(nn.Module):
@@ -63,7 +67,18 @@ class ResNeXtLSTM(nn.Module):
         return self.backbone(frames)
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W] -> [N, F]``: one pooled feature vector per frame."""
+        """``[N, 3, H, W] -> [N, F]``: one pooled feature vector per frame.
+
+        On a CPU with the backbone in eval mode the frames go through in chunks of
+        ``CPU_CHUNK_FRAMES`` (same numbers: eval-mode BatchNorm treats frames independently). In
+        training mode BatchNorm's batch statistics need the whole batch, so it is never chunked.
+        """
+        n = frames.shape[0]
+        if frames.device.type == "cpu" and not self.backbone.training and n > CPU_CHUNK_FRAMES:
+            return torch.cat([self._pooled(c) for c in frames.split(CPU_CHUNK_FRAMES)])
+        return self._pooled(frames)
+
+    def _pooled(self, frames: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(self.feature_map(frames)), 1)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:

@@ -56,3 +56,18 @@ def test_idle_markers_say_when_nothing_is_ready_and_only_when_asked():
     assert all(events[k + 1][0] != IDLE for k in marks if k + 1 < len(events))  # once per idle spell
     plain = list(imap_resilient(_slow_square, [1, 2], workers=1, failure=lambda i, m: m))
     assert all(i != IDLE for i, _ in plain)
+
+
+def test_the_worker_modules_never_import_torch():
+    """The forkserver preloads these for every decoding worker: torch there would bring its thread
+    pools (and, on a GPU machine, CUDA state) into every fork."""
+    import subprocess
+    import sys
+
+    from deepfake_detector.data.pool import PRELOAD
+
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in PRELOAD)
+            + "import deepfake_detector.inference\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

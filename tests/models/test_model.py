@@ -64,6 +64,26 @@ def test_output_of_a_video_does_not_depend_on_its_batch():
     torch.testing.assert_close(other, together[2], rtol=1e-4, atol=1e-5)
 
 
+def test_cpu_chunking_in_eval_gives_the_same_features_and_never_chunks_batchnorm_training(monkeypatch):
+    from deepfake_detector.models import resnext_lstm
+
+    model = tiny().eval()
+    x = clips(b=4, t=5).flatten(0, 1)  # 20 frames
+    with torch.no_grad():
+        whole = model.frame_features(x)
+        monkeypatch.setattr(resnext_lstm, "CPU_CHUNK_FRAMES", 6)  # 6 + 6 + 6 + 2
+        sizes = []
+        real = model._pooled
+        monkeypatch.setattr(model, "_pooled", lambda f: (sizes.append(f.shape[0]), real(f))[1])
+        chunked = model.frame_features(x)
+    assert sizes == [6, 6, 6, 2]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    sizes.clear()
+    model.train()
+    model.frame_features(x)  # BatchNorm batch statistics need every frame at once
+    assert sizes == [20]
+
+
 def test_lstm_is_batch_first_with_bias():
     model = tiny()
     assert model.lstm.batch_first is True
