@@ -46,8 +46,15 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the sibling benchmark scripts (and spawned floor workers) import by name
     sys.path.insert(0, str(HERE))
 
-import bench_predict as bpred  # noqa: E402
 import bench_preprocess as bprep  # noqa: E402
+
+
+def _bpred():
+    """bench_predict, imported on first use: it imports torch, and Detector's decoding workers re-import
+    this script as their __main__ (Python's spawn/forkserver), which must stay as light as the CLI's."""
+    import bench_predict
+
+    return bench_predict
 
 REF_BATCH = 4
 
@@ -138,7 +145,7 @@ def reference_style(paths: list[Path], model, device, frames: int, size: int, ma
         with torch.no_grad():  # ... then one fp32 NCHW forward of the group
             x = torch.stack([eval_transform(c, frames) for c in clips]).to(device)
             probs.extend(float(v) for v in torch.softmax(model(x), dim=1)[:, 1].cpu())
-    bpred.sync(device)
+    _bpred().sync(device)
     total = time.perf_counter() - t0 + extra
     detections = len(paths) * -(-frames // every)
     return total, probs, found / max(detections, 1)
@@ -316,17 +323,18 @@ def _bench(args, work: Path) -> dict:
 
     paths = make_videos(work, args.videos, args.seconds, args.width, args.height, args.gop)
     name = f"e2e_{args.backbone}_{args.frames}f_{args.size}px_{args.detector}.pt"
-    ckpt = bpred.make_checkpoint(work / name, args.backbone, args.frames, args.size, detector=args.detector)
+    ckpt = _bpred().make_checkpoint(work / name, args.backbone, args.frames, args.size,
+                                    detector=args.detector)
     spaths = [str(p) for p in paths]
 
     # ---- ours ------------------------------------------------------------------------------------
     det = Detector.from_checkpoint(ckpt, device=args.device, workers=args.workers, batch_size=args.batch_size)
     device = det.device
-    report: dict = {"device": bpred.device_name(device), "torch_device": str(device),
+    report: dict = {"device": _bpred().device_name(device), "torch_device": str(device),
                     "backbone": args.backbone, "videos": args.videos, "seconds": args.seconds,
                     "resolution": f"{args.width}x{args.height}", "gop": args.gop, "frames": args.frames,
                     "size": args.size, "detector": args.detector, "workers": det.workers,
-                    "batch_size": args.batch_size, "precision": bpred.precision_name(det.amp_dtype),
+                    "batch_size": args.batch_size, "precision": _bpred().precision_name(det.amp_dtype),
                     "ref_detector": args.ref_detector, "ref_every": args.ref_every,
                     "torch": torch.__version__}
     warm = det.predict(spaths[:1])  # warm-up: model kernels, dlib, decoder libraries
@@ -359,7 +367,7 @@ def _bench(args, work: Path) -> dict:
     prev = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False
     try:
-        model = bpred.load_plain_model(ckpt, device)
+        model = _bpred().load_plain_model(ckpt, device)
         with torch.no_grad():  # warm-up of the fp32 forward at the batch shape
             shape = (min(REF_BATCH, len(paths)), args.frames, 3, args.size, args.size)
             model(torch.zeros(shape, device=device))
