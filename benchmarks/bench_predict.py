@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -40,6 +39,9 @@ from deepfake_detector.data.preprocess import ClipResult
 from deepfake_detector.inference import Detector
 from deepfake_detector.models import build_model
 from deepfake_detector.utils import atomic_torch_save
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py (scripts only)
+from common import print_table, timed  # noqa: E402
 
 REF_BATCH = 4  # the known reference's predict batch
 
@@ -113,16 +115,6 @@ def precision_name(dtype) -> str:
         dtype, str(dtype))
 
 
-def _timed(fn, repeat: int) -> tuple[float, object]:
-    """Median wall time of ``repeat`` calls (device synchronised inside ``fn``) and the last result."""
-    times, out = [], None
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def reference_style_predict(model, clips: list[np.ndarray], seq_len: int, device: torch.device,
                             batch: int = REF_BATCH) -> list[float]:
     """P(FAKE) per clip, the reference's way: per batch, host transform -> copy -> fp32 forward -> .cpu()."""
@@ -159,7 +151,7 @@ def bench_reference_style(ckpt: Path, clips: list[np.ndarray], frames: int, devi
             sync(device)
             return p
 
-        dt, probs = _timed(run, repeat)
+        dt, probs = timed(run, repeat)
     finally:
         torch.backends.cudnn.benchmark = prev
     return row("reference-style", "fp32", "NCHW", REF_BATCH, len(clips), frames, dt), probs  # type: ignore
@@ -178,23 +170,15 @@ def bench_detector(setup: str, det: Detector, paths: list[str], frames: int,
         sync(det.device)
         return preds
 
-    dt, preds = _timed(run, repeat)
+    dt, preds = timed(run, repeat)
     layout = "NHWC" if getattr(det.model, "channels_last", False) else "NCHW"
     return row(setup, precision_name(det.amp_dtype), layout, b, n, frames, dt), preds  # type: ignore
 
 
-def print_table(rows: list[dict], title: str) -> None:
-    cols = [("setup", "<16", "setup", ""), ("precision", "<9", "precision", ""),
-            ("layout", "<6", "layout", ""), ("batch", ">5", "batch", "d"),
-            ("clips/s", ">9", "clips_s", ".2f"), ("frames/s", ">10", "frames_s", ".1f"),
-            ("vs ref", ">7", "speedup", ".2f")]
-    print(title)
-    hdr = " ".join(f"{c[0]:{c[1]}}" for c in cols)
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        cells = [f"{format(r[k], f) + ('x' if k == 'speedup' else ''):{a}}" for _, a, k, f in cols]
-        print(" ".join(cells))
+PREDICT_COLS = [("setup", "<16", "setup", ""), ("precision", "<9", "precision", ""),
+                ("layout", "<6", "layout", ""), ("batch", ">5", "batch", "d"),
+                ("clips/s", ">9", "clips_s", ".2f"), ("frames/s", ">10", "frames_s", ".1f"),
+                ("vs ref", ">7", "speedup", ".2f")]
 
 
 def main(argv=None) -> int:
@@ -228,8 +212,9 @@ def main(argv=None) -> int:
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")
-    print_table(report["rows"], f"\nmodel-stage predict, {args.backbone}, {args.clips} clips x {args.frames} "
-                f"frames at {args.size}x{args.size}, {report['device']}")
+    title = (f"\nmodel-stage predict, {args.backbone}, {args.clips} clips x {args.frames} frames at "
+             f"{args.size}x{args.size}, {report['device']}")
+    print_table(report["rows"], PREDICT_COLS, title, ratio_keys=("speedup",))
     for note in report.get("notes", []):
         print(f"note: {note}")
     return 0

@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +45,7 @@ if str(HERE) not in sys.path:  # the sibling benchmark scripts (and spawned floo
     sys.path.insert(0, str(HERE))
 
 import bench_preprocess as bprep  # noqa: E402
+from common import print_table, timed, work_dir  # noqa: E402
 
 
 def _bpred():
@@ -207,30 +206,9 @@ def run_floor(tasks: list[tuple], workers: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _median(fn, repeat: int):
-    times, out = [], None
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
-def print_table(rows: list[dict], title: str) -> None:
-    cols = [("setup", "<16", "setup", ""), ("videos/s", ">9", "videos_s", ".3f"),
+E2E_COLS = [("setup", "<16", "setup", ""), ("videos/s", ">9", "videos_s", ".3f"),
             ("s/video", ">8", "s_per_video", ".3f"), ("vs ref", ">8", "speedup", ".2f"),
             ("x floor", ">8", "over_floor", ".2f")]
-    print(title)
-    hdr = " ".join(f"{c[0]:{c[1]}}" for c in cols)
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        cells = []
-        for _, align, key, fmt in cols:
-            v = r.get(key)
-            text = "-" if v is None else format(v, fmt) + ("x" if key in ("speedup", "over_floor") else "")
-            cells.append(f"{text:{align}}")
-        print(" ".join(cells))
 
 
 def main(argv=None) -> int:
@@ -264,22 +242,13 @@ def main(argv=None) -> int:
     if args.width < round(args.height * 176 / 144) + 2:
         ap.error("--width must be at least 1.23 x --height (the up-scaled face footage must fit)")
 
-    tmp = None
-    if args.workdir:
-        work = Path(args.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_predict_e2e_")
-        work = Path(tmp.name)
-    try:
+    with work_dir(args.workdir, "bench_predict_e2e_") as work:
         report = _bench(args, work)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
-    print_table(report["rows"], f"\nend-to-end predict, {args.backbone}, {args.videos} x {args.seconds:g} s "
-                f"{args.width}x{args.height} H.264 (GOP {args.gop}), {report['device']}, "
-                f"{report['workers']} decoding worker(s)")
+    title = (f"\nend-to-end predict, {args.backbone}, {args.videos} x {args.seconds:g} s "
+             f"{args.width}x{args.height} H.264 (GOP {args.gop}), {report['device']}, "
+             f"{report['workers']} decoding worker(s)")
+    print_table(report["rows"], E2E_COLS, title, ratio_keys=("speedup", "over_floor"))
     ref_det = "dlib HOG on every FULL frame, 1 up-sampling (face_recognition's way)"
     if args.ref_detector == "same":
         ref_det = f"our '{args.detector}' detector object on every frame"
@@ -345,9 +314,9 @@ def _bench(args, work: Path) -> dict:
         t0 = time.perf_counter()
         det.predict(spaths[:2])
         report["ours_first_pool_call_s"] = round(time.perf_counter() - t0, 3)
-    t_one, _ = _median(lambda: det.predict(spaths[:1]), args.repeat)
+    t_one, _ = timed(lambda: det.predict(spaths[:1]), args.repeat)
     report["one_video_s"] = round(t_one, 3)
-    t_ours, preds = _median(lambda: det.predict(spaths), args.repeat)
+    t_ours, preds = timed(lambda: det.predict(spaths), args.repeat)
     bad = [(p.status, p.error) for p in preds if p.p_fake is None]
     if bad:
         raise RuntimeError(f"ours failed on some videos: {bad[:3]}")
@@ -381,7 +350,7 @@ def _bench(args, work: Path) -> dict:
     # ---- floor -----------------------------------------------------------------------------------
     tasks, finfo = floor_plan(paths, args.frames)
     fworkers = 1 if report["workers"] <= 0 else min(report["workers"], len(paths))
-    t_floor, _ = _median(lambda: run_floor(tasks, fworkers), args.repeat)
+    t_floor, _ = timed(lambda: run_floor(tasks, fworkers), args.repeat)
     report["floor_how"] = finfo["how"]
     report["floor_decoded_frames"] = finfo["decoded"]
     report["floor_workers"] = fworkers

@@ -26,15 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py (scripts only)
+from common import print_table, timed, work_dir  # noqa: E402
 
 
 def _carphone_frames() -> list[np.ndarray]:
@@ -252,15 +252,6 @@ def floor_seek(path: Path, targets: list[int], keys: list[int]) -> int:
     return n
 
 
-def _time(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def bench_video(name: str, path: Path, repeat: int, frames: int, ref_every: int = 10) -> dict:
     from deepfake_detector.config import PreprocessConfig
     from deepfake_detector.data.faces import get_detector
@@ -273,18 +264,18 @@ def bench_video(name: str, path: Path, repeat: int, frames: int, ref_every: int 
     targets, keys = _targets(path, frames)
     res: dict = {"video": name, "frames": info.frames, "fps": round(info.fps, 2),
                  "size": f"{info.width}x{info.height}", "keyframes": info.keyframes}
-    t_seq, n_seq = _time(lambda: floor_sequential(path, targets[-1]), repeat)
-    t_seek, n_seek = _time(lambda: floor_seek(path, targets, keys), repeat)
+    t_seq, n_seq = timed(lambda: floor_sequential(path, targets[-1]), repeat)
+    t_seek, n_seek = timed(lambda: floor_seek(path, targets, keys), repeat)
     res["floor_s"], res["floor_decoded"] = (t_seq, n_seq) if t_seq <= t_seek else (t_seek, n_seek)
     res["floor_how"] = "sequential" if t_seq <= t_seek else "seek"
-    res["floor_refs_s"], res["floor_refs_decoded"] = _time(lambda: floor_refs_only(path, targets), repeat)
-    res["ours_s"], o = _time(lambda: ours(path, cfg, det), repeat)
+    res["floor_refs_s"], res["floor_refs_decoded"] = timed(lambda: floor_refs_only(path, targets), repeat)
+    res["ours_s"], o = timed(lambda: ours(path, cfg, det), repeat)
     res["ours_face_ratio"] = o["face_ratio"]
     o = reference_way(path, cfg, dlib_full_frame(1), detect_every=ref_every)
     res["ref_s"], res["ref_face_ratio"] = o["seconds"], o["face_ratio"]
-    _, o = _time(lambda: reference_way(path, cfg, our_detect(det)), 1)
+    _, o = timed(lambda: reference_way(path, cfg, our_detect(det)), 1)
     res["ref_ourdet_s"] = o["seconds"]
-    res["naive_s"], o = _time(lambda: naive_even(path, cfg, det), 1)
+    res["naive_s"], o = timed(lambda: naive_even(path, cfg, det), 1)
     res["naive_face_ratio"] = o["face_ratio"]
     res["speedup_vs_ref"] = res["ref_s"] / res["ours_s"]
     res["speedup_vs_ref_ourdet"] = res["ref_ourdet_s"] / res["ours_s"]
@@ -308,15 +299,8 @@ def main(argv=None) -> int:
 
     gops = {"long-gop": 300, "short-gop": 30}
     names = [v.strip() for v in args.videos.split(",") if v.strip()]
-    tmp = None
-    if args.workdir:
-        work = Path(args.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_preprocess_")
-        work = Path(tmp.name)
     results = []
-    try:
+    with work_dir(args.workdir, "bench_preprocess_") as work:
         for name in names:
             path = work / f"{name}_{int(args.seconds)}s_720p.mp4"
             if not path.exists():
@@ -324,9 +308,6 @@ def main(argv=None) -> int:
                 make_clip(path, gops[name], seconds=args.seconds)
                 print(f"generated {path.name} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
             results.append(bench_video(name, path, args.repeat, args.frames, args.ref_every))
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
     cols = [("video", "<10", "video", ""), ("frames", ">6", "frames", "d"), ("ours s", ">7", "ours_s", ".2f"),
             ("(a) ref s", ">9", "ref_s", ".1f"), ("(a') s", ">7", "ref_ourdet_s", ".2f"),
@@ -334,15 +315,7 @@ def main(argv=None) -> int:
             ("refs s", ">7", "floor_refs_s", ".2f"), ("vs (a)", ">7", "speedup_vs_ref", ".1f"),
             ("vs (a')", ">8", "speedup_vs_ref_ourdet", ".1f"), ("vs (b)", ">7", "speedup_vs_naive", ".1f"),
             ("/floor", ">7", "ours_over_floor", ".2f"), ("/refs", ">6", "ours_over_floor_refs", ".2f")]
-    hdr = " ".join(f"{c[0]:{c[1]}}" for c in cols)
-    print(hdr)
-    print("-" * len(hdr))
-    for r in results:
-        cells = []
-        for _, align, key, fmt in cols:
-            text = format(r[key], fmt) + ("x" if key.startswith(("speedup", "ours_over")) else "")
-            cells.append(f"{text:{align}}")
-        print(" ".join(cells))
+    print_table(results, cols, ratio_keys=[c[2] for c in cols if c[2].startswith(("speedup", "ours_over"))])
     print(f"""
 ours      extract_clip: {args.frames} frames across the whole video, dlib (coarse-to-fine + size hint),
           one tracked subject, crops
