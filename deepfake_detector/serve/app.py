@@ -425,7 +425,7 @@ class _SecurityHeaders:
     """Pure ASGI middleware (does not touch the request body): conservative response headers.
 
     The upload page and its static files get a strict Content-Security-Policy (same origin only, no
-    inline script), which also proves the page uses no external resources. ``/docs`` is left alone.
+    inline script), which also proves the page uses no external resources; so does ``/docs``.
     """
 
     PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -439,7 +439,7 @@ class _SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        page = path == "/" or path.startswith("/static/")
+        page = path in ("/", "/docs") or path.startswith("/static/")
 
         async def send_with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -508,6 +508,8 @@ def create_app(detector: Any, settings: Optional[ServeSettings] = None) -> FastA
         description="Screen a video for deepfake manipulation: sampled face crops -> CNN -> LSTM -> "
                     "REAL/FAKE. Upload with `POST /api/v1/predict` (multipart field `file`).",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their JavaScript from a CDN: /docs is our own page
+        redoc_url=None,
     )
     app.state.serve = state
     app.add_middleware(_SecurityHeaders)
@@ -545,6 +547,12 @@ def create_app(detector: Any, settings: Optional[ServeSettings] = None) -> FastA
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8",
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> FileResponse:
+        """The API reference, rendered from /openapi.json in the browser with no external resources."""
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html; charset=utf-8",
                             headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -33,16 +33,17 @@ document.addEventListener("DOMContentLoaded", () => {
 WAIT_MS = 120_000
 
 
-def _open(p, args: dict):
+def _open(p, args: dict, path: str = "/"):
     browser = p.chromium.launch(executable_path=args["chromium"], args=CHROMIUM_ARGS, headless=True)
     context = browser.new_context(viewport={"width": 1000, "height": 900}, device_scale_factor=1)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
-    page.add_init_script(WATCH_PROGRESS)
+    if path == "/":
+        page.add_init_script(WATCH_PROGRESS)
     seen: dict = {"requests": [], "errors": []}
     page.on("request", lambda req: seen["requests"].append(req.url))
     page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
-    page.goto(args["base"] + "/")
+    page.goto(args["base"] + path)
     return browser, page, seen
 
 
@@ -98,13 +99,26 @@ def token(p, args: dict) -> dict:
     return seen
 
 
+def docs(p, args: dict) -> dict:
+    """The offline API reference renders every operation of /openapi.json."""
+    browser, page, seen = _open(p, args, "/docs")
+    page.on("console", lambda msg: msg.type == "error" and seen["errors"].append(msg.text))
+    page.wait_for_selector("#endpoints .api-op")
+    seen["api_line"] = page.inner_text("#api-line")
+    seen["operations"] = page.locator("#endpoints .api-op h2").all_inner_texts()
+    seen["predict_text"] = page.inner_text("[id='post-/api/v1/predict']")
+    seen["curl"] = page.inner_text("#curl-example")
+    browser.close()
+    return seen
+
+
 def main() -> int:
     scenario, args = sys.argv[1], json.loads(sys.argv[2])
     from playwright.sync_api import sync_playwright
 
     try:
         with sync_playwright() as p:
-            result = {"verdict": verdict, "token": token}[scenario](p, args)
+            result = {"verdict": verdict, "token": token, "docs": docs}[scenario](p, args)
     except Exception:  # report, so the test shows what went wrong in the browser
         print(json.dumps({"exception": traceback.format_exc()}))
         return 1

@@ -459,7 +459,11 @@ def test_healthz_and_model_info(serve_tmp: Path) -> None:
         assert info["server"]["max_upload_mb"] == 5
         assert m.headers["cache-control"] == "no-store"
         assert client.get("/openapi.json").json()["paths"]["/api/v1/predict"]["post"]
-        assert client.get("/docs").status_code == 200
+        docs = client.get("/docs")
+        assert docs.status_code == 200 and "/static/docs.js" in docs.text
+        assert "default-src 'none'" in docs.headers["content-security-policy"]  # nothing from a CDN
+        assert "http" not in docs.text.split("<body>")[0]  # no external script or style
+        assert client.get("/redoc").status_code == 404
 
 
 def test_detector_factory_is_loaded_once_at_startup(serve_tmp: Path) -> None:

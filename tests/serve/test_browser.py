@@ -106,3 +106,17 @@ def test_token_prompt_then_verdict(chromium: str, real_detector, face_video: Pat
     assert seen["first_title"] == "Access token needed"
     assert seen["verdict"] in ("REAL", "FAKE")
     assert seen["errors"] == []
+
+
+def test_api_reference_page_works_offline(chromium: str, real_detector, serve_tmp: Path) -> None:
+    app = create_app(real_detector, ServeSettings(tmp_dir=str(serve_tmp)))
+    with live_server(app) as base:
+        seen = drive("docs", chromium=chromium, base=base)
+    assert "OpenAPI 3" in seen["api_line"]
+    ops = [" ".join(o.split()) for o in seen["operations"]]
+    assert "POST /api/v1/predict" in ops and "GET /healthz" in ops and "GET /api/v1/model" in ops
+    for text in ("explain", "multipart/form-data", "413", "415", "503"):
+        assert text in seen["predict_text"], text
+    assert seen["curl"].startswith("curl -F") and base in seen["curl"]
+    assert seen["requests"] and all(u.startswith(base) or u.startswith("data:") for u in seen["requests"])
+    assert seen["errors"] == []
