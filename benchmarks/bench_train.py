@@ -154,6 +154,22 @@ def bench_ours(args, device: torch.device, channels_last: bool = True, compile_m
     }
 
 
+def loader_rate(frames: int, size: int, n: int = 60) -> float:
+    """Clips/s ONE DataLoader worker prepares for ``train`` (length fit + clip-consistent augmentation,
+    uint8 out, as ``ClipDataset(raw=True)``), measured in this process with OpenCV on one thread."""
+    import cv2
+    import numpy as np
+
+    from deepfake_detector.data.dataset import train_clip
+
+    cv2.setNumThreads(1)
+    clip = np.random.default_rng(0).integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+    t0 = time.perf_counter()
+    for i in range(n):
+        torch.from_numpy(train_clip(clip, frames, np.random.default_rng(i)))
+    return n / (time.perf_counter() - t0)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnext50_32x4d")
@@ -233,6 +249,10 @@ def main(argv=None) -> dict:
     if floor is not None:
         print(f"ours at {rows[1]['frames_s'] / floor['frames_s']:.1%} of the FLOP bound "
               f"({floor['gflops_per_frame']:.2f} GFLOP/frame, {floor['tflops_peak']} TFLOP/s peak)")
+    per_worker = loader_rate(args.frames, args.size)
+    need = rows[1]["clips_s"] / per_worker
+    print(f"data loading: {per_worker:.0f} clips/s per DataLoader worker (augmented, {args.frames} frames at "
+          f"{args.size} px); ours needs {need:.1f} workers to stay fed (train's --workers)")
     result = {
         "device": name,
         "backbone": args.backbone,
@@ -241,6 +261,8 @@ def main(argv=None) -> dict:
         "rows": rows,
         "speedup": ratio,
         "floor": floor,
+        "loader_clips_s_per_worker": per_worker,
+        "loader_workers_needed": need,
     }
     if args.json:
         print(json.dumps(result))

@@ -109,6 +109,26 @@ def clips_to_device(x: torch.Tensor, device: torch.device | str, non_blocking: b
     return y.permute(0, 1, 4, 2, 3).contiguous()
 
 
+_GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+
+
+def _colour_jitter(clip: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    """Brightness (x*b), contrast (about the frame's mean) and saturation (about its grey value), in one
+    pass per frame. The three are linear, so together they are ``A*x + B*grey(x) + C``: one 3x4 colour
+    matrix (``cv2.transform``, rounded and clipped to uint8) instead of several float passes over the clip.
+    """
+    import cv2
+
+    a = saturation * brightness * contrast
+    b = (1.0 - saturation) * brightness * contrast
+    m = a * np.eye(3) + b * np.tile(_GRAY, (3, 1))
+    out = np.empty_like(clip)
+    for t, frame in enumerate(clip):
+        c = (1.0 - contrast) * brightness * float(frame.mean())  # the frame mean, scaled by brightness
+        cv2.transform(np.ascontiguousarray(frame), np.hstack([m, np.full((3, 1), c)]), dst=out[t])
+    return out
+
+
 def _augment(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Deepfake-relevant augmentation, one parameter draw per clip, applied to every frame alike."""
     import cv2
@@ -136,13 +156,7 @@ def _augment(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             ]
         )
     if rng.random() < 0.8:  # colour jitter: brightness, contrast, saturation
-        x = out.astype(np.float32)
-        x *= rng.uniform(0.8, 1.2)  # brightness
-        mean = x.mean(axis=(1, 2, 3), keepdims=True)
-        x = (x - mean) * rng.uniform(0.8, 1.2) + mean  # contrast
-        gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        x = (x - gray[..., None]) * rng.uniform(0.8, 1.2) + gray[..., None]  # saturation
-        out = np.clip(x, 0, 255).astype(np.uint8)
+        out = _colour_jitter(out, rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2))
     if rng.random() < 0.25:  # Gaussian blur (defocus, low-quality uploads)
         sigma = rng.uniform(0.3, 1.5)
         out = np.stack([cv2.GaussianBlur(np.ascontiguousarray(f), (0, 0), sigma) for f in out])

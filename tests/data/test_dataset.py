@@ -63,6 +63,23 @@ def test_train_augmentation_is_the_same_on_every_frame_of_a_clip():
     assert changed >= 10  # and the augmentation does something
 
 
+def test_colour_jitter_in_one_pass_equals_the_three_steps():
+    from deepfake_detector.data.dataset import _colour_jitter
+
+    clip = np.random.default_rng(0).integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    for b, c, s in [(1.1, 0.9, 1.2), (0.8, 1.2, 0.8), (1.2, 1.2, 1.2), (1.0, 1.0, 1.0)]:
+        x = clip.astype(np.float64) * b  # brightness
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        x = (x - mean) * c + mean  # contrast about the frame mean
+        gray = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
+        x = (x - gray) * s + gray  # saturation about the grey value
+        want = np.clip(np.round(x), 0, 255)
+        got = _colour_jitter(clip, b, c, s)
+        assert got.dtype == np.uint8 and got.shape == clip.shape
+        assert np.abs(got.astype(np.float64) - want).max() <= 1.0
+    assert np.array_equal(_colour_jitter(clip, 1.0, 1.0, 1.0), clip)
+
+
 def test_augmentation_is_deterministic_per_seed_epoch_and_index(tmp_path):
     cache = make_synthetic_cache(tmp_path / "c", n_real=2, n_fake=2)
     rows = load_manifest(cache)
