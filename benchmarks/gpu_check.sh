@@ -23,6 +23,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 'bf16', torch.cuda.is_available() and torch.cuda.is_bf16_supported())"
 
+if [ "$DEV" = cuda ] && ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "error: no CUDA device here (GPU_CHECK_DEVICE=cpu runs a short smoke test of this script instead)" >&2
+  exit 2
+fi
 if [ "$DEV" = cpu ]; then  # smoke run of the script itself: tiny models, a few steps
   TRAIN_ARGS=(--device cpu --backbone tiny --hidden 16 --steps 1)
   PRED_ARGS=(--device cpu --backbone tiny --clips 8)
