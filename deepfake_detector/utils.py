@@ -16,6 +16,20 @@ from typing import IO, Any
 log = logging.getLogger(__name__)
 
 
+def process_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the only portable way to read it is to set it and set it back
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file next to ``path`` and rename it over ``path`` only on success.
@@ -28,6 +42,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
+            # mkstemp makes 0600 files; give the mode a plain open() would (0666 less the umask), or a
+            # cache or run folder shared by a group or read by a service account is unreadable
+            os.chmod(tmp, 0o666 & ~process_umask())
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
