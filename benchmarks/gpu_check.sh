@@ -20,6 +20,11 @@ t0=$SECONDS
 status=0
 step() { echo; echo "== $1  (t=$((SECONDS - t0)) s)"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+if ! $PY -c "import torch" 2>/dev/null; then
+  echo "error: '$PY' cannot import torch; set PYTHON to the interpreter of the project's environment" \
+       "(e.g. PYTHON=.venv/bin/python)" >&2
+  exit 2
+fi
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 'bf16', torch.cuda.is_available() and torch.cuda.is_bf16_supported())"
 
@@ -63,8 +68,11 @@ if [ "$DEV" = cuda ]; then
   timeout 120 $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m deepfake_detector train \
     "$OUT/cache" --name ddp --runs-dir "$OUT/runs" --backbone tiny --no-pretrained --hidden-size 32 \
     --epochs 2 --batch-size 8 --lr 3e-3 --seq-len 8 --workers 2 2>&1 | tail -4 || status=1
-  ls "$OUT/runs/ddp" | tr '\n' ' '; echo
-  grep -h '"backend"\|world_size' "$OUT/runs/ddp/config.json" 2>/dev/null | head -3
+  if [ -f "$OUT/runs/ddp/last.pt" ] && [ -f "$OUT/runs/ddp/metrics.csv" ]; then
+    echo "NCCL DDP run: ok ($(($(wc -l < "$OUT/runs/ddp/metrics.csv") - 1)) epochs in metrics.csv)"
+  else
+    echo "NCCL DDP run: FAILED (no last.pt/metrics.csv in $OUT/runs/ddp)"; status=1
+  fi
 fi
 
 step "5. summary"

@@ -36,9 +36,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def _load(path: Path):
+    """The JSON in ``path``; None when absent, with a line on stderr when it is there but unreadable."""
+    if not path.exists():
+        return None
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        print(f"skipped {path.name}: not readable JSON ({exc})", file=sys.stderr)
         return None
 
 
@@ -147,10 +151,22 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.summarize:
         out = Path(args.summarize)
-        summary = collect(out)
+        if not out.is_dir():
+            print(f"error: {out} is not a folder of benchmark JSON files", file=sys.stderr)
+            return 2
+        try:
+            summary = collect(out)
+        except (KeyError, TypeError, IndexError, ZeroDivisionError) as exc:
+            print(f"error: a JSON file in {out} does not have the benchmark scripts' layout ({exc!r})",
+                  file=sys.stderr)
+            return 2
+        if not summary["rows"]:
+            print(f"error: no benchmark results in {out} (expected preprocess.json, train*.json, "
+                  "predict_e2e*.json or predict_model*.json)", file=sys.stderr)
+            return 1
         print_table(summary)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return 0 if summary["rows"] else 1
+        return 0
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_all_"))
     out.mkdir(parents=True, exist_ok=True)
     stages = {s.strip() for s in args.stages.split(",") if s.strip()}
