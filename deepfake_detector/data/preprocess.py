@@ -134,11 +134,13 @@ def check_video_file(path: str) -> Optional[tuple[str, str]]:
     if os.path.isdir(path):
         return cache.UNREADABLE, "is a directory, not a video file"
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except OSError as exc:
         return cache.UNREADABLE, f"cannot stat: {exc.strerror or exc}"
-    if not stat.S_ISREG(mode):  # FIFOs and devices would block or never end
+    if not stat.S_ISREG(st.st_mode):  # FIFOs and devices would block or never end
         return cache.UNREADABLE, "not a regular file (pipe, device or socket)"
+    if st.st_size == 0:
+        return cache.UNREADABLE, "empty file (0 bytes)"
     if not os.access(path, os.R_OK):
         return cache.UNREADABLE, "permission denied"
     return None

@@ -477,3 +477,13 @@ def test_disk_full_in_a_worker_process_stops_the_pool(tmp_path, monkeypatch):
     monkeypatch.setattr(pp, "_TASK", pp._process_one)
     again = run_preprocess(recs, out, _FAST, workers=0, progress=False)
     assert again.skipped == len(rows) - 1 and len(_rows(out)) == len(recs)
+
+
+def test_an_empty_file_is_named_as_such(tmp_path):
+    from deepfake_detector.data.preprocess import check_video_file, extract_clip
+
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    assert check_video_file(str(empty)) == ("unreadable", "empty file (0 bytes)")
+    res = extract_clip(empty, PreprocessConfig(frames=4, size=32, detector="center"))
+    assert res.status == "unreadable" and res.error == "empty file (0 bytes)"
