@@ -46,6 +46,14 @@ def _load(path: Path):
         return None
 
 
+def _each(out: Path, pattern: str):
+    """The loaded, non-empty JSON files of ``out`` matching ``pattern``, in name order."""
+    for path in sorted(out.glob(pattern)):
+        data = _load(path)
+        if data:
+            yield data
+
+
 def _row(stage: str, unit: str, ref: Optional[float], ours: Optional[float], floor: Optional[float],
          note: str = "") -> dict:
     return {
@@ -72,10 +80,7 @@ def collect(out: Path) -> dict:
         table.append(_row(f"preprocess {v['video']} ({v['size']}, {v['frames']} fr)", "videos/s",
                           1 / v["ref_s"], 1 / v["ours_s"], 1 / v["floor_s"],
                           f"floor = decode-only ({v.get('floor_how', '')})"))
-    for path in sorted(out.glob("train*.json")):
-        tr = _load(path)
-        if not tr:
-            continue
+    for tr in _each(out, "train*.json"):
         device = device or tr.get("device")
         rows = tr["rows"]
         ref, ours = rows[0], rows[1]
@@ -89,10 +94,7 @@ def collect(out: Path) -> dict:
                 continue
             table.append(_row(f"  {extra['setup']} b{extra['batch']} {extra['layout']}", "frames/s",
                               ref["frames_s"], extra["frames_s"], floor.get("frames_s"), extra["precision"]))
-    for path in sorted(out.glob("predict_e2e*.json")):
-        e2e = _load(path)
-        if not e2e:
-            continue
+    for e2e in _each(out, "predict_e2e*.json"):
         device = device or e2e.get("device")
         rows = e2e["rows"]
         ref, ours, floor = _by_setup(rows, "reference"), _by_setup(rows, "ours"), _by_setup(rows, "floor")
@@ -101,10 +103,7 @@ def collect(out: Path) -> dict:
             note += f"; one video end to end {e2e['one_video_s']:.2f} s"
         table.append(_row("predict end to end (10 s 720p)", "videos/s", ref and ref["videos_s"],
                           ours and ours["videos_s"], floor and floor["videos_s"], note))
-    for path in sorted(out.glob("predict_model*.json")):
-        pm = _load(path)
-        if not pm or "rows" not in pm:
-            continue
+    for pm in _each(out, "predict_model*.json"):
         device = device or pm.get("device")
         rows = pm["rows"]
         ref, fl = _by_setup(rows, "reference"), _by_setup(rows, "floor")
