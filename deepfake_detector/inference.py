@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -461,6 +462,7 @@ class Detector:
             bar = tqdm(total=len(paths), unit="video", desc="predict", leave=False)
         todo: list[str] = []
         todo_idx: list[int] = []
+        target = _ExplainTarget(explain_dir) if explain_dir is not None else None  # per call
         try:
             for i, p in enumerate(paths):  # cheap checks first: no worker needed for a missing file
                 pre = self._precheck(p)
@@ -474,7 +476,7 @@ class Detector:
             batch: list[tuple[int, str, Any]] = []
 
             def score(items: list[tuple[int, str, Any]]) -> Iterator[tuple[int, Prediction]]:
-                for out in self._score_batch(items, explain_dir):
+                for out in self._score_batch(items, target):
                     if bar is not None:
                         bar.update(1)
                     yield out
@@ -618,7 +620,7 @@ class Detector:
                 probs[k] = float(v)
         return probs
 
-    def _score_batch(self, batch: list[tuple[int, str, Any]], explain_dir: Optional[PathLike]):
+    def _score_batch(self, batch: list[tuple[int, str, Any]], target: Optional[_ExplainTarget]):
         import torch
 
         t0 = time.perf_counter()
@@ -659,25 +661,66 @@ class Detector:
             else:
                 pred.p_fake = prob
                 pred.label = label_for(prob, self.threshold)
-                if explain_dir is not None:
-                    pred.explanation = self._explain(x, res, pred, explain_dir)
+                if target is not None:
+                    pred.explanation = self._explain(x, res, pred, target)
             pred.seconds = round(float(getattr(res, "seconds", 0.0) or 0.0) + share, 4)
             outs.append((i, pred))
         return outs
 
-    def _explain(self, x: Any, res: Any, pred: Prediction, explain_dir: PathLike) -> Optional[str]:
+    def _explain(self, x: Any, res: Any, pred: Prediction, target: _ExplainTarget) -> Optional[str]:
+        """Write the heat-map strip for one scored video; None (and a warning) when it cannot.
+
+        An explanation never costs the verdict. A file-system error is one warning line; one that will
+        hit every other video too (disk full, quota, read-only, no permission) stops explanations for
+        the rest of this predict call, so the run does not render strips it cannot store.
+        """
         from . import explain
         from .data.dataset import clips_to_device
 
+        if target.stopped:
+            return None
         try:
             x = clips_to_device(x.unsqueeze(0), "cpu")[0]  # normalised [T,3,H,W], as the model saw it
-            out = explain.explain_video(self.model, x, res, pred, explain_dir, threshold=self.threshold,
+            out = explain.explain_video(self.model, x, res, pred, target.folder, threshold=self.threshold,
                                         seq_len=self.seq_len, channel_order=self.channel_order,
                                         device=self.device)
             return os.fspath(out)
-        except Exception as exc:  # an explanation must never cost the verdict; it is logged, not hidden
-            log.warning("could not write the explanation for %s: %s", pred.path, exc, exc_info=True)
+        except OSError as exc:
+            hint = _STOP_EXPLAINING.get(exc.errno or 0)
+            if hint is not None:
+                target.stopped = True
+                log.warning("explanations stopped: cannot write to %s: %s (%s); the remaining videos still "
+                            "get their verdicts", _shown(target.folder), exc.strerror or exc, hint)
+            else:
+                log.warning("could not write the explanation for %s: %s", _shown(pred.path), exc)
             return None
+        except Exception as exc:  # a bug: keep the traceback, but the verdict stands
+            log.warning("could not write the explanation for %s: %s", _shown(pred.path), exc, exc_info=True)
+            return None
+
+
+class _ExplainTarget:
+    """Where one predict call writes its explanations, and whether it gave up on that folder."""
+
+    def __init__(self, folder: PathLike) -> None:
+        self.folder = folder
+        self.stopped = False
+
+
+#: File-system errors that every further explanation would hit too, with a hint for the warning.
+_STOP_EXPLAINING = {
+    errno.ENOSPC: "disk full?",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "no permission to write there",
+    errno.EPERM: "no permission to write there",
+}
+if hasattr(errno, "EDQUOT"):  # not on every platform
+    _STOP_EXPLAINING[errno.EDQUOT] = "disk quota exceeded?"
+
+
+def _shown(path: Any) -> str:
+    """A path for a log line (undecodable file-name bytes as replacement characters)."""
+    return os.fsencode(os.fspath(path)).decode("utf-8", "replace")
 
 
 def _check_threshold(threshold: Any) -> None:

@@ -29,6 +29,7 @@ Loading is always ``torch.load(..., weights_only=True)``; a file that needs arbi
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
@@ -65,6 +66,8 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     """
     import torch
 
+    from .engine.checkpoint import needs_code  # here, not at the top: decoding workers import this module
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
@@ -74,23 +77,57 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         raise UserError(f"checkpoint is empty (0 bytes): {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsafeFileError(
-            f"refusing to load {path}: it contains pickled Python objects that could run code "
-            f"(only plain state dicts / tensors are accepted; re-save it with "
-            f"torch.save(model.state_dict())). Detail: {first[:200]}"
-        ) from None
     except MemoryError:
         raise UserError(f"cannot load checkpoint {path}: it needs more memory than is available") from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError, KeyError, TypeError,
-            AttributeError, IndexError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in msg or "Unsupported global" in msg or "unpickl" in msg.lower():
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError, KeyError,
+            TypeError, AttributeError, IndexError) as exc:
+        if isinstance(exc, OSError) and exc.errno in _ACCESS_ERRNOS:  # the file system, not the content
+            raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+        detail = torch_error_detail(exc)
+        if needs_code(exc):  # the file imports code: refused, nothing of it ran
             raise UnsafeFileError(
-                f"refusing to load {path}: it needs arbitrary unpickling ({msg[:200]})"
+                f"refusing to load {path}: it contains pickled Python objects that could run code "
+                f"(only plain state dicts / tensors are accepted; re-save it with "
+                f"torch.save(model.state_dict()) where you trust it). Detail: {detail}"
             ) from None
-        raise UserError(f"cannot read checkpoint {path}: not a valid PyTorch file ({msg[:200]})") from None
+        raise UserError(f"cannot read checkpoint {path}: not a readable checkpoint (corrupt, truncated, or "
+                        f"not a PyTorch file; torch: {detail})") from None
+
+
+#: ``OSError`` numbers that are about reaching the file; others (torch reports a truncated zip as
+#: ``EINVAL``) are about its content.
+_ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT, errno.EISDIR, errno.ENXIO}
+
+#: Lines of torch's generic ``weights_only`` advice: they say nothing about this file.
+_TORCH_BOILERPLATE = ("weights only load failed", "(1)", "(2)", "in pytorch 2.6", "check the documentation",
+                      "please file an issue", "alternatively, to load")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def torch_error_detail(exc: BaseException, limit: int = 300) -> str:
+    """The informative part of a ``torch.load`` error as one short line, never cut mid-sentence.
+
+    torch wraps the real reason (``Unsupported global: GLOBAL os.system ...``, ``failed finding central
+    directory``) in paragraphs of generic advice; this keeps the first sentence of the first line that
+    is not that advice. Only a single sentence longer than ``limit`` is shortened, with a marked "...".
+    """
+    text = _ANSI.sub("", str(exc))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        low = ln.lower()
+        if "weightsunpickler error:" in low:
+            ln = ln[low.index("weightsunpickler error:") + len("weightsunpickler error:"):].strip()
+            if not ln:
+                continue
+        elif low.startswith(_TORCH_BOILERPLATE):
+            continue
+        sentence = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", ln, maxsplit=1)[0].rstrip(".")
+        if len(sentence) > limit:
+            sentence = sentence[: limit - 3].rstrip() + "..."
+        if isinstance(exc, (pickle.UnpicklingError, RuntimeError)):  # torch's own messages read on their own
+            return sentence
+        return f"{type(exc).__name__}: {sentence}"
+    return type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------------

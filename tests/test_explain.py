@@ -118,3 +118,85 @@ def test_short_clips_explain(frames):
     model = BrightnessModel([1.0] * frames)
     expl = explain_clip(model, torch.rand(frames, 3, 16, 16))
     assert expl.cams.shape == (frames, 16, 16) and expl.contributions.shape == (frames,)
+
+
+# --- explanations that cannot be written ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_videos(tmp_path_factory) -> tuple[Path, list[Path]]:
+    d = tmp_path_factory.mktemp("explain_fail")
+    ckpt = make_tiny_checkpoint(d / "best.pt")
+    vids = [make_video(d / f"v{i}.mp4", frames=12 + 2 * i, size=(176, 144), face=True) for i in range(3)]
+    return ckpt, vids
+
+
+def _failing_writer(monkeypatch, exc: BaseException) -> list:
+    """Make every PNG write raise ``exc``; returns the list of attempted paths."""
+    import deepfake_detector.explain as ex
+
+    calls: list = []
+
+    def write(path, data):
+        calls.append(path)
+        raise exc
+
+    monkeypatch.setattr(ex, "atomic_write_bytes", write)
+    return calls
+
+
+def _explain_warnings(caplog) -> list:
+    return [r for r in caplog.records if r.name == "deepfake_detector.inference" and r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES"])
+def test_a_full_or_read_only_folder_stops_explaining_once_and_keeps_the_verdicts(
+        tmp_path, three_videos, monkeypatch, caplog, code):
+    import errno
+
+    ckpt, vids = three_videos
+    num = getattr(errno, code)
+    calls = _failing_writer(monkeypatch, OSError(num, os.strerror(num)))
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0, batch_size=2)  # two batches
+    with caplog.at_level("WARNING"):
+        preds = det.predict(vids, explain_dir=tmp_path / "ex")
+    assert [p.status for p in preds] == ["ok"] * 3 and all(p.p_fake is not None for p in preds)
+    assert all(p.explanation is None for p in preds)
+    assert len(calls) == 1  # no Grad-CAM rendered for the videos after the first failure
+    warnings = _explain_warnings(caplog)
+    assert len(warnings) == 1
+    assert warnings[0].getMessage().startswith("explanations stopped: cannot write to ")
+    assert warnings[0].exc_info is None  # one line, no traceback
+    if code == "ENOSPC":
+        assert "(disk full?)" in warnings[0].getMessage()
+    # the next predict call tries again (the folder may have room by now)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        det.predict(vids[:1], explain_dir=tmp_path / "ex")
+    assert len(calls) == 2 and len(_explain_warnings(caplog)) == 1
+
+
+def test_other_os_errors_warn_per_video_without_traceback(tmp_path, three_videos, monkeypatch, caplog):
+    import errno
+
+    ckpt, vids = three_videos
+    calls = _failing_writer(monkeypatch, OSError(errno.ENOENT, "No such file or directory"))
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0)
+    with caplog.at_level("WARNING"):
+        preds = det.predict(vids, explain_dir=tmp_path / "ex")
+    assert all(p.p_fake is not None and p.explanation is None for p in preds)
+    assert len(calls) == 3
+    warnings = _explain_warnings(caplog)
+    assert len(warnings) == 3 and all(w.exc_info is None for w in warnings)
+    assert all(w.getMessage().startswith("could not write the explanation for ") for w in warnings)
+
+
+def test_a_bug_while_explaining_keeps_its_traceback(tmp_path, three_videos, monkeypatch, caplog):
+    ckpt, vids = three_videos
+    _failing_writer(monkeypatch, ValueError("a bug"))
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0)
+    with caplog.at_level("WARNING"):
+        (pred,) = det.predict(vids[:1], explain_dir=tmp_path / "ex")
+    assert pred.p_fake is not None and pred.explanation is None
+    (warning,) = _explain_warnings(caplog)
+    assert warning.exc_info is not None

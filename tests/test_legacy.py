@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 
 import pytest
 import torch
@@ -192,3 +194,75 @@ def test_unreadable_files_are_user_errors(tmp_path, content):
         lg.safe_torch_load(path)
     with pytest.raises(UserError, match="not found"):
         lg.safe_torch_load(tmp_path / "missing.pt")
+
+
+class _ShellPayload:
+    """Unpickling would create the marker file (a live payload; weights_only must never run it)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _assert_clean_line(message: str) -> None:
+    """One line, none of torch's generic advice, not cut off mid-sentence."""
+    assert "\n" not in message
+    for noise in ("Weights only load failed", "In PyTorch 2.6", "Re-running", "Check the documentation",
+                  "Please file an issue"):
+        assert noise not in message
+    assert message.rstrip().endswith(")") or message.rstrip()[-1].isalnum()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated-zip", "broken-tar"])
+def test_corrupt_checkpoint_is_unreadable_not_unsafe(tmp_path, kind):
+    path = tmp_path / "bad.pt"
+    if kind == "garbage":
+        path.write_bytes(b"garbage\n")
+    elif kind == "truncated-zip":
+        torch.save(_tiny_reference_state().state_dict(), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        torch.save({"w": torch.zeros(3)}, path, _use_new_zipfile_serialization=False)
+        path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(UserError) as info:
+        lg.safe_torch_load(path)
+    assert not isinstance(info.value, UnsafeFileError)
+    message = str(info.value)
+    assert "not a readable checkpoint (corrupt" in message and "refusing" not in message
+    _assert_clean_line(message)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy-tar"])
+def test_pickle_payload_is_still_refused_as_unsafe_and_never_runs(tmp_path, zip_format):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model.0.weight": torch.zeros(2), "x": _ShellPayload(str(marker))}, path,
+               _use_new_zipfile_serialization=zip_format)
+    torch.load(path, weights_only=False)  # the payload is live
+    assert marker.exists()
+    marker.rmdir()
+    with pytest.raises(UnsafeFileError) as info:
+        lg.safe_torch_load(path)
+    assert not marker.exists()
+    message = str(info.value)
+    assert message.startswith(f"refusing to load {path}") and "GLOBAL" in message and "mkdir" in message
+    _assert_clean_line(message)
+
+
+def test_torch_error_detail_keeps_the_first_sentence_only():
+    exc = pickle.UnpicklingError(
+        "Weights only load failed. This file can still be loaded, to do so you have two options, "
+        "\x1b[1mdo those steps only if you trust the source of the checkpoint\x1b[0m. \n\t(1) In PyTorch "
+        "2.6, we changed the default.\n\t(2) Alternatively, to load with `weights_only=True` please "
+        "check.\n\t"
+        "WeightsUnpickler error: Unsupported global: GLOBAL torch.nn.Linear was not an allowed global by "
+        "default. Please use `torch.serialization.add_safe_globals([torch.nn.Linear])` or ...\n\n"
+        "Check the documentation of torch.load to learn more.")
+    assert lg.torch_error_detail(exc) == ("Unsupported global: GLOBAL torch.nn.Linear was not an allowed "
+                                          "global by default")
+    assert lg.torch_error_detail(RuntimeError("")) == "RuntimeError"
+    assert lg.torch_error_detail(KeyError("x")) == "KeyError: 'x'"
+    long = RuntimeError("x" * 1000)
+    assert lg.torch_error_detail(long).endswith("...") and len(lg.torch_error_detail(long)) == 300

@@ -6,7 +6,9 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,8 +20,8 @@ DESCRIPTION = (
     "--legacy). INPUT is a video file, a folder (searched recursively for video files) or a list: a .csv "
     "(column 'path' or 'file', else the first column) or a .txt with one path per line, relative paths "
     "being relative to the list's folder. The checkpoint's own preprocessing (frames, face crops) and "
-    "threshold are used. Exit code: 0 when every video got a verdict, 1 when some could not be scored, "
-    "2 for usage errors."
+    "threshold are used. Exit code: 0 when every video got a verdict, 1 when some could not be scored (or, "
+    "with --explain, got no explanation), 2 for usage errors."
 )
 
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -208,30 +210,77 @@ def _display_path(path: str) -> str:
         return path
 
 
-def format_table(preds: list) -> str:
-    header = ["path", "P(FAKE)", "label", "status", "frames", "face %", "error"]
-    rows = []
-    for p in preds:
-        rows.append([
-            _short(_display_path(p.path), 48, left=True),
-            "-" if p.p_fake is None else f"{p.p_fake:.3f}",
-            p.label or "-",
-            p.status,
-            str(p.frames),
-            "-" if p.p_fake is None and not p.frames else f"{p.face_ratio * 100:.0f}%",
-            _short(p.error, 60),
-        ])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+def score_digits(preds: list, threshold: float, least: int = 3, most: int = 8) -> int:
+    """Decimals that show every score on the right side of the threshold (3 unless more are needed).
+
+    A P(FAKE) just above or below the threshold would otherwise print as the same number as the
+    threshold with opposite labels (``0.504 FAKE``, ``0.504 REAL``, ``threshold 0.504``).
+    """
+    scores = [float(p.p_fake) for p in preds if p.p_fake is not None and math.isfinite(p.p_fake)]
+    for digits in range(least, most + 1):
+        thr = f"{threshold:.{digits}f}"
+        if all(v == threshold or f"{v:.{digits}f}" != thr for v in scores):
+            return digits
+    return most
+
+
+def _short_middle(text: str, width: int) -> str:
+    """``text`` within ``width`` characters, cut in the middle: an error's kind and its cause both stay."""
+    text = _printable(text)
+    if len(text) <= width:
+        return text
+    head = (width - 5) * 2 // 5
+    return text[:head] + " ... " + text[-(width - 5 - head):]
+
+
+TABLE_HEADER = ["path", "P(FAKE)", "label", "status", "frames", "face %", "error"]
+
+
+def _table_cells(preds: list, digits: int) -> list[list[str]]:
+    """Every table row's cells except the error."""
+    return [[
+        _short(_display_path(p.path), 48, left=True),
+        "-" if p.p_fake is None else f"{p.p_fake:.{digits}f}",
+        p.label or "-",
+        p.status,
+        str(p.frames),
+        "-" if p.p_fake is None and not p.frames else f"{p.face_ratio * 100:.0f}%",
+    ] for p in preds]
+
+
+def table_error_width(preds: list, digits: int = 3) -> int:
+    """Room for the error column: what the terminal has left after the other columns, at least 80.
+
+    Not a terminal (a pipe, a file): 160 columns unless ``$COLUMNS`` says otherwise.
+    """
+    rows = _table_cells(preds, digits)
+    other = sum(max(len(h), *(len(r[i]) for r in rows)) + 2 if rows else len(h) + 2
+                for i, h in enumerate(TABLE_HEADER[:-1]))
+    return max(80, shutil.get_terminal_size((160, 24)).columns - other)
+
+
+def format_table(preds: list, digits: int = 3, err_width: Optional[int] = None) -> str:
+    """The results table; errors longer than ``err_width`` are shortened in the middle."""
+    if err_width is None:
+        err_width = table_error_width(preds, digits)
+    cells = _table_cells(preds, digits)
+    rows = [row + [_short_middle(p.error, err_width)] for row, p in zip(cells, preds)]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(TABLE_HEADER)]
     right = {1, 4, 5}
 
     def line(cells: list[str]) -> str:
         out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
         return "  ".join(out).rstrip()
 
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return "\n".join([line(TABLE_HEADER), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def summary_line(preds: list, seconds: float, threshold: float) -> str:
+def shortened_errors(preds: list, err_width: int) -> int:
+    """How many error messages ``format_table`` shortened at this width."""
+    return sum(1 for p in preds if len(_printable(p.error)) > err_width)
+
+
+def summary_line(preds: list, seconds: float, threshold: float, digits: int = 3) -> str:
     from collections import Counter
 
     fake = sum(1 for p in preds if p.label == "FAKE")
@@ -244,7 +293,7 @@ def summary_line(preds: list, seconds: float, threshold: float) -> str:
     if unscored:
         text += f", {sum(unscored.values())} not scored (" + ", ".join(
             f"{k}: {v}" for k, v in sorted(unscored.items())) + ")"
-    return text + f"; threshold {threshold:.3f}; {seconds:.1f} s"
+    return text + f"; threshold {threshold:.{digits}f}; {seconds:.1f} s"
 
 
 def write_results(path: str, preds: list, meta: Optional[dict] = None) -> None:
@@ -326,10 +375,17 @@ def run(args: argparse.Namespace) -> int:
     )
     preds = detector.predict(paths, explain_dir=args.explain, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - t0
+    digits = score_digits(preds, detector.threshold)
+    summary = summary_line(preds, seconds, detector.threshold, digits)
     if not args.quiet:
-        print(format_table(preds))
+        err_width = table_error_width(preds, digits)
+        print(format_table(preds, digits, err_width))
         print()
-    print(summary_line(preds, seconds, detector.threshold))
+        cut = shortened_errors(preds, err_width)
+        if cut:
+            where = f"in {args.output}" if args.output else "with --output FILE.csv"
+            summary += f" ({cut} error message(s) shortened in the table; full text {where})"
+    print(summary)
     if args.output:
         info = detector.info()
         meta = {"checkpoint": info.get("checkpoint"), "sha256": info.get("sha256"),
@@ -339,7 +395,12 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"cannot write {args.output}: {exc}") from None
         print(f"results written to {args.output}")
+    missing_explanations = 0
     if args.explain:
         n = sum(1 for p in preds if p.explanation)
         print(f"{n} explanation(s) written to {args.explain}")
-    return 0 if all(p.p_fake is not None for p in preds) else 1
+        missing_explanations = sum(1 for p in preds if p.p_fake is not None and not p.explanation)
+        if missing_explanations:
+            print(f"warning: {missing_explanations} scored video(s) got no explanation in {args.explain} "
+                  "(see the warnings above); their verdicts stand", file=sys.stderr)
+    return 0 if all(p.p_fake is not None for p in preds) and not missing_explanations else 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 
 from ..errors import UserError
@@ -15,6 +17,11 @@ DESCRIPTION = (
     "says otherwise. Set a bearer token with --token or the DEEPFAKE_DETECTOR_TOKEN environment variable "
     "(preferred: command-line arguments are visible to other users in 'ps')."
 )
+
+
+#: Ends a help text that already says its default: an empty rendering of ``%(default)s``, which also
+#: stops argparse's defaults formatter from appending "(default: None)" after it.
+_DEFAULT_SAID = "%(default).0s"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,18 +40,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time limit (s) for receiving one upload; 408 when exceeded")
     parser.add_argument("--token", default=None,
                         help="require 'Authorization: Bearer TOKEN' on /api/v1/*; 'generate' makes a random "
-                             "one and prints it (default: $DEEPFAKE_DETECTOR_TOKEN, else no authentication)")
+                             "one and prints it (default: $DEEPFAKE_DETECTOR_TOKEN, else no authentication)"
+                             + _DEFAULT_SAID)
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                        help="allow browser calls from this origin (repeatable); no CORS by default")
+                        help="allow browser calls from this origin (repeatable); no CORS by default"
+                             + _DEFAULT_SAID)
     parser.add_argument("--tmp-dir", default=None,
-                        help="parent folder of the private upload folder (default: the system temp dir)")
+                        help="parent folder of the private upload folder (default: the system temp dir)"
+                             + _DEFAULT_SAID)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--compile", action="store_true",
                         help="run the network through torch.compile (GPU; the warm-up request pays it)")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="override the checkpoint's decision threshold on P(FAKE)")
-    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
-                        help="skip the start-up run of a tiny synthetic video (the first request is slower)")
+                        help="override the checkpoint's decision threshold on P(FAKE) "
+                             "(default: the checkpoint's)" + _DEFAULT_SAID)
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="skip the start-up run of a tiny synthetic video (the first request is then "
+                             "slower; default: warm up)" + _DEFAULT_SAID)
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
 
@@ -65,11 +77,49 @@ def _settings(args: argparse.Namespace):
             host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, workers=args.workers,
             token=token, queue_size=args.queue_size, request_timeout_s=args.timeout,
             upload_timeout_s=args.upload_timeout, cors_origins=tuple(args.cors_origin), tmp_dir=args.tmp_dir,
-            warmup=args.warmup,
+            warmup=not args.no_warmup,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     return settings, generated
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let go, the way uvicorn will (``SO_REUSEADDR``), or raise UserError.
+
+    Catches a port already in use, an address that is not this machine's and a privileged port before
+    the model is loaded, with one line saying what to change. Another program can still take the port
+    in between: uvicorn then reports it itself.
+    """
+    where = _address(host, port)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(f"cannot listen on {where}: unknown host ({exc}); check --host") from None
+    for family, kind, proto, _name, addr in {(i[0], i[1], i[2], i[3], i[4]) for i in infos}:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                if os.name != "nt":  # as uvicorn / asyncio do; on Windows it would allow a second server
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == getattr(socket, "AF_INET6", None):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                why = "address already in use; choose another --port"
+            elif exc.errno == errno.EADDRNOTAVAIL:
+                why = "this machine has no such address; check --host (127.0.0.1 or 0.0.0.0)"
+            elif exc.errno in (errno.EACCES, errno.EPERM):
+                why = "permission denied (ports below 1024 need privileges); choose another --port"
+            elif exc.errno == errno.EAFNOSUPPORT:
+                continue  # e.g. IPv6 disabled: uvicorn will use the other addresses
+            else:
+                why = exc.strerror or str(exc)
+            raise UserError(f"cannot listen on {where}: {why}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         if not 0.0 <= args.threshold <= 1.0:
             raise UserError("--threshold must be between 0 and 1")
         opts["threshold"] = args.threshold
+    check_can_listen(settings.host, settings.port)  # before the (slow) model load, not after it
     print(f"loading {args.checkpoint} ...", file=sys.stderr)
     # UserError on bad files
     detector = Detector.from_checkpoint(args.checkpoint, device=args.device, compile=args.compile, **opts)

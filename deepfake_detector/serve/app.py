@@ -26,6 +26,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hmac
+import json
 import logging
 import math
 import os
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
@@ -410,6 +412,59 @@ def _error(status: int, detail: str, headers: Optional[dict] = None) -> JSONResp
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+_PARAMETER_KINDS = {"query": "query parameter", "path": "path parameter", "header": "header",
+                    "cookie": "cookie", "body": "body field"}
+
+
+def _validation_detail(errors: Any) -> str:
+    """FastAPI's list of validation problems as the one-line ``detail`` every other error has.
+
+    ``[{"loc": ["query", "explain"], "msg": "Input should be a valid boolean...", "input": "maybe"}]``
+    becomes ``invalid value 'maybe' for query parameter 'explain': input should be a valid boolean...``.
+    """
+    errors = list(errors or [])
+    if not errors:
+        return "invalid request"
+    first = errors[0] if isinstance(errors[0], dict) else {}
+    loc = [str(part) for part in first.get("loc") or ()]
+    kind = _PARAMETER_KINDS.get(loc[0], "parameter") if loc else "parameter"
+    name = ".".join(loc[1:]) if len(loc) > 1 else (loc[0] if loc else "?")
+    msg = " ".join(str(first.get("msg") or "invalid value").split()).rstrip(".")
+    msg = msg[:1].lower() + msg[1:]
+    value = first.get("input")
+    shown = ""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        text = "".join(ch for ch in str(value) if ch.isprintable())
+        shown = f" {text[:40] + '...' if len(text) > 40 else text!r}"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    if first.get("type") == "missing":
+        return f"missing {kind} '{name}'{more}"
+    return f"invalid value{shown} for {kind} '{name}': {msg}{more}"
+
+
+_UNUSED_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def _without_validation_422(schema: dict) -> dict:
+    """OpenAPI as served: a bad parameter is answered 400 (see the handler), never FastAPI's 422."""
+    for item in (schema.get("paths") or {}).values():
+        for op in item.values():
+            responses = op.get("responses") if isinstance(op, dict) else None
+            if isinstance(responses, dict) and responses.pop("422", None) is not None:
+                responses.setdefault("400", {"description": "An invalid parameter value"})
+    components = schema.get("components") or {}
+    schemas = components.get("schemas") or {}
+    text = json.dumps(schema.get("paths") or {})
+    for name in _UNUSED_SCHEMAS:
+        if f"#/components/schemas/{name}" not in text:
+            schemas.pop(name, None)
+    if "schemas" in components and not schemas:
+        del components["schemas"]
+    if "components" in schema and not components:
+        del schema["components"]
+    return schema
+
+
 @dataclasses.dataclass
 class _State:
     settings: ServeSettings
@@ -526,6 +581,20 @@ def create_app(detector: Any, settings: Optional[ServeSettings] = None) -> FastA
         log.exception("unhandled error on %s", request.url.path)
         return _error(500, "internal server error")
 
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A bad query value (``?explain=maybe``) is a 400 with a string detail, like every other error."""
+        return _error(400, _validation_detail(exc.errors()))
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = _without_validation_422(default_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     def require_token(request: Request) -> None:
         """Bearer-token check (constant-time); a no-op when no token is configured."""
         if settings.token is None:
@@ -557,7 +626,10 @@ def create_app(detector: Any, settings: Optional[ServeSettings] = None) -> FastA
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.get("/healthz", summary="Liveness and readiness")
+    @app.get("/healthz", summary="Liveness and readiness", responses={
+        200: {"description": "The model is loaded and requests are accepted"},
+        503: {"description": "The model is not loaded (the server is starting or stopping); see Retry-After"},
+    })
     async def healthz() -> JSONResponse:
         """200 when the model is loaded and requests are accepted; 503 otherwise. No authentication."""
         if state.detector is None or state.admission is None:
@@ -570,7 +642,11 @@ def create_app(detector: Any, settings: Optional[ServeSettings] = None) -> FastA
             "limits": settings.public_dict(),
         })
 
-    @app.get("/api/v1/model", summary="The loaded checkpoint", dependencies=[Depends(require_token)])
+    @app.get("/api/v1/model", summary="The loaded checkpoint", dependencies=[Depends(require_token)],
+             responses={200: {"description": "The loaded model and the server's limits"},
+                        401: {"description": "Missing or wrong bearer token"},
+                        503: {"description": "The model is not loaded (the server is starting or stopping); "
+                                             "see Retry-After"}})
     async def model_info() -> JSONResponse:
         """Name, checkpoint sha256, config, metrics and threshold of the loaded model, plus server limits."""
         ready()
@@ -588,18 +664,22 @@ def create_app(detector: Any, settings: Optional[ServeSettings] = None) -> FastA
                 "required": True,
                 "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {"file": {"type": "string", "format": "binary",
+                                            "description": "the video"}},
                 }}},
             }
         },
         responses={
-            400: {"description": "Missing `file` field or malformed/empty upload"},
+            200: {"description": "The video was processed; its `status` says how (a verdict, or why none)"},
+            400: {"description": "Missing `file` field, malformed or empty upload, or an invalid parameter "
+                                 "value (such as `explain=maybe`)"},
             401: {"description": "Missing or wrong bearer token"},
             408: {"description": "The upload took longer than the upload time limit"},
             413: {"description": "The file is larger than the upload limit"},
             415: {"description": "Not multipart, or the file is not a decodable video"},
             503: {"description": "Queue full or model not loaded (see Retry-After)"},
             504: {"description": "The analysis took longer than the request time limit"},
+            507: {"description": "The server has no room to store the upload right now"},
         },
     )
     async def predict(

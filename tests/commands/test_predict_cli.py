@@ -162,3 +162,83 @@ def test_json_output_is_strict_utf8_for_non_utf8_names(tmp_path):
     raw = out.read_bytes()
     raw.decode("utf-8", errors="strict")
     assert _json.loads(raw)["predictions"][0]["path"] == "/data/caf\\xe9.mp4"
+
+
+def test_explain_folder_that_fills_up_is_reported_and_exits_1(data, capsys, tmp_path, monkeypatch):
+    import errno
+
+    import deepfake_detector.explain as ex
+
+    writes: list = []
+
+    def disk_full(path, data):
+        writes.append(path)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ex, "atomic_write_bytes", disk_full)
+    code, out, err = _run(capsys, data["ckpt"], data["face"], data["nested"], "--workers", "0",
+                          "--explain", tmp_path / "ex")
+    assert code == 1
+    assert "2 video(s): " in out and "not scored" not in out  # the verdicts are all there
+    assert "0 explanation(s) written" in out
+    assert "warning: 2 scored video(s) got no explanation" in err
+    assert "Traceback" not in err
+    assert len(writes) == 1  # explaining stopped after the first failure
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", "truncated"])
+def test_corrupt_checkpoint_is_unreadable_not_unsafe(data, capsys, tmp_path, content):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(data["ckpt"].read_bytes()[:300] if content == "truncated" else content)
+    code, _, err = _run(capsys, path, data["face"])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: cannot read checkpoint") and "not a readable checkpoint (corrupt" in err
+    assert "refusing" not in err and "Weights only load failed" not in err
+
+
+def test_scores_near_the_threshold_get_enough_digits_and_long_errors_are_announced(tmp_path):
+    from deepfake_detector.commands import predict as cmd
+    from deepfake_detector.inference import Prediction
+
+    thr = 0.504
+    long_error = "cannot decode " + "/very/long/folder" * 10 + "/clip.mp4: moov atom not found"
+    preds = [Prediction(path="a.mp4", p_fake=0.50412, label="FAKE", status="ok", frames=6, face_ratio=1.0),
+             Prediction(path="b.mp4", p_fake=0.50381, label="REAL", status="ok", frames=6, face_ratio=1.0),
+             Prediction(path="c.mp4", status="unreadable", error=long_error)]
+    digits = cmd.score_digits(preds, thr)
+    assert digits == 4
+    assert cmd.score_digits(preds[2:], thr) == 3 and cmd.score_digits([], thr) == 3
+    table = cmd.format_table(preds, digits, err_width=80)
+    rows = {ln.split()[0]: ln.split() for ln in table.splitlines()[2:]}
+    assert rows["a.mp4"][1:3] == ["0.5041", "FAKE"] and rows["b.mp4"][1:3] == ["0.5038", "REAL"]
+    assert "threshold 0.5040;" in cmd.summary_line(preds, 1.0, thr, digits)
+    error_cell = table.splitlines()[-1].split("unreadable", 1)[1]
+    assert "cannot decode" in error_cell and "moov atom not found" in error_cell and " ... " in error_cell
+    assert cmd.shortened_errors(preds, 80) == 1 and cmd.shortened_errors(preds, 1000) == 0
+    assert cmd.table_error_width(preds, digits) >= 80
+
+
+def test_shortened_errors_are_mentioned_in_the_summary(data, capsys, tmp_path, monkeypatch):
+    from deepfake_detector.inference import Detector
+
+    long_error = "cannot decode: " + "very long detail " * 12 + "the useful end"
+    original = Detector.predict
+
+    def predict(self, paths, **kw):
+        preds = original(self, paths, **kw)
+        for p in preds:
+            if p.p_fake is None:
+                p.error = long_error
+        return preds
+
+    monkeypatch.setattr(Detector, "predict", predict)
+    monkeypatch.setenv("COLUMNS", "100")
+    out_csv = tmp_path / "r.csv"
+    code, out, _ = _run(capsys, data["ckpt"], data["face"], tmp_path / "missing.mp4", "--workers", "0",
+                        "-o", out_csv)
+    assert code == 1
+    assert f"(1 error message(s) shortened in the table; full text in {out_csv})" in out
+    assert "the useful end" in out  # shortened in the middle: the cause at the end stays visible
+    assert long_error in out_csv.read_text()
+    code, out, _ = _run(capsys, data["ckpt"], data["face"], tmp_path / "missing.mp4", "--workers", "0")
+    assert "full text with --output FILE.csv" in out

@@ -107,6 +107,10 @@ def docs(p, args: dict) -> dict:
     seen["api_line"] = page.inner_text("#api-line")
     seen["operations"] = page.locator("#endpoints .api-op h2").all_inner_texts()
     seen["predict_text"] = page.inner_text("[id='post-/api/v1/predict']")
+    seen["predict_code"] = page.locator("[id='post-/api/v1/predict'] p code").all_inner_texts()
+    seen["predict_body"] = page.inner_text("[id='post-/api/v1/predict'] ul li")
+    seen["response_code"] = page.locator("[id='post-/api/v1/predict'] table td code").all_inner_texts()
+    seen["healthz_text"] = page.inner_text("[id='get-/healthz']")
     seen["curl"] = page.inner_text("#curl-example")
     browser.close()
     return seen

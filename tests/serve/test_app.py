@@ -599,3 +599,48 @@ def test_real_detector_odd_videos_get_a_status(kind: str, real_detector, tmp_pat
         if kind == "no_face":
             assert body["status"] == "no_face"
         assert upload_dir_files(serve_tmp) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# invalid parameters and the OpenAPI description
+# --------------------------------------------------------------------------------------------------
+
+
+def test_invalid_query_value_is_400_with_a_string_detail(face_video: Path, serve_tmp: Path) -> None:
+    det = StubDetector()
+    with client_for(det, serve_tmp) as client:
+        with open(face_video, "rb") as fh:
+            r = client.post("/api/v1/predict?explain=maybe", files={"file": ("a.mp4", fh, "video/mp4")})
+        assert r.status_code == 400
+        detail = r.json()["detail"]
+        assert isinstance(detail, str) and "\n" not in detail
+        assert detail.startswith("invalid value 'maybe' for query parameter 'explain': ")
+        assert det.calls == []  # refused before any upload was analysed
+        r = client.post("/api/v1/predict?explain=" + "x" * 500, files={"file": ("a.mp4", b"x")})
+        assert r.status_code == 400 and len(r.json()["detail"]) < 200
+        assert upload_dir_files(serve_tmp) == []
+
+
+def test_openapi_documents_what_the_server_really_answers(serve_tmp: Path) -> None:
+    with client_for(StubDetector(), serve_tmp) as client:
+        spec = client.get("/openapi.json").json()
+    assert '"422"' not in str(spec).replace("'", '"') and "HTTPValidationError" not in str(spec)
+    predict = spec["paths"]["/api/v1/predict"]["post"]
+    assert "invalid parameter" in predict["responses"]["400"]["description"]
+    assert predict["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["file"][
+        "description"] == "the video"
+    health = spec["paths"]["/healthz"]["get"]["responses"]
+    assert set(health) == {"200", "503"}
+    assert set(spec["paths"]["/api/v1/model"]["get"]["responses"]) == {"200", "401", "503"}
+
+
+def test_validation_detail_helper() -> None:
+    from deepfake_detector.serve.app import _validation_detail
+
+    assert _validation_detail([]) == "invalid request"
+    assert _validation_detail([{"type": "missing", "loc": ["query", "n"], "msg": "Field required"}]) == (
+        "missing query parameter 'n'")
+    two = [{"type": "int_parsing", "loc": ["query", "n"], "msg": "Input should be a valid integer.",
+            "input": "a\nb"}, {"type": "missing", "loc": ["header", "x"], "msg": "Field required"}]
+    assert _validation_detail(two) == ("invalid value 'ab' for query parameter 'n': input should be a valid "
+                                       "integer (and 1 more problem(s))")

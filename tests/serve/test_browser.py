@@ -118,5 +118,11 @@ def test_api_reference_page_works_offline(chromium: str, real_detector, serve_tm
     for text in ("explain", "multipart/form-data", "413", "415", "503"):
         assert text in seen["predict_text"], text
     assert seen["curl"].startswith("curl -F") and base in seen["curl"]
+    # markdown `code` spans are <code> elements, not literal backticks
+    assert "`" not in seen["predict_text"] and "`" not in seen["healthz_text"]
+    assert "file" in seen["predict_code"] and "no_face" in seen["predict_code"]
+    assert " ".join(seen["predict_body"].split()) == "multipart/form-data with field file: the video (binary)"
+    assert "explain=maybe" in seen["response_code"] and "422" not in seen["predict_text"]
+    assert "503" in seen["healthz_text"] and "not loaded" in seen["healthz_text"]
     assert seen["requests"] and all(u.startswith(base) or u.startswith("data:") for u in seen["requests"])
     assert seen["errors"] == []

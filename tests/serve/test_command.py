@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,58 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture) -> None:
     for opt in ("--host", "--port", "--max-upload-mb", "--workers", "--token", "--queue-size", "--timeout",
                 "--cors-origin", "127.0.0.1"):
         assert opt in out
+
+
+def test_help_states_true_defaults(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default: True" not in out  # --no-warmup is off unless given
+    assert "--no-warmup skip the start-up run" in out and "default: warm up" in out
+    assert "(default: None)" not in out and "(default: [])" not in out
+
+
+def test_port_in_use_is_one_line_error_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepfake_detector.inference import Detector
+
+    def never(*a, **k):
+        raise AssertionError("the model must not be loaded when the port is taken")
+
+    monkeypatch.setattr(Detector, "from_checkpoint", never)
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"not loaded")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        assert main(["serve", str(ckpt), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"error: cannot listen on 127.0.0.1:{port}: address already in use; choose another --port\n"
+    assert "serving" not in out and "loading" not in err
+
+
+def test_listen_check_accepts_a_free_port_and_rejects_a_foreign_address() -> None:
+    from deepfake_detector.commands.serve import check_can_listen
+    from deepfake_detector.errors import UserError
+
+    check_can_listen("127.0.0.1", free_port())
+    check_can_listen("127.0.0.1", 0)
+    with pytest.raises(UserError, match="no such address"):
+        check_can_listen("192.0.2.1", free_port())  # TEST-NET-1: never this machine's
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b"PK\x03\x04broken zip"])
+def test_corrupt_checkpoint_is_unreadable_not_unsafe(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     content: bytes) -> None:
+    ckpt = tmp_path / "bad.pt"
+    ckpt.write_bytes(content)
+    assert main(["serve", str(ckpt), "--port", str(free_port()), "--device", "cpu", "--no-warmup"]) == 2
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "not a readable checkpoint (corrupt" in lines[0]
+    assert "refusing" not in err and "Traceback" not in err and "serving" not in out
 
 
 def test_missing_checkpoint_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

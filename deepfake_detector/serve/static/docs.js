@@ -16,6 +16,12 @@
     return node;
   }
 
+  // Markdown `code` spans as <code> elements; everything else stays plain text (never parsed as HTML).
+  function inline(text) {
+    const parts = String(text || "").split(/`([^`\n]+)`/);
+    return parts.map((part, i) => (i % 2 ? el("code", {}, part) : part)).filter((p) => p !== "");
+  }
+
   function resolve(spec, schema) {
     let s = schema || {};
     for (let i = 0; i < 10 && s && s.$ref; i++) {
@@ -40,7 +46,7 @@
       const s = resolve(spec, p.schema);
       const dflt = s.default !== undefined ? ` (default ${JSON.stringify(s.default)})` : "";
       body.append(el("tr", {}, el("td", {}, el("code", {}, p.name)), el("td", {}, p.in),
-        el("td", {}, typeOf(spec, p.schema) + dflt), el("td", {}, p.description || s.description || "")));
+        el("td", {}, typeOf(spec, p.schema) + dflt), el("td", {}, ...inline(p.description || s.description))));
     }
     return el("table", { class: "api-table" },
       el("thead", {}, el("tr", {}, el("th", {}, "parameter"), el("th", {}, "in"), el("th", {}, "type"),
@@ -51,15 +57,22 @@
     if (!rb || !rb.content) return null;
     const items = Object.entries(rb.content).map(([ctype, media]) => {
       const s = resolve(spec, media.schema);
-      const fields = Object.entries(s.properties || {}).map(([name, f]) => `${name}: ${typeOf(spec, f)}`);
-      return el("li", {}, el("code", {}, ctype), fields.length ? ` with ${fields.join(", ")}` : "");
+      const fields = [];
+      for (const [name, f] of Object.entries(s.properties || {})) {
+        const fs = resolve(spec, f);
+        const kind = fs.format === "binary" ? "binary" : typeOf(spec, f);
+        if (fields.length) fields.push("; ");
+        fields.push("field ", el("code", {}, name), ": ", ...inline(fs.description || kind),
+          fs.description ? ` (${kind})` : "");
+      }
+      return el("li", {}, el("code", {}, ctype), ...(fields.length ? [" with ", ...fields] : []));
     });
     return el("div", {}, el("h4", {}, "Request body" + (rb.required ? " (required)" : "")), el("ul", {}, ...items));
   }
 
   function responses(op) {
     const rows = Object.entries(op.responses || {}).sort(([a], [b]) => a.localeCompare(b)).map(([code, r]) =>
-      el("tr", {}, el("td", {}, el("code", {}, code)), el("td", {}, r.description || "")));
+      el("tr", {}, el("td", {}, el("code", {}, code)), el("td", {}, ...inline(r.description))));
     if (!rows.length) return null;
     return el("table", { class: "api-table" },
       el("thead", {}, el("tr", {}, el("th", {}, "status"), el("th", {}, "meaning"))), el("tbody", {}, ...rows));
@@ -80,9 +93,9 @@
         const card = el("section", { class: "card api-op", id: `${method}-${path}` },
           el("h2", {}, el("span", { class: `api-method api-${method}` }, method.toUpperCase()), " ",
             el("code", {}, path)),
-          el("p", {}, op.summary || ""));
+          el("p", {}, ...inline(op.summary)));
         for (const para of String(op.description || "").split(/\n\s*\n/)) {
-          if (para.trim()) card.append(el("p", { class: "muted" }, para.trim()));
+          if (para.trim()) card.append(el("p", { class: "muted" }, ...inline(para.trim())));
         }
         if (op.security || (op.parameters || []).some((p) => p.name === "authorization")) {
           card.append(el("p", { class: "muted" }, "Needs the bearer token when the server has one."));
