@@ -85,6 +85,23 @@ def _metric_rows(metrics: Mapping) -> list[str]:
     return rows
 
 
+def _initialisation(model: Mapping) -> str:
+    """Where the backbone's starting weights came from: a weights file wins over ``pretrained``, and a
+    backbone without pretrained weights (``tiny``) starts from random ones whatever the flag says."""
+    if model.get("weights_file"):
+        return f"weights file (`{_fmt(model.get('weights_file'))}`)"
+    if not model.get("pretrained"):
+        return "random weights"
+    try:
+        from .models import get_backbone_spec
+
+        if get_backbone_spec(str(model.get("backbone", "resnext50_32x4d"))).weights is None:
+            return "random weights (this backbone has no pretrained weights)"
+    except (ImportError, ValueError):
+        pass
+    return "ImageNet weights"
+
+
 def render_model_card(config: Any, metrics: Optional[Mapping], threshold: Optional[float],
                       data_summary: Optional[Mapping] = None, *, run_name: str = "",
                       checkpoint: str = "", version: str = "") -> str:
@@ -115,8 +132,7 @@ def render_model_card(config: Any, metrics: Optional[Mapping], threshold: Option
         f"(hidden {m['hidden_size']}, layers {m['num_layers']}, bidirectional "
         f"{_fmt(model.get('bidirectional', False))}) -> mean over time -> dropout {m['dropout']} -> "
         "linear layer with 2 outputs (index 1 = FAKE).")
-    add(f"- Backbone initialisation: {'ImageNet weights' if model.get('pretrained') else 'random / file'}"
-        + (f" (`{model.get('weights_file')}`)" if model.get("weights_file") else "") + ".")
+    add(f"- Backbone initialisation: {_initialisation(model)}.")
     add(f"- Input: {_fmt(train.get('seq_len', pre.get('frames')))} frames per video, sampled evenly "
         f"across the whole video ({p['frames']} extracted), face crops of {p['size']} px with margin "
         f"{p['margin']}, face detector `{p['detector']}`, ImageNet normalisation.")

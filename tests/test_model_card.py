@@ -49,3 +49,19 @@ def test_card_accepts_a_train_config_object_and_nan(tmp_path):
     cfg = TrainConfig(name="obj", model=ModelConfig(backbone="mobilenet_v2", pretrained=True))
     text = write_model_card(tmp_path, cfg, {"val": {"auc": float("nan")}}, threshold=0.5).read_text()
     assert "mobilenet_v2" in text and "ImageNet weights" in text and "| val | ROC AUC | n/a |" in text
+
+
+def test_card_states_the_real_backbone_initialisation(tmp_path):
+    def init_line(**model):
+        cfg = TrainConfig(name="i", model=ModelConfig(**model))
+        text = write_model_card(tmp_path, cfg, None, threshold=0.5).read_text()
+        line = next(line for line in text.splitlines() if line.startswith("- Backbone initialisation"))
+        return line[len("- Backbone initialisation: "):]
+
+    # tiny has no pretrained weights: an old config that still says pretrained: true is not believed
+    assert init_line(backbone="tiny", pretrained=True) == (
+        "random weights (this backbone has no pretrained weights)."
+    )
+    assert init_line(backbone="mobilenet_v2", pretrained=False) == "random weights."
+    assert init_line(backbone="resnext50_32x4d", weights_file="w.pth") == "weights file (`w.pth`)."
+    assert init_line(backbone="resnext50_32x4d", pretrained=True) == "ImageNet weights."

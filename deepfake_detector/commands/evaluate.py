@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 HELP = "evaluate a checkpoint on a face-clip cache (metrics.json, predictions.csv, plots)"
 DESCRIPTION = (
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         )[split]
     if not selected:
         raise UserError(f"{args.cache}: no usable labelled clips in split {split!r}")
+    _warn_if_preprocessing_differs(config.get("preprocess") or {}, args.cache, args.checkpoint)
     threshold = args.threshold if args.threshold is not None else float(ckpt.get("threshold") or 0.5)
     seq_len = int(train_cfg.seq_len)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval-{split}"
@@ -124,3 +128,38 @@ def run(args: argparse.Namespace) -> int:
     print(format_metrics_table(metrics, f"{split} split, {metrics['n']} videos ({args.checkpoint}):"))
     print(f"wrote {out}/metrics.json, predictions.csv, confusion_matrix.png, roc.png")
     return 0
+
+
+def _warn_if_preprocessing_differs(trained: dict, cache: str, checkpoint: str) -> None:
+    """One warning line when the cache's clips were made differently (frames, size, margin, detector...)
+    from the clips the checkpoint was trained on: its metrics then say little about the model."""
+    import json
+    from pathlib import Path
+
+    from ..data.cache import CONFIG_NAME
+    from ..data.preprocess import CLIP_KEYS
+
+    path = Path(cache) / CONFIG_NAME
+    if not trained or not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict):
+        data = data.get("preprocess") or data.get("config") or data
+    if not isinstance(data, dict):
+        return
+    diff = [
+        f"{k} {data[k]!r} (trained on {trained[k]!r})"
+        for k in CLIP_KEYS
+        if k in data and k in trained and data[k] != trained[k]
+    ]
+    if diff:
+        log.warning(
+            "%s was preprocessed differently from the clips %s was trained on: %s; these metrics may not "
+            "reflect the model (re-run 'preprocess' with the checkpoint's settings)",
+            cache,
+            checkpoint,
+            ", ".join(diff),
+        )

@@ -5,15 +5,31 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
+import shlex
+import sys
 
 HELP = "train the detector on a preprocessed face-clip cache (writes runs/NAME/)"
 DESCRIPTION = (
     "Train the CNN-per-frame + LSTM detector on the cache made by 'preprocess'. Writes runs/NAME/ with "
     "config.yaml, metrics.csv, best.pt, last.pt, val_predictions.csv and PNG plots. Multi-GPU / multi-node: "
     "torchrun --nproc-per-node N -m deepfake_detector train ... (DDP; NCCL on GPU, gloo on CPU). "
-    "--resume continues runs/NAME/last.pt with its saved settings (only --epochs, --workers, --device, "
-    "--patience, --no-amp and --compile may change)."
+    "--resume continues runs/NAME/last.pt with its saved settings and cache (only --epochs, --workers, "
+    "--device, --patience, --no-amp, --compile and --stop-after may change; other flags are ignored with "
+    "a warning)."
 )
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where argparse knows the real one: every option here defaults to None
+    ("not given", so --resume can tell what was typed) and states its default in its own help text, and
+    on/off flags have no value to show (``--no-pretrained``'s "default" True would be misleading)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.nargs == 0:
+            return action.help or ""
+        return super()._get_help_string(action)
+
 
 # dest -> (TrainConfig / ModelConfig field, which config)
 _TRAIN_FIELDS = [
@@ -61,6 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..config import ModelConfig, TrainConfig
 
     t, m = TrainConfig(), ModelConfig()
+    p.formatter_class = _HelpFormatter  # cli.py's ArgumentDefaultsHelpFormatter would print "(default: None)"
     p.add_argument("cache", help="face-clip cache folder (made by 'preprocess')")
     p.add_argument("--name", required=True, help="run name: results go to RUNS_DIR/NAME")
     p.add_argument("--runs-dir", default=None, help=f"folder of runs (default {t.runs_dir})")
@@ -75,12 +92,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="pretrained",
         action="store_true",
         default=None,
-        help="start from torchvision's ImageNet weights (default; downloaded once)",
+        help="start from torchvision's ImageNet weights (default; downloaded once); backbones without "
+        "them (tiny) start from random weights and record pretrained: false",
     )
     g.add_argument(
         "--no-pretrained", dest="pretrained", action="store_false", help="start from random weights"
     )
-    g.add_argument("--weights-file", default=None, help="local backbone weights (.pth state dict)")
+    g.add_argument(
+        "--weights-file",
+        default=None,
+        help="local backbone weights (.pth state dict); used instead of --pretrained",
+    )
     g.add_argument(
         "--hidden-size", type=int, default=None, help=f"LSTM hidden size (default {m.hidden_size})"
     )
@@ -113,13 +135,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default {t.epochs})")
     g.add_argument(
         "--batch-size", type=int, default=None,
-        help="clips per batch per process (default 16 on CUDA, else 4)",
+        help="clips per batch per process, >= 1 (default 16 on CUDA, else 4)",
     )
     g.add_argument("--lr", type=float, default=None, help=f"learning rate (default {t.lr})")
     g.add_argument(
         "--weight-decay", type=float, default=None, help=f"weight decay (default {t.weight_decay})"
     )
-    g.add_argument("--optimizer", choices=["adamw", "adam"], default=None, help=f"(default {t.optimizer})")
+    g.add_argument(
+        "--optimizer", choices=["adamw", "adam"], default=None, help=f"optimizer (default {t.optimizer})"
+    )
     g.add_argument(
         "--scheduler",
         choices=["cosine", "step", "none"],
@@ -186,7 +210,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA"
     )
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    g.add_argument("--resume", action="store_true", default=None, help="continue RUNS_DIR/NAME/last.pt")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue RUNS_DIR/NAME/last.pt with its saved settings and the same CACHE",
+    )
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run folder")
     g.add_argument(
         "--stop-after",
@@ -206,7 +235,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace):
     """TrainConfig from the parsed flags (unset flags keep defaults); also the set of flags given."""
     from ..config import ModelConfig, TrainConfig
+    from ..errors import UserError
 
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
+        # 0 means "the device's default" inside TrainConfig; on the command line that is leaving it out
+        raise UserError("--batch-size must be >= 1 (leave it out for the default: 16 on CUDA, 4 on CPU)")
     given = {k for k in _TRAIN_FIELDS + _MODEL_FIELDS if getattr(args, k, None) is not None}
     model_kwargs = {k: getattr(args, k) for k in _MODEL_FIELDS if k in given}
     train_kwargs = {k: getattr(args, k) for k in _TRAIN_FIELDS if k in given}
@@ -214,10 +247,18 @@ def build_config(args: argparse.Namespace):
         model_cfg = ModelConfig(**model_kwargs)
         cfg = TrainConfig(cache=args.cache, name=args.name, model=model_cfg, **train_kwargs)
     except ValueError as exc:
-        from ..errors import UserError
-
         raise UserError(str(exc)) from exc
     return cfg, given
+
+
+def _resume_command(cfg) -> str:
+    """The command line that continues ``cfg``'s run."""
+    from ..config import TrainConfig
+
+    words = ["deepfake-detector", "train", str(cfg.cache), "--name", str(cfg.name)]
+    if str(cfg.runs_dir) != TrainConfig().runs_dir:
+        words += ["--runs-dir", str(cfg.runs_dir)]
+    return " ".join(shlex.quote(w) for w in [*words, "--resume"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -228,14 +269,29 @@ def run(args: argparse.Namespace) -> int:
     if trainer_log.getEffectiveLevel() > logging.INFO:
         trainer_log.setLevel(logging.INFO)
     cfg, given = build_config(args)
-    summary = fit(cfg, resume_overrides=given, progress=True)
+    try:
+        summary = fit(cfg, resume_overrides=given, progress=True)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") != "0":  # only rank 0 reports under torchrun
+            return 130
+        from pathlib import Path
+
+        if (Path(cfg.runs_dir) / cfg.name / "last.pt").is_file():
+            print(f"interrupted; continue with: {_resume_command(cfg)}", file=sys.stderr)
+        else:
+            print(
+                "interrupted before the first epoch was saved; nothing to resume: rerun the same command "
+                "with --overwrite",
+                file=sys.stderr,
+            )
+        return 130
     if summary.get("rank", 0) != 0:  # only rank 0 reports under torchrun
         return 0
     run_dir = summary["run_dir"]
     if summary.get("interrupted"):
         print(
             f"stopped after {summary['epochs_run']} epoch(s) as asked; continue with: "
-            f"deepfake-detector train {cfg.cache} --name {cfg.name} --resume"
+            f"{_resume_command(summary.get('config') or cfg)}"
         )
         return 0
     best = summary.get("best")

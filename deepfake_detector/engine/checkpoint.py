@@ -2,7 +2,9 @@
 
 A checkpoint dict holds ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``config``
 (``{"train", "model", "preprocess"}`` as dicts), ``metrics``, ``threshold`` (on P(FAKE)), ``version``
-and ``rng``. Nothing in it needs arbitrary unpickling, so loading a file from a stranger cannot run
+and ``rng``; a ``last.pt`` whose epoch was the best so far also has ``best_pending`` (best.pt's threshold,
+metrics and validation predictions, to rewrite best.pt after a kill between the two saves). Nothing in
+it needs arbitrary unpickling, so loading a file from a stranger cannot run
 code: such a file is refused with ``UnsafeFileError``.
 """
 

@@ -95,6 +95,9 @@ def extract_features(
             ds,
             batch_size=1,
             sampler=ShardSampler(len(ds), info.world_size, info.rank),
+            # its own generator: a loader without one draws its worker seed from the global torch RNG,
+            # so a run that extracts would train differently from one that finds the features cached
+            generator=torch.Generator().manual_seed(seed),
             num_workers=workers,
             collate_fn=lambda b: b[0],
         )

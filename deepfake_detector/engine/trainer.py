@@ -13,7 +13,9 @@ same weights and metrics as an uninterrupted run (CPU, fixed seed).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -21,6 +23,8 @@ import math
 import random
 import re
 import shutil
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,8 +36,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..config import TrainConfig, default_batch_size, from_dict, to_dict
-from ..data.cache import CONFIG_NAME, load_manifest
+from ..config import ModelConfig, TrainConfig, default_batch_size, from_dict, to_dict
+from ..data.cache import CONFIG_NAME, MANIFEST_NAME, load_manifest
 from ..data.dataset import ClipDataset, split_rows
 from ..data.records import index_to_label
 from ..errors import UserError
@@ -208,7 +212,13 @@ def _prepare_run_dir(cfg: TrainConfig, info: DistInfo) -> Path:
         try:
             if cfg.resume:
                 if not (run_dir / "last.pt").is_file():
-                    raise UserError(f"cannot resume: {run_dir / 'last.pt'} does not exist")
+                    hint = ""
+                    if run_dir.is_dir() and any(run_dir.iterdir()):
+                        hint = (
+                            " (the run stopped before it saved a resumable state); start it again with "
+                            "--overwrite, or choose another --name"
+                        )
+                    raise UserError(f"cannot resume: {run_dir / 'last.pt'} does not exist{hint}")
             elif run_dir.exists() and any(run_dir.iterdir()):
                 if not cfg.overwrite:
                     raise UserError(
@@ -230,15 +240,182 @@ def _prepare_run_dir(cfg: TrainConfig, info: DistInfo) -> Path:
     return run_dir
 
 
-def _resume_config(cfg: TrainConfig, saved: dict, overrides: Optional[set]) -> TrainConfig:
-    keep = set(RESUME_OVERRIDES) if overrides is None else set(overrides) & set(RESUME_OVERRIDES)
+# Settings never reported as "ignored with --resume": they locate the run (name, runs_dir), are checked
+# separately (cache) or are the resume request itself.
+_NOT_COMPARED = frozenset({"name", "runs_dir", "cache", "resume", "overwrite", "model"})
+_FLAG_NAMES = {"num_layers": "--lstm-layers"}  # config field -> CLI flag, where they differ
+_NEGATABLE = frozenset({"pretrained", "amp", "feature_cache"})  # booleans with a --no-X flag
+
+
+def _flag_text(field: str, value: Any) -> str:
+    """How a setting is spelled on the command line: ``--seq-len 12``, ``--no-pretrained``."""
+    flag = _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+    if isinstance(value, bool):
+        if field in _NEGATABLE:
+            return flag if value else "--no-" + flag[2:]
+        return flag if value else f"no {flag}"
+    return f"{flag} {value}"
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return a == b
+
+
+def _resume_config(
+    cfg: TrainConfig, saved: dict, overrides: Optional[set], is_main: bool = True
+) -> TrainConfig:
+    """The saved config of a resumed run, with the allowed overrides (``RESUME_OVERRIDES``) from ``cfg``.
+
+    ``overrides`` names the settings the user gave (the CLI's flags); None = all of RESUME_OVERRIDES
+    (API use). A different cache is an error; other given settings that differ from the saved ones
+    and may not change are ignored with one warning line naming them.
+    """
     old = from_dict(TrainConfig, saved)
+    if cfg.cache and old.cache and not _same_path(cfg.cache, old.cache):
+        if (Path(old.cache) / MANIFEST_NAME).is_file() or not (Path(cfg.cache) / MANIFEST_NAME).is_file():
+            raise UserError(
+                f"run {cfg.name} was trained on cache {old.cache}; --resume continues with its saved "
+                f"settings: pass the same cache, or start a new run with another --name"
+            )
+        # the saved cache is gone (moved, or a relative path from another folder): use the one given
+        if is_main:
+            log.warning("the run's cache %s is not there; continuing with %s", old.cache, cfg.cache)
+    else:
+        cfg = replace(cfg, cache=old.cache or cfg.cache)
+    if overrides is not None and is_main:
+        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        ignored = []
+        for k in sorted(set(overrides) - set(RESUME_OVERRIDES) - _NOT_COMPARED):
+            if k in train_fields:
+                given, was = getattr(cfg, k), getattr(old, k)
+            elif k in model_fields:
+                given, was = getattr(cfg.model, k), getattr(old.model, k)
+            else:
+                continue
+            if given != was:
+                shown = _flag_text(k, was) if isinstance(was, bool) else was
+                ignored.append(f"{_flag_text(k, given)} (saved {shown})")
+        if ignored:
+            log.warning(
+                "ignored with --resume: %s (a resumed run keeps its saved settings; only --epochs, "
+                "--workers, --device, --patience, --no-amp, --compile and --stop-after may change)",
+                ", ".join(ignored),
+            )
+    keep = set(RESUME_OVERRIDES) if overrides is None else set(overrides) & set(RESUME_OVERRIDES)
+    keep.add("cache")  # checked above: the saved cache, or the one given when the saved one is gone
     changes = {k: getattr(cfg, k) for k in keep}
     # stop_after belongs to one invocation: never inherit the "stop after 1 epoch" of the killed run
     changes.update(
         resume=True, name=cfg.name, runs_dir=cfg.runs_dir, overwrite=False, stop_after=cfg.stop_after
     )
     return replace(old, **changes)
+
+
+def _resolve_pretrained(cfg: TrainConfig, quiet: bool = False) -> TrainConfig:
+    """``pretrained`` as it really is: False for a backbone without pretrained weights (``tiny``), so
+    config.yaml, the checkpoints and MODEL_CARD.md do not claim ImageNet weights that were never used."""
+    if not cfg.model.pretrained or cfg.model.weights_file:
+        return cfg
+    from ..models import get_backbone_spec
+
+    try:
+        spec = get_backbone_spec(cfg.model.backbone)
+    except ValueError:
+        return cfg  # unknown backbone: build_model reports it
+    if spec.weights is not None:
+        return cfg
+    if not quiet:
+        log.info("backbone %s has no pretrained weights: it starts from random weights (pretrained: false)",
+                 spec.name)
+    return replace(cfg, model=replace(cfg.model, pretrained=False))
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C (SIGINT) back while the end-of-epoch files are written, then raise it: an
+    interrupted run always has a consistent last.pt / best.pt / metrics.csv to resume from."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        log.warning("interrupt received: finishing this epoch's checkpoint first")
+
+    try:
+        previous = signal.signal(signal.SIGINT, hold)
+    except (ValueError, OSError):  # no signal handling here (embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+def _reconcile_best(
+    stopper: EarlyStoppingWithCheckpoint, run_dir: Path, resume_ckpt: dict, info: DistInfo
+) -> None:
+    """Finish what a run killed while saving left undone.
+
+    At the end of an epoch last.pt is written before val_predictions.csv and best.pt; when that epoch was
+    the best one, last.pt also carries what best.pt needs (``best_pending``: threshold, metrics and the
+    validation predictions; the weights are last.pt's own). A run killed in between has a best.pt that
+    does not hold the best epoch last.pt names: both files are rewritten from last.pt, exactly as the
+    killed run would have written them. Without that record (older last.pt) the bookkeeping falls back to
+    what best.pt holds, with a warning.
+    """
+    best_path = run_dir / "best.pt"
+    state = None
+    if info.is_main and stopper.best_epoch >= 1:
+        held_epoch, held_value = -1, None
+        if best_path.is_file():
+            ck = load_checkpoint(best_path)
+            held_epoch = int(ck.get("epoch", -1))
+            held_value = (ck.get("metrics") or {}).get(stopper.monitor)
+            del ck
+        pending = resume_ckpt.get("best_pending") or {}
+        if held_epoch == stopper.best_epoch:
+            pass
+        elif pending.get("epoch") == stopper.best_epoch == int(resume_ckpt["epoch"]):
+            preds = pending["val_predictions"]
+            write_predictions_csv(
+                run_dir / "val_predictions.csv", preds["paths"], preds["y_true"], preds["p_fake"],
+                float(pending["threshold"]),
+            )
+            best = {k: resume_ckpt[k] for k in ("model", "epoch", "config", "version") if k in resume_ckpt}
+            best.update(
+                optimizer=None, scheduler=None, scaler=None, rng=None,
+                threshold=float(pending["threshold"]), metrics=pending["metrics"],
+            )
+            save_checkpoint(best, best_path)
+            log.info("best.pt of epoch %d rewritten from last.pt (the run was stopped while saving)",
+                     stopper.best_epoch)
+        else:
+            state = stopper.state_dict()
+            if held_epoch >= 1 and isinstance(held_value, (int, float)):
+                state.update(best=float(held_value), best_epoch=held_epoch, counter=0)
+            else:
+                state.update(best=None, best_epoch=-1, counter=0)
+            log.warning(
+                "best.pt holds epoch %s, not the best epoch %d recorded in last.pt (the run was stopped "
+                "while saving); continuing from best.pt",
+                held_epoch if held_epoch >= 1 else "none",
+                stopper.best_epoch,
+            )
+    state = broadcast_object(state, info)
+    if state:
+        stopper.load_state_dict(state)
 
 
 def _build_model_rank0_first(cfg: TrainConfig, info: DistInfo) -> nn.Module:
@@ -282,6 +459,7 @@ def evaluate_rows(
         ds,
         batch_size=batch_size,
         sampler=ShardSampler(len(ds), info.world_size, info.rank),
+        generator=torch.Generator().manual_seed(0),  # never draw the global RNG
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
@@ -309,9 +487,14 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
     run_dir = _prepare_run_dir(cfg, info)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     resume_ckpt = None
+    saved_epochs = None
+    cfg = _resolve_pretrained(cfg, quiet=cfg.resume or not info.is_main)
     if cfg.resume:
         resume_ckpt = load_checkpoint(last_path)
-        cfg = _resume_config(cfg, resume_ckpt["config"]["train"], resume_overrides)
+        saved_train = resume_ckpt["config"]["train"]
+        saved_epochs = saved_train.get("epochs")
+        cfg = _resume_config(cfg, saved_train, resume_overrides, is_main=info.is_main)
+        cfg = _resolve_pretrained(cfg, quiet=True)
         log.info("resuming %s from epoch %d", run_dir, resume_ckpt["epoch"])
     if not cfg.cache:
         raise UserError("no cache folder given")
@@ -438,7 +621,8 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
         # AUC is undefined (NaN) and F1/accuracy are degenerate with one class: no epoch could ever be "best"
         log.warning("the validation split has only one class: monitoring val_loss instead of %s", monitor)
         monitor = "val_loss"
-    stopper = EarlyStoppingWithCheckpoint(best_path, monitor, cfg.patience, cfg.min_delta, write=info.is_main)
+    # write=False: this loop writes best.pt itself, after last.pt (see the end of an epoch)
+    stopper = EarlyStoppingWithCheckpoint(best_path, monitor, cfg.patience, cfg.min_delta, write=False)
     tracker = NonFiniteTracker(cfg.max_nonfinite)
     config_dict = {"train": to_dict(cfg), "model": to_dict(cfg.model), "preprocess": pre_cfg}
 
@@ -452,6 +636,21 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
         if scaler is not None and resume_ckpt.get("scaler"):
             scaler.load_state_dict(resume_ckpt["scaler"])
         stopper.load_state_dict(resume_ckpt.get("early_stopping") or {})
+        _reconcile_best(stopper, run_dir, resume_ckpt, info)
+        if saved_epochs is not None and saved_epochs != cfg.epochs and cfg.scheduler != "none":
+            # The schedule is rebuilt for the new total (its lambda reads cfg.epochs): the rest of the run
+            # follows the schedule of a run planned for cfg.epochs from the start. Apply it now, not one
+            # step late.
+            before = float(optimizer.param_groups[0]["lr"])
+            for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * fn(scheduler.last_epoch)
+            if info.is_main:
+                log.warning(
+                    "--epochs %d (saved %d): the %s LR schedule is recomputed for %d epochs, as if the run "
+                    "had been planned for them; the LR goes from %.3g to %.3g",
+                    cfg.epochs, saved_epochs, cfg.scheduler, cfg.epochs, before,
+                    float(optimizer.param_groups[0]["lr"]),
+                )
         start_epoch = int(resume_ckpt["epoch"]) + 1
         history = _read_metrics_csv(run_dir / "metrics.csv", start_epoch - 1)
         per_rank = resume_ckpt.get("rng_per_rank") or []
@@ -553,29 +752,48 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
                 "threshold": thr,
                 "paths": [val_ds.paths[i] for i in ev["index"]],
             }
-            if info.is_main:
-                write_predictions_csv(
-                    run_dir / "val_predictions.csv", best_val["paths"], ev["y_true"], ev["p_fake"], thr
-                )
         rng = all_gather_objects(get_rng_state(), info)
         if info.is_main:
             from ..plots import plot_accuracy, plot_loss
 
-            _write_metrics_csv(run_dir / "metrics.csv", history)
-            plot_loss(history, run_dir / "loss.png")
-            plot_accuracy(history, run_dir / "accuracy.png")
-            last = base_checkpoint(epoch)
-            last.update(
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict() if scaler is not None else None,
-                rng=rng[0],
-                rng_per_rank=rng if info.enabled else None,
-                early_stopping=stopper.state_dict(),
-                metrics=to_builtin(row),
-                threshold=None,
-            )
-            save_checkpoint(last, last_path)
+            # metrics.csv (a resume ignores rows past last.pt's epoch), then last.pt (the resumable state),
+            # then val_predictions.csv, best.pt and the plots; Ctrl-C waits until all are written. last.pt
+            # carries what best.pt needs, so a kill between the two is repaired exactly on --resume
+            # (_reconcile_best).
+            with _sigint_deferred():
+                _write_metrics_csv(run_dir / "metrics.csv", history)
+                best_ck = make_best() if improved else None
+                last = base_checkpoint(epoch)
+                if best_ck is not None and best_val is not None:
+                    last["best_pending"] = {
+                        "epoch": epoch,
+                        "threshold": best_ck["threshold"],
+                        "metrics": best_ck["metrics"],
+                        "val_predictions": to_builtin(
+                            {k: best_val[k] for k in ("paths", "y_true", "p_fake")}
+                        ),
+                    }
+                last.update(
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    scaler=scaler.state_dict() if scaler is not None else None,
+                    rng=rng[0],
+                    rng_per_rank=rng if info.enabled else None,
+                    early_stopping=stopper.state_dict(),
+                    metrics=to_builtin(row),
+                    threshold=None,
+                )
+                save_checkpoint(last, last_path)
+                del last
+                if best_ck is not None and best_val is not None:
+                    write_predictions_csv(
+                        run_dir / "val_predictions.csv", best_val["paths"], ev["y_true"], ev["p_fake"],
+                        best_val["threshold"],
+                    )
+                    save_checkpoint(best_ck, best_path)
+                    del best_ck
+                plot_loss(history, run_dir / "loss.png")
+                plot_accuracy(history, run_dir / "accuracy.png")
         epochs_this_run += 1
         if stopper.should_stop:
             log.info(

@@ -146,3 +146,107 @@ def test_stop_after_then_resume_finishes_the_run(tmp_path, capsys):
     with open(tmp_path / "runs/s/metrics.csv", newline="") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3]
     assert (tmp_path / "runs/s/roc.png").exists()
+
+
+def test_resume_refuses_another_cache_and_warns_once_about_ignored_flags(tmp_path, capsys, caplog):
+    import logging
+
+    cache = make_synthetic_cache(tmp_path / "c", n_real=5, n_fake=5, frames=4, size=16)
+    other = make_synthetic_cache(tmp_path / "o", n_real=5, n_fake=5, frames=4, size=16, seed=1)
+    runs = str(tmp_path / "runs")
+    assert main(["train", str(cache), "--name", "r", "--runs-dir", runs, *TINY, "--epochs", "3",
+                 "--stop-after", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(other), "--name", "r", "--runs-dir", runs, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run r was trained on cache") and err.count("\n") == 1, err
+    assert "pass the same cache, or start a new run with another --name" in err
+    with caplog.at_level(logging.WARNING, logger="deepfake_detector"):
+        rc = main(["train", str(cache), "--name", "r", "--runs-dir", runs, "--resume", "--epochs", "4",
+                   "--seq-len", "12", "--lr", "0.1", "--hidden-size", "16", "--device", "cpu"])
+    assert rc == 0
+    ignored = [r.getMessage() for r in caplog.records if "ignored with --resume" in r.getMessage()]
+    assert len(ignored) == 1, ignored
+    assert "--seq-len 12 (saved 6)" in ignored[0] and "--lr 0.1 (saved 0.003)" in ignored[0]
+    named = ignored[0].split(" (a resumed run")[0]
+    assert "--hidden-size" not in named and "--epochs" not in named and "--device" not in named
+    saved = load_checkpoint(tmp_path / "runs/r/last.pt")["config"]["train"]
+    assert saved["seq_len"] == 6 and saved["lr"] == 0.003 and saved["epochs"] == 4
+
+
+def test_ctrl_c_at_the_end_of_the_first_epoch_leaves_a_resumable_run(tmp_path, capsys, monkeypatch):
+    import deepfake_detector.plots as plots
+
+    cache = make_synthetic_cache(tmp_path / "c", n_real=5, n_fake=5, frames=4, size=16)
+    runs = str(tmp_path / "my runs")
+    real_plot = plots.plot_loss
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_loss", interrupted)  # Ctrl-C while the first epoch's files are written
+    assert main(["train", str(cache), "--name", "r", "--runs-dir", runs, *TINY, "--epochs", "2"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; continue with: deepfake-detector train" in err and err.count("\n") == 1, err
+    assert f"--name r --runs-dir '{runs}' --resume" in err
+    monkeypatch.setattr(plots, "plot_loss", real_plot)
+    assert main(["train", str(cache), "--name", "r", "--runs-dir", runs, "--resume"]) == 0
+    with open(tmp_path / "my runs/r/metrics.csv", newline="") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
+
+
+def test_tiny_with_the_default_pretrained_records_random_weights(tmp_path, capsys):
+    import yaml
+
+    cache = make_synthetic_cache(tmp_path / "c", n_real=4, n_fake=4, frames=4, size=16)
+    args = [a for a in TINY if a != "--no-pretrained"]
+    assert main(["train", str(cache), "--name", "t", "--runs-dir", str(tmp_path / "runs"), *args,
+                 "--epochs", "1"]) == 0
+    run = tmp_path / "runs/t"
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["pretrained"] is False
+    assert "Backbone initialisation: random weights" in (run / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_batch_size_below_one_is_refused(tmp_path, capsys, value):
+    cache = make_synthetic_cache(tmp_path / "c", n_real=4, n_fake=4, frames=4, size=16)
+    args = [a if a != "8" else value for a in TINY]
+    assert main(["train", str(cache), "--name", "b", "--runs-dir", str(tmp_path / "runs"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --batch-size must be >= 1") and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_help_shows_each_default_once_and_truthfully(capsys):
+    import re
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
+    flat = re.sub(r"\s+", " ", text)
+    # one option per help entry: "--flag METAVAR  help..." up to the next option
+    entries = re.split(r" (?=--?[a-z][a-z-]* )", flat.split("options:", 1)[1])
+    for entry in entries:
+        assert entry.count("default") <= 1, entry
+    assert "clips per batch per process, >= 1 (default 16 on CUDA, else 4)" in flat
+    assert "folder of runs (default runs)" in flat
+    assert re.search(r"--no-pretrained start from random weights (?!\(default)", flat)
+
+
+def test_evaluate_warns_when_the_cache_was_preprocessed_differently(trained, tmp_path, capsys, caplog):
+    import logging
+
+    root, cache, run = trained
+    other = make_synthetic_cache(tmp_path / "other", n_real=3, n_fake=3, frames=4, size=16)
+    with caplog.at_level(logging.WARNING, logger="deepfake_detector"):
+        assert main(["evaluate", str(run / "best.pt"), str(cache), "--split", "test",
+                     "--out", str(tmp_path / "same")]) == 0
+        assert not [r for r in caplog.records if "preprocessed differently" in r.getMessage()]
+        assert main(["evaluate", str(run / "best.pt"), str(other), "--split", "all",
+                     "--out", str(tmp_path / "diff")]) == 0
+    warned = [r.getMessage() for r in caplog.records if "preprocessed differently" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "frames 4 (trained on 6)" in warned[0] and "size 16 (trained on 24)" in warned[0]
+    assert "\n" not in warned[0]

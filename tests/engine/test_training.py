@@ -453,3 +453,152 @@ def test_single_class_validation_falls_back_to_val_loss(tmp_path, caplog):
     assert "only one class" in caplog.text and summary["monitor"] == "val_loss"
     assert (tmp_path / "runs/one/best.pt").is_file()
     assert np.isnan(summary["history"][0]["val_auc"])
+
+
+# --- resume safety, save order, feature-cache determinism ---------------------------------------------
+
+
+def test_resume_refuses_another_cache_and_names_ignored_settings(tmp_path, caplog):
+    cache = make_synthetic_cache(tmp_path / "c", n_real=5, n_fake=5, frames=4, size=16)
+    other = make_synthetic_cache(tmp_path / "other", n_real=5, n_fake=5, frames=4, size=16, seed=1)
+    runs = tmp_path / "runs"
+    fit(tiny_cfg(cache, runs, "r", epochs=2, stop_after=1), progress=False)
+    with pytest.raises(UserError, match="was trained on cache .*pass the same cache"):
+        fit(tiny_cfg(other, runs, "r", resume=True), resume_overrides=set(), progress=False)
+    with pytest.raises(UserError, match="pass the same cache"):  # the API default (no override set) too
+        fit(tiny_cfg(other, runs, "r", resume=True), progress=False)
+    # the same cache spelled differently is the same cache
+    same = tmp_path / "x" / ".." / "c"
+    given = {"epochs", "seq_len", "lr", "workers", "hidden_size", "pretrained"}
+    with caplog.at_level(logging.WARNING, logger="deepfake_detector"):
+        summary = fit(
+            tiny_cfg(same, runs, "r", resume=True, epochs=3, seq_len=12, lr=0.1),
+            resume_overrides=given,
+            progress=False,
+        )
+    ignored = [r.getMessage() for r in caplog.records if "ignored with --resume" in r.getMessage()]
+    assert len(ignored) == 1, ignored
+    assert "--seq-len 12 (saved 6)" in ignored[0] and "--lr 0.1 (saved 0.003)" in ignored[0]
+    assert "hidden-size" not in ignored[0] and "pretrained" not in ignored[0]  # given, but unchanged
+    assert summary["config"].seq_len == 6 and summary["config"].lr == 0.003 and summary["config"].epochs == 3
+    # raising --epochs re-plans the LR schedule, and says so
+    assert any("LR schedule is recomputed for 3 epochs" in r.getMessage() for r in caplog.records)
+
+
+def test_raised_epochs_on_resume_follow_the_longer_schedule(tmp_path, monkeypatch):
+    """The cosine schedule is re-planned for the new total from the first step of the resumed run (the
+    finished 2-epoch run had decayed to its floor, lr * min_lr_ratio)."""
+    import deepfake_detector.engine.trainer as trainer
+
+    cache = make_synthetic_cache(tmp_path / "c", n_real=5, n_fake=5, frames=4, size=16)
+    runs = tmp_path / "runs"
+    fit(tiny_cfg(cache, runs, "b", epochs=2, patience=0), progress=False)
+    first_lr = []
+    real_train_epoch = trainer.train_epoch
+
+    def spy(model, loader, optimizer, *a, **k):
+        first_lr.append(optimizer.param_groups[0]["lr"])
+        return real_train_epoch(model, loader, optimizer, *a, **k)
+
+    monkeypatch.setattr(trainer, "train_epoch", spy)
+    fit(tiny_cfg(cache, runs, "b", epochs=4, patience=0, resume=True), progress=False)
+    floor = 3e-3 * 0.01
+    assert len(first_lr) == 2 and first_lr[0] > 10 * floor and first_lr[1] < first_lr[0]
+
+
+def test_best_pt_is_written_after_last_pt_and_ctrl_c_waits_for_both(tmp_path, monkeypatch):
+    """Ctrl-C while the epoch's files are written: they are all finished first, so --resume works."""
+    import signal
+
+    import deepfake_detector.engine.trainer as trainer
+
+    cache = make_synthetic_cache(tmp_path / "c", n_real=5, n_fake=5, frames=4, size=16)
+    runs = tmp_path / "runs"
+    order = []
+    real_save = trainer.save_checkpoint
+
+    def save(obj, path):
+        order.append(os.path.basename(path))
+        if len(order) == 1:
+            signal.raise_signal(signal.SIGINT)  # as if Ctrl-C arrived while last.pt was being written
+        real_save(obj, path)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_cfg(cache, runs, "r", epochs=2), progress=False)
+    assert order == ["last.pt", "best.pt"]
+    names = {p.name for p in (runs / "r").iterdir()}
+    assert {"last.pt", "best.pt", "metrics.csv", "val_predictions.csv"} <= names
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    summary = fit(tiny_cfg(cache, runs, "r", epochs=2, resume=True), progress=False)
+    assert summary["epochs_run"] == 1 and [r["epoch"] for r in summary["history"]] == [1, 2]
+
+
+def test_resume_without_last_pt_suggests_overwrite_and_a_lost_best_pt_is_recovered(tmp_path, caplog):
+    from deepfake_detector.engine.checkpoint import save_checkpoint
+
+    cache = make_synthetic_cache(tmp_path / "c", n_real=5, n_fake=5, frames=4, size=16)
+    runs = tmp_path / "runs"
+    kw = dict(epochs=3, patience=0, monitor="val_loss")
+    straight = fit(tiny_cfg(cache, runs, "u", **kw), progress=False)
+    fit(tiny_cfg(cache, runs, "r", stop_after=1, **kw), progress=False)
+    (runs / "r" / "last.pt").rename(runs / "r" / "last.bak")
+    with pytest.raises(UserError, match="does not exist .*--overwrite"):
+        fit(tiny_cfg(cache, runs, "r", resume=True, **kw), progress=False)
+    # killed after last.pt, before val_predictions.csv and best.pt: last.pt has what they need
+    (runs / "r" / "last.bak").rename(runs / "r" / "last.pt")
+    (runs / "r" / "best.pt").unlink()
+    (runs / "r" / "val_predictions.csv").unlink()
+    with caplog.at_level(logging.INFO, logger="deepfake_detector"):
+        resumed = fit(tiny_cfg(cache, runs, "r", resume=True, **kw), progress=False)
+    assert any("best.pt of epoch 1 rewritten from last.pt" in r.getMessage() for r in caplog.records)
+    a, b = read_csv(runs / "u/metrics.csv"), read_csv(runs / "r/metrics.csv")
+    for ra, rb in zip(a, b):
+        ra.pop("seconds"), rb.pop("seconds")
+    assert a == b
+    assert resumed["best_epoch"] == straight["best_epoch"]
+    ca, cb = load_checkpoint(runs / "u/best.pt"), load_checkpoint(runs / "r/best.pt")
+    assert ca["epoch"] == cb["epoch"] and ca["threshold"] == cb["threshold"]
+    for k, v in ca["model"].items():
+        assert torch.equal(v, cb["model"][k]), k
+    assert read_csv(runs / "u/val_predictions.csv") == read_csv(runs / "r/val_predictions.csv")
+    # a last.pt without that record (older versions): fall back to what best.pt holds, with a warning
+    fit(tiny_cfg(cache, runs, "old", stop_after=1, **kw), progress=False)
+    last = load_checkpoint(runs / "old/last.pt")
+    last.pop("best_pending")
+    save_checkpoint(last, runs / "old/last.pt")
+    (runs / "old" / "best.pt").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="deepfake_detector"):
+        summary = fit(tiny_cfg(cache, runs, "old", resume=True, **kw), progress=False)
+    assert any("best.pt holds epoch none" in r.getMessage() for r in caplog.records)
+    assert summary["best_epoch"] >= 2
+    assert load_checkpoint(runs / "old/best.pt")["epoch"] == summary["best_epoch"]
+
+
+def test_tiny_backbone_records_that_it_was_not_pretrained(tmp_path):
+    cache = make_synthetic_cache(tmp_path / "c", n_real=4, n_fake=4, frames=4, size=16)
+    cfg = tiny_cfg(cache, tmp_path / "runs", "t", epochs=1)
+    cfg.model.pretrained = True  # the CLI default
+    summary = fit(cfg, progress=False)
+    assert summary["config"].model.pretrained is False
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "runs/t/config.yaml").read_text())
+    assert saved["model"]["pretrained"] is False and saved["train"]["model"]["pretrained"] is False
+    assert load_checkpoint(tmp_path / "runs/t/best.pt")["config"]["model"]["pretrained"] is False
+    card = (tmp_path / "runs/t/MODEL_CARD.md").read_text()
+    assert "Backbone initialisation: random weights." in card and "initialisation: ImageNet" not in card
+
+
+def test_frozen_backbone_runs_do_not_depend_on_whether_features_were_cached(tmp_path):
+    cache = make_synthetic_cache(tmp_path / "c", n_real=5, n_fake=5, frames=4, size=16)
+    model = ModelConfig(backbone="tiny", pretrained=False, hidden_size=16, dropout=0.3, freeze_backbone=True)
+    runs = tmp_path / "runs"
+    fit(tiny_cfg(cache, runs, "first", model=model, epochs=2), progress=False)  # extracts the features
+    assert any((cache / "features").iterdir())
+    fit(tiny_cfg(cache, runs, "second", model=model, epochs=2), progress=False)  # reuses them
+    a, b = read_csv(runs / "first/metrics.csv"), read_csv(runs / "second/metrics.csv")
+    for ra, rb in zip(a, b):
+        ra.pop("seconds"), rb.pop("seconds")
+    assert a == b and len(a) == 2
