@@ -20,17 +20,6 @@ DESCRIPTION = (
 )
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where argparse knows the real one: every option here defaults to None
-    ("not given", so --resume can tell what was typed) and states its default in its own help text, and
-    on/off flags have no value to show (``--no-pretrained``'s "default" True would be misleading)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.nargs == 0:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 # dest -> (TrainConfig / ModelConfig field, which config)
 _TRAIN_FIELDS = [
     "runs_dir",
@@ -77,7 +66,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..config import ModelConfig, TrainConfig
 
     t, m = TrainConfig(), ModelConfig()
-    p.formatter_class = _HelpFormatter  # cli.py's ArgumentDefaultsHelpFormatter would print "(default: None)"
     p.add_argument("cache", help="face-clip cache folder (made by 'preprocess')")
     p.add_argument("--name", required=True, help="run name: results go to RUNS_DIR/NAME")
     p.add_argument("--runs-dir", default=None, help=f"folder of runs (default {t.runs_dir})")
