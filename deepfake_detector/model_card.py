@@ -150,9 +150,15 @@ def render_model_card(config: Any, metrics: Optional[Mapping], threshold: Option
     add("")
     add("## Training")
     add("")
+    runtime = _as_dict(cfg.get("runtime"))
     keys = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "balance", "monitor",
-            "threshold_method", "seed", "amp")
+            "threshold_method", "seed") + (() if runtime else ("amp",))
     add(" | ".join(f"{k}: {_fmt(train.get(k))}" for k in keys if k in train) or "n/a")
+    if runtime:  # what the run really used (amp asked for on a CPU is off, for instance)
+        add("")
+        add(f"Ran on {_fmt(runtime.get('device'))} x{_fmt(runtime.get('world_size'))}, mixed precision "
+            f"{_fmt(runtime.get('amp'))}, channels_last {_fmt(runtime.get('channels_last'))}, "
+            f"torch {_fmt(runtime.get('torch'))}.")
     add("")
     add("## Metrics")
     add("")

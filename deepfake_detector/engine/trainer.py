@@ -624,7 +624,20 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
     # write=False: this loop writes best.pt itself, after last.pt (see the end of an epoch)
     stopper = EarlyStoppingWithCheckpoint(best_path, monitor, cfg.patience, cfg.min_delta, write=False)
     tracker = NonFiniteTracker(cfg.max_nonfinite)
-    config_dict = {"train": to_dict(cfg), "model": to_dict(cfg.model), "preprocess": pre_cfg}
+    config_dict = {
+        "train": to_dict(cfg),
+        "model": to_dict(cfg.model),
+        "preprocess": pre_cfg,
+        # what "auto" and the device-dependent switches became in this run (the train section keeps
+        # what was asked, so a resume on another machine decides afresh)
+        "runtime": {
+            "device": str(device),
+            "world_size": info.world_size,
+            "amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "on"),
+            "channels_last": bool(device.type == "cuda" and cfg.channels_last),
+            "torch": str(torch.__version__),
+        },
+    }
 
     history: list[dict] = []
     start_epoch = 1

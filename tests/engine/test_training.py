@@ -76,7 +76,10 @@ def test_acceptance_tiny_model_learns_the_synthetic_fakes(square_cache, tmp_path
         "rng",
     }
     assert 0.0 <= ck["threshold"] <= 1.0
-    assert set(ck["config"]) == {"train", "model", "preprocess"}
+    assert set(ck["config"]) == {"train", "model", "preprocess", "runtime"}
+    runtime = ck["config"]["runtime"]  # what "auto" became: the train section keeps what was asked
+    assert runtime["device"] == "cpu" and runtime["amp"] == "off" and runtime["world_size"] == 1
+    assert runtime["channels_last"] is False and ck["config"]["train"]["device"] == "cpu"
     assert ck["config"]["model"]["backbone"] == "tiny" and ck["config"]["preprocess"]["size"] == 24
     assert ck["epoch"] == summary["best_epoch"]
     # the returned model holds the best weights
