@@ -527,8 +527,14 @@ def test_best_pt_is_written_after_last_pt_and_ctrl_c_waits_for_both(tmp_path, mo
         real_save(obj, path)
 
     monkeypatch.setattr(trainer, "save_checkpoint", save)
-    with pytest.raises(KeyboardInterrupt):
-        fit(tiny_cfg(cache, runs, "r", epochs=2), progress=False)
+    # Ctrl-C as in a terminal, also where the test runner was started with SIGINT ignored (a background
+    # job): there the run would rightly ignore it too
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(tiny_cfg(cache, runs, "r", epochs=2), progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert order == ["last.pt", "best.pt"]
     names = {p.name for p in (runs / "r").iterdir()}
     assert {"last.pt", "best.pt", "metrics.csv", "val_predictions.csv"} <= names
