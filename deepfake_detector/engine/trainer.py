@@ -338,7 +338,9 @@ def _resolve_pretrained(cfg: TrainConfig, quiet: bool = False) -> TrainConfig:
 def _sigint_deferred():
     """Hold Ctrl-C (SIGINT) back while the end-of-epoch files are written, then raise it: an
     interrupted run always has a consistent last.pt / best.pt / metrics.csv to resume from."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # Ctrl-C is ignored here anyway (background job)
+    ):
         yield
         return
     caught: list[int] = []
