@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -329,8 +330,11 @@ def _check_writable_target(path: str, what: str, folder: bool = False) -> None:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the {what} folder {target}: {exc}") from None
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise UserError(f"the {what} folder {target} is not writable")
+    try:  # a real probe: os.access says yes to root on read-only mounts and pseudo file systems (/proc)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        raise UserError(f"the {what} folder {target} is not writable ({exc.strerror or exc})") from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -110,6 +110,8 @@ def test_worker_pool_from_the_cli(data, capsys):
     (["{ckpt}", "{face}", "--batch-size", "0"], "batch-size"),
     (["{ckpt}", "/definitely/not/here.mp4"], "none of the inputs"),
     (["{ckpt}", "{face}", "--device", "cuda:7"], "CUDA"),
+    (["{ckpt}", "{face}", "--output", "/proc/results.csv"], "not writable"),  # before any scoring
+    (["{ckpt}", "{face}", "--explain", "/proc/heatmaps"], "explanation folder"),
 ])
 def test_usage_errors_exit_2(data, capsys, tmp_path, argv, message):
     if "cuda" in argv and torch.cuda.device_count() > 7:
