@@ -30,6 +30,25 @@ def process_umask() -> int:
     return mask
 
 
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create folder ``path`` if needed and prove a file can be made in it, before hours of work go into
+    results that could not be saved. A real probe: ``os.access`` says yes to root on read-only mounts
+    and pseudo file systems (/proc). Raises ``UserError`` naming ``what`` (e.g. "output")."""
+    from .errors import UserError
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the {what} folder {folder}: {exc.strerror or exc}") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"the {what} folder {folder} is not writable ({exc.strerror or exc})") from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file next to ``path`` and rename it over ``path`` only on success.

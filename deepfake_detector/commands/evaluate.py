@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics import compute_metrics, format_metrics_table
     from ..models import build_model
     from ..plots import plot_confusion_matrix, plot_roc
-    from ..utils import atomic_write_json
+    from ..utils import atomic_write_json, ensure_writable_dir
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be >= 1")
@@ -101,8 +101,9 @@ def run(args: argparse.Namespace) -> int:
     _warn_if_preprocessing_differs(config.get("preprocess") or {}, args.cache, args.checkpoint)
     threshold = args.threshold if args.threshold is not None else float(ckpt.get("threshold") or 0.5)
     seq_len = int(train_cfg.seq_len)
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval-{split}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable_dir(
+        Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval-{split}", "output"
+    )
 
     ev = evaluate_rows(
         model,

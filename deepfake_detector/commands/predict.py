@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -322,27 +321,13 @@ def write_results(path: str, preds: list, meta: Optional[dict] = None) -> None:
             writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in PREDICTION_FIELDS})
 
 
-def _check_writable_target(path: str, what: str, folder: bool = False) -> None:
-    from ..errors import UserError
-
-    target = Path(path) if folder else Path(path).parent
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the {what} folder {target}: {exc}") from None
-    try:  # a real probe: os.access says yes to root on read-only mounts and pseudo file systems (/proc)
-        with tempfile.TemporaryFile(dir=target):
-            pass
-    except OSError as exc:
-        raise UserError(f"the {what} folder {target} is not writable ({exc.strerror or exc})") from None
-
-
 # --------------------------------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..inference import Detector
+    from ..utils import ensure_writable_dir
 
     if args.output and not args.output.lower().endswith(OUTPUT_SUFFIXES):
         raise UserError(f"--output must end in .csv or .json, got {args.output}")
@@ -366,9 +351,9 @@ def run(args: argparse.Namespace) -> int:
     if not any(os.path.lexists(p) for p in paths):
         raise UserError("none of the inputs exists: " + ", ".join(_short(p, 60) for p in paths[:5]))
     if args.output:
-        _check_writable_target(args.output, "output")
+        ensure_writable_dir(Path(args.output).parent, "output")
     if args.explain:
-        _check_writable_target(args.explain, "explanation", folder=True)
+        ensure_writable_dir(args.explain, "explanation")
 
     t0 = time.perf_counter()
     detector = Detector.from_checkpoint(

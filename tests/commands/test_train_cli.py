@@ -82,6 +82,10 @@ def test_evaluate_writes_metrics_predictions_and_plots(trained, capsys, tmp_path
         val_paths = sorted(r["path"] for r in csv.DictReader(fh))
     with open(out_val / "predictions.csv", newline="") as fh:
         assert sorted(r["path"] for r in csv.DictReader(fh)) == val_paths
+    # an output folder that cannot take files is a usage error before any evaluation (exit 2)
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "best.pt"), str(cache), "--out", "/proc/ev_here"]) == 2
+    assert "output folder /proc/ev_here" in capsys.readouterr().err
 
 
 def test_existing_run_is_refused_and_resume_continues(trained, capsys):
