@@ -29,7 +29,7 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

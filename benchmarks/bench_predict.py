@@ -14,9 +14,9 @@ explanation, and (``--legacy``) that legacy exact mode on the device matches the
 writes everything, with the table as ``rows`` ({setup, precision, layout, batch, clips_s, frames_s,
 speedup}) and ``device`` (the GPU's name or ``CPU``).
 
-    python benchmarks/bench_predict.py --device cuda --backbone resnext50_32x4d --clips 256 --size 224 \
+    python -m benchmarks.bench_predict --device cuda --backbone resnext50_32x4d --clips 256 --size 224 \
         --compile --json out.json
-    python benchmarks/bench_predict.py --device cpu --backbone tiny --clips 16
+    python -m benchmarks.bench_predict --device cpu --backbone tiny --clips 16
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import print_table, timed
 from deepfake_detector import inference
 from deepfake_detector import legacy as lg
 from deepfake_detector.config import ModelConfig, PreprocessConfig, TrainConfig, from_dict, to_dict
@@ -39,9 +40,6 @@ from deepfake_detector.data.preprocess import ClipResult
 from deepfake_detector.inference import Detector
 from deepfake_detector.models import build_model
 from deepfake_detector.utils import atomic_torch_save
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py (scripts only)
-from common import print_table, timed  # noqa: E402
 
 REF_BATCH = 4  # the known reference's predict batch
 
@@ -290,7 +288,7 @@ def _bench(args, report: dict, tmp: Path, clips: list[np.ndarray]) -> None:
             rows.append(crow)
             del cdet
     if det.device.type == "cuda":
-        from flops import flop_bound_frames_per_s
+        from benchmarks.flops import flop_bound_frames_per_s
 
         cpu_model = load_plain_model(ckpt, torch.device("cpu"))  # FLOPs are counted on a CPU copy
         floor = flop_bound_frames_per_s(cpu_model, args.size, report["device"], train=False)

@@ -25,8 +25,8 @@ Also reported: one 10 s 720p video end to end after model load (``predict`` of a
 target is <= 3 s on a CPU). Prints a table and, with ``--json``, writes {device, backbone, videos,
 seconds, rows: [{setup, videos_s, s_per_video, speedup, ...}], ...}.
 
-    python benchmarks/bench_predict_e2e.py                                  # 4 videos, ResNeXt-50
-    python benchmarks/bench_predict_e2e.py --backbone tiny --videos 2 --ref-every 5 --workdir /tmp/e2e
+    python -m benchmarks.bench_predict_e2e                                  # 4 videos, ResNeXt-50
+    python -m benchmarks.bench_predict_e2e --backbone tiny --videos 2 --ref-every 5 --workdir /tmp/e2e
 """
 
 from __future__ import annotations
@@ -40,18 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # the sibling benchmark scripts (and spawned floor workers) import by name
-    sys.path.insert(0, str(HERE))
-
-import bench_preprocess as bprep  # noqa: E402
-from common import print_table, timed, work_dir  # noqa: E402
+from benchmarks import bench_preprocess as bprep
+from benchmarks.common import print_table, timed, work_dir
 
 
 def _bpred():
     """bench_predict, imported on first use: it imports torch, and Detector's decoding workers re-import
     this script as their __main__ (Python's spawn/forkserver), which must stay as light as the CLI's."""
-    import bench_predict
+    from benchmarks import bench_predict
 
     return bench_predict
 

@@ -18,7 +18,7 @@ Per video, each method makes a clip of face crops with the SAME detector object:
 
 Goals (issue 2/7): ours >= 5x faster than (a), >= 1.5x faster than (b), <= 1.3x the floor.
 
-    python benchmarks/bench_preprocess.py [--repeat 3] [--json out.json] [--videos long-gop,short-gop]
+    python -m benchmarks.bench_preprocess [--repeat 3] [--json out.json] [--videos long-gop,short-gop]
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import print_table, timed, work_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py (scripts only)
-from common import print_table, timed, work_dir  # noqa: E402
 
 
 def _carphone_frames() -> list[np.ndarray]:

@@ -14,22 +14,19 @@ throughput, not data loading. Prints a table (frames/s = clips/s x frames per cl
 ``--json``, a JSON line. On a CPU it runs a very short version (fp32 both; AMP and channels_last are
 CUDA features) just to show the script works.
 
-    python benchmarks/bench_train.py                       # CUDA if present, else a short CPU run
-    python benchmarks/bench_train.py --backbone mobilenet_v2 --size 224 --steps 30 --compile
+    python -m benchmarks.bench_train                       # CUDA if present, else a short CPU run
+    python -m benchmarks.bench_train --backbone mobilenet_v2 --size 224 --steps 30 --compile
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/flops.py (scripts only)
 
 
 def make_batches(n: int, batch: int, frames: int, size: int, pin: bool, raw: bool = False) -> list:
@@ -225,7 +222,7 @@ def main(argv=None) -> dict:
         rows.append(bench_ours(args, device, compile_model=True))
     floor = None
     if device.type == "cuda":
-        from flops import flop_bound_frames_per_s
+        from benchmarks.flops import flop_bound_frames_per_s
 
         floor = flop_bound_frames_per_s(build(args.backbone, args.hidden), args.size, name, train=True)
         if floor is not None:

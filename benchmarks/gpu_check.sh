@@ -6,7 +6,7 @@
 #     with the bf16-vs-CPU-fp32 agreement check;
 #  3. a real `train` (AMP + channels_last) and `evaluate` on CUDA on a tiny synthetic cache;
 #  4. the same `train` through torchrun with 1 process: the NCCL DDP path;
-#  5. the summary table (benchmarks/run_all.py --summarize), also written as summary.json.
+#  5. the summary table (python -m benchmarks.run_all --summarize), also written as summary.json.
 # Runs from the source tree (PYTHONPATH=.), so it needs no install on a machine that has the deps.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]        (CPU smoke run: GPU_CHECK_DEVICE=cpu)
 set -uo pipefail
@@ -43,11 +43,11 @@ else
 fi
 
 step "1. training throughput"
-timeout 270 $PY benchmarks/bench_train.py "${TRAIN_ARGS[@]}" --json-out "$OUT/train_112.json" || status=1
+timeout 270 $PY -m benchmarks.bench_train "${TRAIN_ARGS[@]}" --json-out "$OUT/train_112.json" || status=1
 
 for size in 112 224; do
   step "2. inference throughput, $size px"
-  timeout 150 $PY benchmarks/bench_predict.py "${PRED_ARGS[@]}" --size "$size" --compile \
+  timeout 150 $PY -m benchmarks.bench_predict "${PRED_ARGS[@]}" --size "$size" --compile \
     --json "$OUT/predict_model_$size.json" || status=1
 done
 
@@ -76,6 +76,6 @@ if [ "$DEV" = cuda ]; then
 fi
 
 step "5. summary"
-$PY benchmarks/run_all.py --summarize "$OUT" || status=1
+$PY -m benchmarks.run_all --summarize "$OUT" || status=1
 echo "total $((SECONDS - t0)) s, exit $status"
 exit $status

@@ -1,7 +1,7 @@
 """Run every stage's benchmark on data it generates and print ONE table (and write it as JSON).
 
-    python benchmarks/run_all.py [--quick] [--out DIR]      # run everything, then summarise
-    python benchmarks/run_all.py --summarize DIR            # only print the table of JSON files in DIR
+    python -m benchmarks.run_all [--quick] [--out DIR]      # run everything, then summarise
+    python -m benchmarks.run_all --summarize DIR            # only print the table of JSON files in DIR
 
 Each stage is timed next to a reference-style implementation measured in the same run and next to
 its floor (see each script's docstring):
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the stage modules run as ``python -m benchmarks.X`` from here
 
 
 def _load(path: Path):
@@ -166,28 +166,30 @@ def main(argv=None) -> int:
         print_table(summary)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return 0
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_all_"))
+    # absolute: the stage modules run with the repository root as their working folder
+    out = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(prefix="bench_all_"))
     out.mkdir(parents=True, exist_ok=True)
     stages = {s.strip() for s in args.stages.split(",") if s.strip()}
     q = args.quick
     runs = []
     if "preprocess" in stages:
-        runs.append(("preprocess", [HERE / "bench_preprocess.py", "--repeat", "1" if q else "3", "--json",
-                                    out / "preprocess.json"] + (["--videos", "long-gop"] if q else [])))
+        runs.append(("preprocess", ["-m", "benchmarks.bench_preprocess", "--repeat", "1" if q else "3",
+                                    "--json", out / "preprocess.json"]
+                     + (["--videos", "long-gop"] if q else [])))
     if "train" in stages:
-        runs.append(("train", [HERE / "bench_train.py", "--json-out", out / "train.json"]
+        runs.append(("train", ["-m", "benchmarks.bench_train", "--json-out", out / "train.json"]
                      + (["--backbone", "mobilenet_v2", "--hidden", "256"] if q else [])))
     if "predict" in stages:
-        runs.append(("predict end to end", [HERE / "bench_predict_e2e.py", "--json",
+        runs.append(("predict end to end", ["-m", "benchmarks.bench_predict_e2e", "--json",
                                             out / "predict_e2e.json"] + (["--videos", "2"] if q else [])))
-        runs.append(("predict model stage", [HERE / "bench_predict.py", "--json",
+        runs.append(("predict model stage", ["-m", "benchmarks.bench_predict", "--json",
                                              out / "predict_model_112.json"]
                      + (["--backbone", "tiny", "--clips", "16"] if q else [])))
     failed = []
     for name, cmd in runs:
         print(f"\n=== {name} ===", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, *map(str, cmd)])
+        rc = subprocess.call([sys.executable, *map(str, cmd)], cwd=ROOT)
         print(f"({name}: {time.perf_counter() - t0:.0f} s, exit {rc})", flush=True)
         if rc:
             failed.append(name)

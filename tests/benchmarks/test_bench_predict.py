@@ -4,21 +4,14 @@ JSON tables with the reference-style row measured in the same run."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def scripts():
-    """The benchmark scripts as modules (they import each other by file name)."""
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    import bench_predict
-    import bench_predict_e2e
+    """The benchmark modules (``python -m benchmarks.bench_predict`` etc.)."""
+    from benchmarks import bench_predict, bench_predict_e2e
 
     return bench_predict, bench_predict_e2e
 

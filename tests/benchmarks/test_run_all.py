@@ -4,17 +4,10 @@ benchmark and hand-made stage files in the scripts' formats)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_summary_table_from_the_stage_json_files(tmp_path, capsys):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    import bench_train
-    import run_all
+    from benchmarks import bench_train, run_all
 
     bench_train.main(["--backbone", "tiny", "--hidden", "8", "--steps", "1", "--device", "cpu",
                       "--json-out", str(tmp_path / "train.json")])
