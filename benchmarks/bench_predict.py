@@ -268,25 +268,18 @@ def _bench(args, report: dict, tmp: Path, clips: list[np.ndarray]) -> None:
     report["model_stage_frames_per_s"] = ours_row["frames_s"]
     report["all_ok"] = all(p.status == "ok" and p.p_fake is not None for p in preds)
     if args.compile:
-        try:
-            cdet = Detector.from_checkpoint(ckpt, device=args.device, workers=0, batch_size=args.batch_size,
-                                            compile=True)
-        except TypeError as exc:
-            if "compile" not in str(exc):
-                raise
-            notes.append(f"'ours +compile' skipped: this Detector has no compile option ({exc})")
-        else:
-            t0 = time.perf_counter()
-            crow, cpreds = bench_detector("ours +compile", cdet, paths, args.frames, args.repeat)
-            crow["warmup_and_timed_s"] = round(time.perf_counter() - t0, 1)
-            net = getattr(cdet, "_net", None)
-            crow["compiled"] = bool(getattr(cdet, "compiled", False)) and net not in (None, cdet.model)
-            if not crow["compiled"]:
-                notes.append("'ours +compile': torch.compile fell back to eager (see the log)")
-            pc = np.array([p.p_fake if p.p_fake is not None else np.nan for p in cpreds])
-            report["max_abs_diff_compile_vs_ours"] = float(np.nanmax(np.abs(pc - p_ours)))
-            rows.append(crow)
-            del cdet
+        cdet = Detector.from_checkpoint(ckpt, device=args.device, workers=0, batch_size=args.batch_size,
+                                        compile=True)
+        t0 = time.perf_counter()
+        crow, cpreds = bench_detector("ours +compile", cdet, paths, args.frames, args.repeat)
+        crow["warmup_and_timed_s"] = round(time.perf_counter() - t0, 1)
+        crow["compiled"] = cdet.compiled
+        if not crow["compiled"]:
+            notes.append("'ours +compile': torch.compile fell back to eager (see the log)")
+        pc = np.array([p.p_fake if p.p_fake is not None else np.nan for p in cpreds])
+        report["max_abs_diff_compile_vs_ours"] = float(np.nanmax(np.abs(pc - p_ours)))
+        rows.append(crow)
+        del cdet
     if det.device.type == "cuda":
         from benchmarks.flops import flop_bound_frames_per_s
 

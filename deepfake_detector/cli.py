@@ -9,7 +9,6 @@ OpenCV) inside ``run`` so ``--help`` stays fast. User mistakes raise ``UserError
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import os
@@ -17,7 +16,7 @@ import sys
 from typing import Optional
 
 from . import __version__
-from .errors import UserError
+from .errors import DISK_FULL_ERRNOS, WRITE_STOP_ERRNOS, UserError
 from .utils import setup_logging
 
 # name -> module (order = order in --help)
@@ -34,7 +33,6 @@ COMMANDS = {
 log = logging.getLogger("deepfake_detector")
 
 # Environment problems a user fixes (disk full, read-only or forbidden output folder): one clear line.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 _SPACE_HINT = "free some space or choose another output folder; finished work is kept and a rerun resumes"
 _PERM_HINT = "check the permissions, or choose another output folder"
 
@@ -88,10 +86,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS:
+        if exc.errno not in WRITE_STOP_ERRNOS:
             raise
         where = f": {os.fsdecode(exc.filename)}" if exc.filename else ""
-        hint = _SPACE_HINT if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else _PERM_HINT
+        hint = _SPACE_HINT if exc.errno in DISK_FULL_ERRNOS else _PERM_HINT
         print(f"error: {exc.strerror or exc}{where} ({hint})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """A problem the user can fix (bad argument, missing file, refused input).
@@ -23,3 +25,10 @@ class UnsafeFileError(UserError):
 
 class WeightsUnavailableError(UserError):
     """Pretrained weights could not be loaded (offline, missing file, hash mismatch)."""
+
+
+#: Write errors that every later write into the same place would hit too: a run stops at the first one
+#: (preprocess, predict --explain) or the CLI prints one line instead of a traceback.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
+NO_WRITE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+WRITE_STOP_ERRNOS = DISK_FULL_ERRNOS | NO_WRITE_ERRNOS

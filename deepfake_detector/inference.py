@@ -33,7 +33,7 @@ from typing import Any, Optional, Union
 
 from .data.pool import IDLE, imap_resilient
 from .data.preprocess import ClipResult
-from .errors import UserError
+from .errors import DISK_FULL_ERRNOS, WRITE_STOP_ERRNOS, UserError
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,6 @@ class Detector:
         # torch.compile: one static graph per batch-size bucket (batches are padded to a power of two,
         # so at most log2(batch_size)+1 compilations); a backend that cannot compile here (no C
         # compiler, unsupported device) is reported once and the eager model takes over.
-        self.compiled = bool(compile)
         self._net: Any = torch.compile(self.model, dynamic=False) if compile else self.model
         self._net_checked = not compile
         self.preprocess = preprocess
@@ -397,6 +396,11 @@ class Detector:
         return cls(model, pcfg, frames, thr, device=device, batch_size=batch_size, workers=workers,
                    no_face=no_face, channel_order=lg.LEGACY_CHANNEL_ORDER, meta=meta, amp=amp,
                    pad_short=preprocess != "reference", compile=compile)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the network runs through ``torch.compile`` (False after a compiler failure)."""
+        return self._net is not self.model
 
     # ---- description ------------------------------------------------------------------------------
 
@@ -565,7 +569,7 @@ class Detector:
         from .data.dataset import clips_to_device
 
         b = int(x.shape[0])
-        if self.compiled and self._net is not self.model:
+        if self.compiled:
             padded = 1 << max(0, b - 1).bit_length()  # 1, 2, 4, 8, ...: few static shapes to compile
             if padded > b:
                 x = torch.cat([x, x.new_zeros((padded - b, *x.shape[1:]))])
@@ -686,11 +690,11 @@ class Detector:
                                         device=self.device)
             return os.fspath(out)
         except OSError as exc:
-            hint = _STOP_EXPLAINING.get(exc.errno or 0)
-            if hint is not None:
+            if exc.errno in WRITE_STOP_ERRNOS:
                 target.stopped = True
                 log.warning("explanations stopped: cannot write to %s: %s (%s); the remaining videos still "
-                            "get their verdicts", _shown(target.folder), exc.strerror or exc, hint)
+                            "get their verdicts", _shown(target.folder), exc.strerror or exc,
+                            _write_hint(exc.errno))
             else:
                 log.warning("could not write the explanation for %s: %s", _shown(pred.path), exc)
             return None
@@ -707,15 +711,13 @@ class _ExplainTarget:
         self.stopped = False
 
 
-#: File-system errors that every further explanation would hit too, with a hint for the warning.
-_STOP_EXPLAINING = {
-    errno.ENOSPC: "disk full?",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "no permission to write there",
-    errno.EPERM: "no permission to write there",
-}
-if hasattr(errno, "EDQUOT"):  # not on every platform
-    _STOP_EXPLAINING[errno.EDQUOT] = "disk quota exceeded?"
+def _write_hint(code: int) -> str:
+    """A few words on a write error of ``errors.WRITE_STOP_ERRNOS`` for the warning line."""
+    if code == errno.EROFS:
+        return "read-only file system"
+    if code == getattr(errno, "EDQUOT", None):
+        return "disk quota exceeded?"
+    return "disk full?" if code in DISK_FULL_ERRNOS else "no permission to write there"
 
 
 def _shown(path: Any) -> str:

@@ -27,7 +27,6 @@ finished, and raises ``CacheWriteError``; a rerun of the same command resumes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -41,7 +40,7 @@ from typing import Optional
 import numpy as np
 
 from ..config import PreprocessConfig, from_dict, to_dict
-from ..errors import UserError
+from ..errors import DISK_FULL_ERRNOS, NO_WRITE_ERRNOS, WRITE_STOP_ERRNOS, UserError
 from ..utils import atomic_write_json
 from . import cache
 from .pool import imap_resilient
@@ -55,9 +54,6 @@ CLIP_KEYS = ("frames", "size", "margin", "detector", "upsample", "no_face", "det
 _FLUSH_EVERY_S = 5.0
 HARD_TIMEOUT_GRACE_S = 60.0  # a video still running after 2 * timeout_s + this is killed with its worker
 # write errors that no later video can escape: the run stops at the first one
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_DENIED_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
-STOP_ERRNOS = _FULL_ERRNOS | _DENIED_ERRNOS
 
 
 class CacheWriteError(UserError):
@@ -75,10 +71,10 @@ class CacheWriteError(UserError):
 def cache_write_error(exc: OSError, what: str) -> CacheWriteError:
     """One line for a failed write into the cache: what was being written, why, and what to do."""
     why = exc.strerror or str(exc)
-    if exc.errno in _FULL_ERRNOS:
+    if exc.errno in DISK_FULL_ERRNOS:
         return CacheWriteError(f"disk full while writing {what} ({why}); free space and rerun the same "
                                "command to resume")
-    if exc.errno in _DENIED_ERRNOS:
+    if exc.errno in NO_WRITE_ERRNOS:
         return CacheWriteError(f"cannot write {what} ({why}); make the folder writable or choose another "
                                "--out, then rerun the same command to resume")
     return CacheWriteError(f"cannot write {what} ({why}); fix that and rerun the same command to resume")
@@ -358,7 +354,7 @@ def _process_one(rec: tuple[str, str, str, str, str]) -> cache.ManifestRow:
             clip = cache.clip_relpath(rel)
             row.status, row.frames = cache.ERROR, 0
             row.error = f"cannot write clip {clip}: {exc.strerror or exc}"
-            # not a manifest column: tells the main process to stop the run (see STOP_ERRNOS)
+            # not a manifest column: tells the main process to stop the run (see errors.WRITE_STOP_ERRNOS)
             row.write_errno = exc.errno  # type: ignore[attr-defined]
     return row
 
@@ -458,7 +454,7 @@ def run_preprocess(
         bar.update(1)
         bar.set_postfix({k: v for k, v in sorted(counts.items())}, refresh=False)
         code = getattr(row, "write_errno", None)
-        if code in STOP_ERRNOS:
+        if code in WRITE_STOP_ERRNOS:
             where = f"clip {cache.clip_relpath(row.path)} in {out_dir}"
             raise cache_write_error(OSError(code, os.strerror(code)), where)
         if time.monotonic() - last_flush > _FLUSH_EVERY_S:
@@ -506,7 +502,6 @@ def run_preprocess(
 __all__ = [
     "CacheWriteError",
     "ClipResult",
-    "STOP_ERRNOS",
     "cache_write_error",
     "extract_clip",
     "run_preprocess",
