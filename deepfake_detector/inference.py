@@ -552,15 +552,14 @@ class Detector:
         ``eval_transform``): a quarter of the bytes cross to the GPU.
         """
         import numpy as np
-        import torch
 
-        from .data.dataset import eval_clip
+        from .data.dataset import eval_clip, uint8_tensor
 
         arr = np.asarray(clip)
         if self.channel_order == "bgr":
             arr = arr[..., ::-1]
         seq_len = self.seq_len if self.pad_short else min(self.seq_len, len(arr))
-        return torch.from_numpy(np.array(eval_clip(arr, seq_len), dtype=np.uint8, copy=True))
+        return uint8_tensor(eval_clip(arr, seq_len))
 
     def _forward(self, x):
         """P(FAKE) for a batch of raw clips ``[B,T,H,W,3]`` (uint8)."""

@@ -60,13 +60,14 @@ def fit_length(clip: np.ndarray, seq_len: int) -> np.ndarray:
     return clip[np.clip(idx, 0, t - 1)]
 
 
+def uint8_tensor(clip: np.ndarray) -> torch.Tensor:
+    """A writable uint8 tensor copy of ``clip`` (cached clips are read-only memory maps)."""
+    return torch.from_numpy(np.array(clip, dtype=np.uint8, copy=True))
+
+
 def _normalize(clip_uint8: np.ndarray) -> torch.Tensor:
-    """uint8 ``[T,H,W,3]`` RGB -> float ``[T,3,H,W]`` with ImageNet mean/std."""
-    x = (
-        torch.from_numpy(np.array(clip_uint8, dtype=np.uint8, copy=True)).float().div_(255.0)
-    )  # mmap is read-only
-    x = (x - torch.from_numpy(IMAGENET_MEAN)) / torch.from_numpy(IMAGENET_STD)
-    return x.permute(0, 3, 1, 2).contiguous()
+    """uint8 ``[T,H,W,3]`` RGB -> float ``[T,3,H,W]``, ImageNet-normalised: ``clips_to_device`` on the CPU."""
+    return clips_to_device(uint8_tensor(clip_uint8).unsqueeze(0), "cpu")[0]
 
 
 def eval_clip(clip_uint8: np.ndarray, seq_len: int) -> np.ndarray:
@@ -245,7 +246,7 @@ class ClipDataset(Dataset):
         else:
             arr = eval_clip(clip, self.seq_len)
         if self.raw:
-            x = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True))  # mmap is read-only
+            x = uint8_tensor(arr)
         else:
             x = _normalize(arr)
         if self.return_index:
