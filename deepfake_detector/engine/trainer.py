@@ -554,18 +554,6 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
     loader_opts: dict = {"num_workers": cfg.workers, "pin_memory": pin}
     if cfg.workers > 0:
         loader_opts.update(persistent_workers=True, prefetch_factor=4)
-    loaders: dict = {}
-
-    def train_loader_for(epoch: int) -> DataLoader:
-        tagged_sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)  # for workers=0 and any direct use; the workers get it per index
-        if "train" not in loaders:  # made on first use: train_ds may have become a FeatureDataset
-            loaders["train"] = DataLoader(
-                train_ds, batch_size=cfg.batch_size, sampler=tagged_sampler, generator=g, drop_last=False,
-                **loader_opts,
-            )
-        return loaders["train"]
-
     steps_per_epoch = math.ceil(len(tagged_sampler) / cfg.batch_size)
     if cfg.limit_train_batches:
         steps_per_epoch = min(steps_per_epoch, cfg.limit_train_batches)
@@ -602,6 +590,16 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
         generator=torch.Generator().manual_seed(cfg.seed),  # else each new iterator draws the global RNG
         **loader_opts,
     )
+    # made here, after train_ds may have become a FeatureDataset
+    train_loader = DataLoader(
+        train_ds, batch_size=cfg.batch_size, sampler=tagged_sampler, generator=g, drop_last=False,
+        **loader_opts,
+    )
+
+    def train_loader_for(epoch: int) -> DataLoader:
+        tagged_sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)  # for workers=0 and any direct use; the workers get it per index
+        return train_loader
     train_model: nn.Module = net
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
