@@ -1,0 +1,107 @@
+"""Golden run: a tiny seeded training run, evaluate and predict whose numbers must not move.
+
+It pins behaviour through restructurings of the engine, the checkpoint format, the cache and the
+inference path: the final weights (hash), every metric of every epoch, the chosen threshold, the
+evaluation metrics and the P(FAKE) of a predicted video are compared bit for bit (``repr`` of floats)
+with ``tests/golden/golden_run.json``. A deliberate change of behaviour regenerates that file with
+``DFD_UPDATE_GOLDEN=1 pytest tests/test_golden.py`` and says why in its commit.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepfake_detector.cli import main as cli_main
+from deepfake_detector.config import ModelConfig, TrainConfig
+from deepfake_detector.engine.trainer import fit
+from deepfake_detector.inference import Detector
+from tests.cache_helpers import make_synthetic_cache
+from tests.helpers import make_video
+
+GOLDEN = Path(__file__).parent / "golden" / "golden_run.json"
+# numbers that depend on the clock or on where the test runs, not on the computation
+_VOLATILE = {"seconds", "checkpoint", "cache"}
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: v for k, v in row.items() if k not in _VOLATILE} for row in csv.DictReader(fh)]
+
+
+def _exact(obj):
+    """Floats as ``repr`` strings (bit-exact comparison through JSON), volatile keys dropped."""
+    if isinstance(obj, dict):
+        return {str(k): _exact(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))
+                if k not in _VOLATILE}
+    if isinstance(obj, (list, tuple)):
+        return [_exact(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return repr(float(obj))
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _exact(obj.tolist())
+    return obj
+
+
+def _weights_hash(state: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _golden_run(tmp: Path) -> dict:
+    torch.set_num_threads(1)
+    splits = {f"{kind}-{i}": "test" for kind in ("real", "fake") for i in (10, 11)}
+    cache = make_synthetic_cache(tmp / "cache", n_real=12, n_fake=12, seed=3, splits=splits)
+    cfg = TrainConfig(
+        cache=str(cache), name="golden", runs_dir=str(tmp / "runs"), epochs=3, batch_size=4, lr=3e-3,
+        seq_len=6, workers=0, patience=5, device="cpu", seed=7,
+        model=ModelConfig(backbone="tiny", pretrained=False, hidden_size=16, dropout=0.2),
+    )
+    summary = fit(cfg, progress=False)
+    run = tmp / "runs" / "golden"
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    out = tmp / "eval"
+    code = cli_main(["evaluate", str(run / "best.pt"), str(cache), "--split", "all", "--out", str(out),
+                     "--device", "cpu", "--workers", "0"])
+    assert code == 0
+    video = make_video(tmp / "clip.mp4", frames=12, size=(64, 48))
+    det = Detector.from_checkpoint(run / "best.pt", device="cpu", workers=0)
+    pred = det.predict_one(video)
+    return _exact({
+        "best_epoch": summary["best_epoch"],
+        "threshold": summary["threshold"],
+        "best_weights": _weights_hash(best["model"]),
+        "best_metrics": best["metrics"],
+        "metrics_csv": _csv_rows(run / "metrics.csv"),
+        "val_predictions": _csv_rows(run / "val_predictions.csv"),
+        "test_metrics": summary.get("test_metrics"),
+        "test_predictions": _csv_rows(run / "test_predictions.csv"),
+        "evaluate_metrics": json.loads((out / "metrics.json").read_text()),
+        "evaluate_predictions": _csv_rows(out / "predictions.csv"),
+        "predict": {"p_fake": pred.p_fake, "label": pred.label, "status": pred.status, "frames": pred.frames},
+    })
+
+
+@pytest.mark.slow
+def test_golden_run_is_bit_identical(tmp_path):
+    got = _golden_run(tmp_path)
+    if os.environ.get("DFD_UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        pytest.skip(f"golden values written to {GOLDEN}")
+    want = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    for key in want:
+        assert got[key] == want[key], f"golden run changed: {key}"
+    assert set(got) == set(want)
