@@ -635,7 +635,7 @@ def test_openapi_documents_what_the_server_really_answers(serve_tmp: Path) -> No
 
 
 def test_validation_detail_helper() -> None:
-    from deepfake_detector.serve.app import _validation_detail
+    from deepfake_detector.serve.responses import _validation_detail
 
     assert _validation_detail([]) == "invalid request"
     assert _validation_detail([{"type": "missing", "loc": ["query", "n"], "msg": "Field required"}]) == (
