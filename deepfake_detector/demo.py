@@ -220,14 +220,15 @@ def run_demo(
     """
     import numpy as np
 
+    from .checkpoint import load_checkpoint, to_builtin
     from .config import ModelConfig, PreprocessConfig, TrainConfig, from_dict
     from .data import synthetic
     from .data.cache import load_manifest
     from .data.dataset import split_rows
     from .data.preprocess import run_preprocess
     from .data.sources import count_by_split, load_records
-    from .engine.checkpoint import load_checkpoint, to_builtin
-    from .engine.trainer import evaluate_rows, fit, resolve_device, write_predictions_csv
+    from .device import resolve_device
+    from .engine.trainer import evaluate_rows, fit, write_predictions_csv
     from .inference import Detector
     from .metrics import compute_metrics
     from .models import build_model

@@ -31,21 +31,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .constants import FAKE, REAL, SCORED_STATUSES, VIDEO_EXTENSIONS
 from .data.pool import IDLE, imap_resilient
 from .data.preprocess import ClipResult
+from .device import amp_dtype, resolve_device, use_channels_last
 from .errors import DISK_FULL_ERRNOS, WRITE_STOP_ERRNOS, UserError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Detector", "Prediction", "PREDICTION_FIELDS", "VIDEO_EXTENSIONS", "LABEL_REAL", "LABEL_FAKE"]
 
-LABEL_REAL = "REAL"
-LABEL_FAKE = "FAKE"
+LABEL_REAL = REAL
+LABEL_FAKE = FAKE
 NO_FACE_MODES = ("center", "skip")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
-                    ".3gp", ".ts", ".mts", ".m2ts", ".ogv")
-# statuses whose clip is classified (``no_face`` only with no_face="center")
-_SCORED_STATUSES = ("ok", "no_face")
 
 PathLike = Union[str, os.PathLike]
 
@@ -161,40 +159,6 @@ def default_workers() -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Device helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str = "auto"):
-    """``auto`` -> CUDA when available, else CPU; an explicit unavailable device is a user error."""
-    import torch
-
-    name = (device or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"unknown device {device!r} ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        n = torch.cuda.device_count()
-        raise UserError(f"device {device!r} requested but only {n} CUDA device(s) exist")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError(f"device {device!r} requested but MPS is not available here")
-    return dev
-
-
-def _amp_dtype(dev):
-    import torch
-
-    if dev.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-# --------------------------------------------------------------------------------------------------
 # Detector
 # --------------------------------------------------------------------------------------------------
 
@@ -223,8 +187,8 @@ class Detector:
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.amp_dtype = _amp_dtype(self.device) if amp else None
-        if self.device.type == "cuda" and hasattr(self.model, "set_channels_last"):
+        self.amp_dtype = amp_dtype(self.device, amp)
+        if use_channels_last(self.device) and hasattr(self.model, "set_channels_last"):
             self.model.set_channels_last(True)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # batch shapes repeat: pick the fastest kernels once
@@ -263,6 +227,7 @@ class Detector:
         (worth it for many videos on a GPU; the first batches pay the compilation).
         """
         from . import legacy as lg
+        from .checkpoint import load_torch_file
 
         if workers is None or workers > 0:
             from .data.pool import warm_up
@@ -276,7 +241,7 @@ class Detector:
             raise UserError(f"legacy preprocessing must be one of {', '.join(lg.LEGACY_PREPROCESS)}, "
                             f"got {legacy_preprocess!r}")
         path = Path(path)
-        obj = lg.safe_torch_load(path)
+        obj = load_torch_file(path)
         looks_legacy = lg.is_legacy_state_dict(obj)
         if legacy is None and looks_legacy:
             log.warning("%s has the reference implementation's layout (model.*, lstm.*, linear1.*): "
@@ -294,57 +259,41 @@ class Detector:
         return cls._from_ours(path, obj, device, threshold, batch_size, workers, no_face, amp, compile)
 
     @classmethod
-    def _from_ours(cls, path: Path, ckpt: Any, device: str, threshold: Optional[float], batch_size: int,
+    def _from_ours(cls, path: Path, obj: Any, device: str, threshold: Optional[float], batch_size: int,
                    workers: Optional[int], no_face: str, amp: bool, compile: bool = False) -> Detector:
-        from .config import ModelConfig, PreprocessConfig, from_dict
-        from .models import build_model
+        from .checkpoint import Checkpoint
+        from .config import PreprocessConfig
+        from .models import model_from_checkpoint
 
-        if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        if not isinstance(obj, dict) or "model" not in obj or "config" not in obj:
             raise UserError(f"{path} is not a deepfake-detector checkpoint (needs 'model' and 'config' "
                             "entries; a bare state dict does not say how to preprocess videos)")
-        config = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
-        if not isinstance(config.get("model"), dict):
+        ckpt = Checkpoint.from_dict(obj, path)
+        if not ckpt.section("model"):
             raise UserError(f"{path}: checkpoint config has no 'model' section")
         try:
-            mcfg = from_dict(ModelConfig, config["model"])
-            mcfg.pretrained = False  # the checkpoint carries every weight: never download
-            mcfg.weights_file = None
-            pre = config.get("preprocess")
-            if isinstance(pre, dict):
-                pcfg = from_dict(PreprocessConfig, pre)
-            else:
-                log.warning("%s has no preprocess config; using defaults (results may differ from training)",
-                            path.name)
-                pcfg = PreprocessConfig()
+            pcfg = ckpt.preprocess_config()
         except (TypeError, ValueError) as exc:
             raise UserError(f"{path}: invalid config in checkpoint: {exc}") from None
-        train = config.get("train") if isinstance(config.get("train"), dict) else {}
+        if pcfg is None:
+            log.warning("%s has no preprocess config; using defaults (results may differ from training)",
+                        path.name)
+            pcfg = PreprocessConfig()
+        train = ckpt.section("train")
         seq_len = int(train.get("seq_len") or pcfg.frames)
-        try:
-            model = build_model(mcfg, load_weights=False)
-        except ValueError as exc:
-            raise UserError(f"{path}: cannot rebuild the model: {exc}") from None
-        state = ckpt["model"]
-        if not isinstance(state, dict):
+        if not isinstance(ckpt.model, dict):
             raise UserError(f"{path}: 'model' entry is not a state dict")
-        for prefix in ("module.", "_orig_mod."):  # saved from a DDP / torch.compile wrapper
-            if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            detail = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
-            raise UserError(f"{path}: weights do not fit the configured model: {detail[:400]}") from None
-        ckpt_thr = _ckpt_threshold(ckpt, path)
+        model = model_from_checkpoint(ckpt, path)
+        ckpt_thr = _ckpt_threshold(obj, path)
         thr = threshold if threshold is not None else ckpt_thr
         meta = {
             "name": str(train.get("name") or path.stem),
             "checkpoint": str(path),
-            "config": config,
-            "metrics": ckpt.get("metrics") if isinstance(ckpt.get("metrics"), dict) else {},
+            "config": ckpt.config,
+            "metrics": ckpt.metrics,
             "checkpoint_threshold": ckpt_thr,
-            "version": str(ckpt.get("version", "")),
-            "epoch": ckpt.get("epoch"),
+            "version": ckpt.version,
+            "epoch": ckpt.epoch,
             "legacy": None,
         }
         return cls(model, pcfg, seq_len, thr, device=device, batch_size=batch_size, workers=workers,
@@ -534,8 +483,8 @@ class Detector:
                           frames=int(getattr(res, "frames", 0) or 0),
                           face_ratio=float(getattr(res, "face_ratio", 0.0) or 0.0),
                           seconds=round(float(getattr(res, "seconds", 0.0) or 0.0), 4))
-        if status not in _SCORED_STATUSES or clip is None or getattr(clip, "size", 0) == 0:
-            if not base.error and status in _SCORED_STATUSES:
+        if status not in SCORED_STATUSES or clip is None or getattr(clip, "size", 0) == 0:
+            if not base.error and status in SCORED_STATUSES:
                 base.error = "no frames to classify"
                 base.status = "error" if status == "ok" else status
             return base

@@ -22,25 +22,22 @@ Two ways to run such a file:
            runs over time, which the weights were never trained for: the numbers DIFFER from the
            reference. Useful as a starting point for fine-tuning, not to reproduce old results.
 
-Loading is always ``torch.load(..., weights_only=True)``; a file that needs arbitrary unpickling
-(for example a whole model object saved with ``torch.save(model)``) is refused with
+Loading is always ``checkpoint.load_torch_file`` (``weights_only=True``); a file that needs arbitrary
+unpickling (for example a whole model object saved with ``torch.save(model)``) is refused with
 :class:`~deepfake_detector.errors.UnsafeFileError`.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import pickle
 import re
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import UnsafeFileError, UserError
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,83 +48,6 @@ LEGACY_SIZE = 112
 # The reference fed OpenCV (BGR) frames to ToPILImage as if they were RGB, in training and predict.
 LEGACY_CHANNEL_ORDER = "bgr"
 REFERENCE_TRUNK = "resnext50_32x4d"
-
-
-# --------------------------------------------------------------------------------------------------
-# Safe loading
-# --------------------------------------------------------------------------------------------------
-
-
-def safe_torch_load(path: str | os.PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True`` and one clear error line for every failure.
-
-    Only tensors and builtin containers are ever reconstructed, so a planted pickle payload is
-    refused before any of its code can run.
-    """
-    import torch
-
-    from .engine.checkpoint import needs_code  # here, not at the top: decoding workers import this module
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint not found: {path}")
-    if not path.is_file():
-        raise UserError(f"checkpoint is not a file: {path}")
-    if path.stat().st_size == 0:
-        raise UserError(f"checkpoint is empty (0 bytes): {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except MemoryError:
-        raise UserError(f"cannot load checkpoint {path}: it needs more memory than is available") from None
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError, KeyError,
-            TypeError, AttributeError, IndexError) as exc:
-        if isinstance(exc, OSError) and exc.errno in _ACCESS_ERRNOS:  # the file system, not the content
-            raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
-        detail = torch_error_detail(exc)
-        if needs_code(exc):  # the file imports code: refused, nothing of it ran
-            raise UnsafeFileError(
-                f"refusing to load {path}: it contains pickled Python objects that could run code "
-                f"(only plain state dicts / tensors are accepted; re-save it with "
-                f"torch.save(model.state_dict()) where you trust it). Detail: {detail}"
-            ) from None
-        raise UserError(f"cannot read checkpoint {path}: not a readable checkpoint (corrupt, truncated, or "
-                        f"not a PyTorch file; torch: {detail})") from None
-
-
-#: ``OSError`` numbers that are about reaching the file; others (torch reports a truncated zip as
-#: ``EINVAL``) are about its content.
-_ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT, errno.EISDIR, errno.ENXIO}
-
-#: Lines of torch's generic ``weights_only`` advice: they say nothing about this file.
-_TORCH_BOILERPLATE = ("weights only load failed", "(1)", "(2)", "in pytorch 2.6", "check the documentation",
-                      "please file an issue", "alternatively, to load")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def torch_error_detail(exc: BaseException, limit: int = 300) -> str:
-    """The informative part of a ``torch.load`` error as one short line, never cut mid-sentence.
-
-    torch wraps the real reason (``Unsupported global: GLOBAL os.system ...``, ``failed finding central
-    directory``) in paragraphs of generic advice; this keeps the first sentence of the first line that
-    is not that advice. Only a single sentence longer than ``limit`` is shortened, with a marked "...".
-    """
-    text = _ANSI.sub("", str(exc))
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
-        low = ln.lower()
-        if "weightsunpickler error:" in low:
-            ln = ln[low.index("weightsunpickler error:") + len("weightsunpickler error:"):].strip()
-            if not ln:
-                continue
-        elif low.startswith(_TORCH_BOILERPLATE):
-            continue
-        sentence = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", ln, maxsplit=1)[0].rstrip(".")
-        if len(sentence) > limit:
-            sentence = sentence[: limit - 3].rstrip() + "..."
-        if isinstance(exc, (pickle.UnpicklingError, RuntimeError)):  # torch's own messages read on their own
-            return sentence
-        return f"{type(exc).__name__}: {sentence}"
-    return type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 
 import pytest
@@ -12,7 +11,9 @@ import torch.nn as nn
 import torchvision
 
 from deepfake_detector import legacy as lg
+from deepfake_detector.checkpoint import load_torch_file, torch_error_detail
 from deepfake_detector.errors import UnsafeFileError, UserError
+from tests.helpers import MkdirPayload
 
 
 class ReferenceModel(nn.Module):
@@ -179,11 +180,11 @@ def test_pickled_whole_model_is_refused(tmp_path, caplog):
     path = tmp_path / "model_90_acc_10_frames.pt"
     torch.save(nn.Sequential(nn.Linear(4, 2)), path)  # a whole model object: needs arbitrary unpickling
     with pytest.raises(UnsafeFileError, match="refusing"):
-        lg.safe_torch_load(path)
+        load_torch_file(path)
     # a plain state dict of the same model loads fine
     torch.save(ref.state_dict(), path)
     with caplog.at_level(logging.WARNING):
-        assert lg.is_legacy_state_dict(lg.safe_torch_load(path))
+        assert lg.is_legacy_state_dict(load_torch_file(path))
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04broken zip"])
@@ -191,19 +192,9 @@ def test_unreadable_files_are_user_errors(tmp_path, content):
     path = tmp_path / "x.pt"
     path.write_bytes(content)
     with pytest.raises(UserError):
-        lg.safe_torch_load(path)
+        load_torch_file(path)
     with pytest.raises(UserError, match="not found"):
-        lg.safe_torch_load(tmp_path / "missing.pt")
-
-
-class _ShellPayload:
-    """Unpickling would create the marker file (a live payload; weights_only must never run it)."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
+        load_torch_file(tmp_path / "missing.pt")
 
 
 def _assert_clean_line(message: str) -> None:
@@ -227,7 +218,7 @@ def test_corrupt_checkpoint_is_unreadable_not_unsafe(tmp_path, kind):
         torch.save({"w": torch.zeros(3)}, path, _use_new_zipfile_serialization=False)
         path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(UserError) as info:
-        lg.safe_torch_load(path)
+        load_torch_file(path)
     assert not isinstance(info.value, UnsafeFileError)
     message = str(info.value)
     assert "not a readable checkpoint (corrupt" in message and "refusing" not in message
@@ -238,13 +229,13 @@ def test_corrupt_checkpoint_is_unreadable_not_unsafe(tmp_path, kind):
 def test_pickle_payload_is_still_refused_as_unsafe_and_never_runs(tmp_path, zip_format):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"model.0.weight": torch.zeros(2), "x": _ShellPayload(str(marker))}, path,
+    torch.save({"model.0.weight": torch.zeros(2), "x": MkdirPayload(str(marker))}, path,
                _use_new_zipfile_serialization=zip_format)
     torch.load(path, weights_only=False)  # the payload is live
     assert marker.exists()
     marker.rmdir()
     with pytest.raises(UnsafeFileError) as info:
-        lg.safe_torch_load(path)
+        load_torch_file(path)
     assert not marker.exists()
     message = str(info.value)
     assert message.startswith(f"refusing to load {path}") and "GLOBAL" in message and "mkdir" in message
@@ -260,9 +251,9 @@ def test_torch_error_detail_keeps_the_first_sentence_only():
         "WeightsUnpickler error: Unsupported global: GLOBAL torch.nn.Linear was not an allowed global by "
         "default. Please use `torch.serialization.add_safe_globals([torch.nn.Linear])` or ...\n\n"
         "Check the documentation of torch.load to learn more.")
-    assert lg.torch_error_detail(exc) == ("Unsupported global: GLOBAL torch.nn.Linear was not an allowed "
+    assert torch_error_detail(exc) == ("Unsupported global: GLOBAL torch.nn.Linear was not an allowed "
                                           "global by default")
-    assert lg.torch_error_detail(RuntimeError("")) == "RuntimeError"
-    assert lg.torch_error_detail(KeyError("x")) == "KeyError: 'x'"
+    assert torch_error_detail(RuntimeError("")) == "RuntimeError"
+    assert torch_error_detail(KeyError("x")) == "KeyError: 'x'"
     long = RuntimeError("x" * 1000)
-    assert lg.torch_error_detail(long).endswith("...") and len(lg.torch_error_detail(long)) == 300
+    assert torch_error_detail(long).endswith("...") and len(torch_error_detail(long)) == 300

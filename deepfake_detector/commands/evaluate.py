@@ -41,13 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
+    from ..checkpoint import load_checkpoint, to_builtin
     from ..config import ModelConfig, TrainConfig, from_dict
     from ..data.cache import load_manifest
     from ..data.dataset import split_rows, usable_rows
-    from ..engine.checkpoint import load_checkpoint, to_builtin
-    from ..engine.trainer import evaluate_rows, resolve_device, write_predictions_csv
+    from ..device import amp_dtype as autocast_dtype
+    from ..device import resolve_device, use_channels_last
+    from ..engine.trainer import evaluate_rows, write_predictions_csv
     from ..errors import UserError
     from ..metrics import compute_metrics, format_metrics_table
     from ..models import build_model
@@ -74,10 +74,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"{args.checkpoint}: weights do not fit the model in its config ({exc})") from exc
     model.to(device).eval()
-    amp_dtype = None
-    if device.type == "cuda":
+    if use_channels_last(device):
         model.set_channels_last(True)
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = autocast_dtype(device)
 
     try:
         rows = load_manifest(args.cache)

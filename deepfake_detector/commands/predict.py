@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def is_video_name(name: str) -> bool:
-    from ..inference import VIDEO_EXTENSIONS
+    from ..constants import VIDEO_EXTENSIONS
 
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
 

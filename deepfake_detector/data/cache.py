@@ -27,6 +27,17 @@ from typing import Optional
 
 import numpy as np
 
+from ..constants import (  # noqa: F401  (statuses are re-exported: the manifest speaks them)
+    ERROR,
+    MISSING,
+    NO_FACE,
+    OK,
+    REFUSED,
+    STATUSES,
+    TOO_SHORT,
+    UNREADABLE,
+    USABLE_STATUSES,
+)
 from ..utils import atomic_open, atomic_write_bytes, is_within
 
 log = logging.getLogger(__name__)
@@ -35,16 +46,6 @@ MANIFEST_NAME = "manifest.csv"
 CONFIG_NAME = "preprocess.json"
 CLIPS_DIR = "clips"
 
-# Status values of a manifest row / prediction.
-OK = "ok"  # face clip made
-NO_FACE = "no_face"  # no face found: clip is centre crops (or none with --no-face skip)
-UNREADABLE = "unreadable"  # could not be opened or decoded
-TOO_SHORT = "too_short"  # fewer decodable frames than needed
-REFUSED = "refused"  # refused by a safety cap (absurd size, path outside root, ...)
-MISSING = "missing"  # file does not exist
-ERROR = "error"  # unexpected failure (a bug): reported per item, run goes on
-STATUSES = (OK, NO_FACE, UNREADABLE, TOO_SHORT, REFUSED, MISSING, ERROR)
-USABLE_STATUSES = (OK,)
 
 
 @dataclass

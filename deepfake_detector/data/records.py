@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-REAL = "REAL"
-FAKE = "FAKE"
-LABELS = (REAL, FAKE)
-CLASS_NAMES = (REAL, FAKE)  # index 0 = REAL, index 1 = FAKE
-SPLITS = ("train", "val", "test")
+from ..constants import CLASS_NAMES, FAKE, LABELS, REAL, SPLITS
+
+__all__ = ["REAL", "FAKE", "LABELS", "CLASS_NAMES", "SPLITS", "normalize_label", "label_to_index",
+           "index_to_label", "VideoRecord", "RecordProblem", "LoadResult"]
 
 
 def normalize_label(value: object) -> Optional[str]:

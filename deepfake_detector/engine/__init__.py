@@ -11,8 +11,6 @@ __all__ = [
     "train_epoch",
     "evaluate",
     "EarlyStoppingWithCheckpoint",
-    "load_checkpoint",
-    "save_checkpoint",
 ]
 
 
@@ -29,8 +27,4 @@ def __getattr__(name: str):  # lazy re-exports
         from .early_stopping import EarlyStoppingWithCheckpoint
 
         return EarlyStoppingWithCheckpoint
-    if name in ("load_checkpoint", "save_checkpoint"):
-        from . import checkpoint
-
-        return getattr(checkpoint, name)
     raise AttributeError(name)

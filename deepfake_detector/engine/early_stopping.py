@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -110,11 +110,8 @@ def train_epoch(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     t0 = time.perf_counter()
-    n = 0
-    skipped = 0
     bar = _progress(loader, desc, progress and info.is_main)
-    loss_acc = torch.zeros((), dtype=torch.float64, device=device)  # on device: no sync per step
-    correct_acc = torch.zeros((), dtype=torch.int64, device=device)
+    totals = _EpochTotals(device)
     for step, batch in enumerate(bar):
         if limit_batches and step >= limit_batches:
             break
@@ -122,71 +119,124 @@ def train_epoch(
         raw = not x.is_floating_point()  # uint8 clips: finite by construction, normalised on device
         x = clips_to_device(x, device)
         y = y.to(device, non_blocking=True)
-        # Checked before forward: a NaN batch would poison BatchNorm running statistics. Under DDP
-        # every rank learns whether any rank must skip, so no rank waits in a collective alone.
-        if not raw and all_reduce_flags((~torch.isfinite(x).all()).float().reshape(1), info).item():
-            skipped += 1
+        # Checked before forward: a NaN batch would poison BatchNorm running statistics.
+        if not raw and _inputs_nonfinite_anywhere(x, info):
+            totals.skipped += 1
             tracker.bad("inputs", _names(index, paths))
             continue
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_context(device, amp_dtype):
-            logits = model(x)
-            loss = criterion(logits.float(), y)
-        # Backward runs even when the loss is not finite (its gradients are then not finite either,
-        # on every rank once DDP has averaged them), so the loss and gradient checks need ONE
-        # host-device sync per step, after backward, instead of one before and one after.
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
+        logits, loss = _forward_backward(model, criterion, optimizer, scaler, x, y, device, amp_dtype)
         norm = nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-        local = torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(norm)]).float()
-        reduced = all_reduce_flags(local.clone(), info).to(local.device)  # in place under NCCL
-        bad_loss_any, bad_grad, bad_loss_here, _ = (v > 0 for v in torch.cat([reduced, local]).tolist())
+        bad_loss_any, bad_grad, bad_loss_here = _nonfinite_flags(loss, norm, info)
         if bad_loss_any or bad_grad:
-            if scaler is not None:
-                if not bad_loss_any:
-                    # fp16 overflow: the scaler skips the step and lowers its scale (normal while calibrating)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    skipped += 1
-                    continue
-                scaler.update()  # closes this iteration's unscale_ (lowers the scale: grads are not finite)
-            optimizer.zero_grad(set_to_none=True)
-            skipped += 1
-            what = "loss" if bad_loss_here else ("loss (on another rank)" if bad_loss_any else "gradients")
-            tracker.bad(what, _names(index, paths))
+            totals.skipped += 1
+            what = _drop_step(optimizer, scaler, bad_loss_any, bad_loss_here)
+            if what:
+                tracker.bad(what, _names(index, paths))
             continue
-        if scaler is not None:
+        _optimizer_step(optimizer, scaler, scheduler)
+        tracker.ok()
+        totals.add(loss, logits, y)
+        if info.is_main and not getattr(bar, "disable", True) and step % 10 == 0:
+            bar.set_postfix(**totals.postfix())
+    return totals.summary(info, t0)
+
+
+class _EpochTotals:
+    """Loss and accuracy sums of the non-skipped batches, kept on the device: no host sync per step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_acc = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct_acc = torch.zeros((), dtype=torch.int64, device=device)
+        self.n = 0
+        self.skipped = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        bs = int(y.shape[0])
+        self.loss_acc += loss.detach().double() * bs
+        self.correct_acc += (logits.detach().argmax(dim=1) == y).sum()
+        self.n += bs
+
+    def postfix(self) -> dict[str, str]:
+        """The running averages for the progress bar (a host sync: call it only now and then)."""
+        loss = float(self.loss_acc) / self.n
+        return {"loss": f"{loss:.4f}", "acc": f"{int(self.correct_acc) / self.n:.3f}"}
+
+    def summary(self, info: DistInfo, t0: float) -> dict:
+        """Average over all ranks' samples so every rank logs (and writes) the same numbers."""
+        loss_sum = float(self.loss_acc)
+        correct = int(self.correct_acc)
+        parts = all_gather_objects((loss_sum, correct, self.n, self.skipped), info)
+        loss_sum = sum(p[0] for p in parts)
+        correct = sum(p[1] for p in parts)
+        n = sum(p[2] for p in parts)
+        skipped = sum(p[3] for p in parts)
+        return {
+            "loss": loss_sum / n if n else float("nan"),
+            "accuracy": correct / n if n else float("nan"),
+            "n": n,
+            "skipped": skipped,
+            "seconds": time.perf_counter() - t0,
+        }
+
+
+def _inputs_nonfinite_anywhere(x: torch.Tensor, info: DistInfo) -> bool:
+    """Does any rank hold non-finite inputs? Under DDP every rank learns whether any rank must skip,
+    so no rank waits in a collective alone."""
+    return bool(all_reduce_flags((~torch.isfinite(x).all()).float().reshape(1), info).item())
+
+
+def _forward_backward(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                      scaler: Any, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                      amp_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward, gradients left unscaled for clipping; returns ``(logits, loss)``.
+
+    Backward runs even when the loss is not finite (its gradients are then not finite either, on
+    every rank once DDP has averaged them), so the loss and gradient checks need ONE host-device
+    sync per step, after backward, instead of one before and one after.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_context(device, amp_dtype):
+        logits = model(x)
+        loss = criterion(logits.float(), y)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    return logits, loss
+
+
+def _nonfinite_flags(loss: torch.Tensor, norm: torch.Tensor, info: DistInfo) -> tuple[bool, bool, bool]:
+    """``(loss bad on any rank, gradients bad, loss bad on this rank)``, in one host-device sync."""
+    local = torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(norm)]).float()
+    reduced = all_reduce_flags(local.clone(), info).to(local.device)  # in place under NCCL
+    bad_loss_any, bad_grad, bad_loss_here, _ = (v > 0 for v in torch.cat([reduced, local]).tolist())
+    return bad_loss_any, bad_grad, bad_loss_here
+
+
+def _drop_step(optimizer: torch.optim.Optimizer, scaler: Any, bad_loss_any: bool,
+               bad_loss_here: bool) -> str:
+    """Skip the step of a non-finite batch, keeping the scaler consistent. Returns what to report as
+    non-finite, or "" for an fp16 overflow (normal while the scaler calibrates: not a bad batch)."""
+    if scaler is not None:
+        if not bad_loss_any:
+            # fp16 overflow: the scaler skips the step and lowers its scale (normal while calibrating)
             scaler.step(optimizer)
             scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        tracker.ok()
-        bs = int(y.shape[0])
-        loss_acc += loss.detach().double() * bs
-        correct_acc += (logits.detach().argmax(dim=1) == y).sum()
-        n += bs
-        if info.is_main and not getattr(bar, "disable", True) and step % 10 == 0:
-            bar.set_postfix(loss=f"{float(loss_acc) / n:.4f}", acc=f"{int(correct_acc) / n:.3f}")
-    loss_sum = float(loss_acc)
-    correct = int(correct_acc)
-    # Average over all ranks' samples so every rank logs (and writes) the same numbers.
-    parts = all_gather_objects((loss_sum, correct, n, skipped), info)
-    loss_sum = sum(p[0] for p in parts)
-    correct = sum(p[1] for p in parts)
-    n = sum(p[2] for p in parts)
-    skipped = sum(p[3] for p in parts)
-    return {
-        "loss": loss_sum / n if n else float("nan"),
-        "accuracy": correct / n if n else float("nan"),
-        "n": n,
-        "skipped": skipped,
-        "seconds": time.perf_counter() - t0,
-    }
+            return ""
+        scaler.update()  # closes this iteration's unscale_ (lowers the scale: grads are not finite)
+    optimizer.zero_grad(set_to_none=True)
+    return "loss" if bad_loss_here else ("loss (on another rank)" if bad_loss_any else "gradients")
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: Any, scheduler: Any) -> None:
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
 
 
 @torch.no_grad()
@@ -230,11 +280,20 @@ def evaluate(
         y_all.append(y.numpy())
         p_all.append(p.numpy())
         loss_all.append(losses.numpy())
+    local = (_cat(idx_all, np.int64), _cat(y_all, np.int64), _cat(p_all, np.float64),
+             _cat(loss_all, np.float64))
+    result = _gather_predictions(local, info)
+    result["seconds"] = time.perf_counter() - t0
+    return result
 
-    def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
-    local = (cat(idx_all, np.int64), cat(y_all, np.int64), cat(p_all, np.float64), cat(loss_all, np.float64))
+def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+
+def _gather_predictions(local: tuple[np.ndarray, ...], info: DistInfo) -> dict:
+    """All ranks' ``(index, y_true, p_fake, losses)``, ordered by dataset index so every rank holds
+    the same arrays, and the mean of the finite losses."""
     gathered = all_gather_objects(local, info)
     index = np.concatenate([g[0] for g in gathered])
     order = np.argsort(index, kind="stable")
@@ -249,5 +308,4 @@ def evaluate(
         "y_true": y_true,
         "p_fake": p_fake,
         "n": int(index.size),
-        "seconds": time.perf_counter() - t0,
     }

@@ -36,14 +36,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import __version__
+from ..checkpoint import load_checkpoint, save_checkpoint, to_builtin
 from ..config import ModelConfig, TrainConfig, default_batch_size, from_dict, to_dict
 from ..data.cache import CONFIG_NAME, MANIFEST_NAME, load_manifest
 from ..data.dataset import ClipDataset, split_rows
 from ..data.records import index_to_label
+from ..device import amp_dtype as autocast_dtype
+from ..device import grad_scaler, precision_name, resolve_device, use_channels_last
 from ..errors import UserError
 from ..metrics import choose_threshold, compute_metrics
 from ..utils import atomic_write_json, atomic_write_text
-from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state, to_builtin
 from .distributed import (
     BalancedDistributedSampler,
     DistInfo,
@@ -58,6 +60,7 @@ from .distributed import (
 )
 from .early_stopping import EarlyStoppingWithCheckpoint
 from .loop import NonFiniteTracker, evaluate, train_epoch
+from .rng import get_rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,6 @@ __all__ = [
     "fit",
     "METRICS_COLUMNS",
     "RESUME_OVERRIDES",
-    "resolve_device",
     "read_preprocess_config",
     "evaluate_rows",
     "write_predictions_csv",
@@ -100,17 +102,6 @@ RESUME_OVERRIDES = (
     "limit_train_batches",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda requested but CUDA is not available (use --device cpu)")
-        if name == "cuda":
-            return torch.device("cuda", local_rank)
-    return torch.device(name)
 
 
 def read_preprocess_config(cache: str | Path) -> dict:
@@ -192,14 +183,6 @@ def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
             return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _amp_setup(cfg: TrainConfig, device: torch.device) -> tuple[Optional[torch.dtype], Any]:
-    if device.type != "cuda" or not cfg.amp:
-        return None, None
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16, None
-    return torch.float16, torch.amp.GradScaler("cuda")
 
 
 def _prepare_run_dir(cfg: TrainConfig, info: DistInfo) -> Path:
@@ -476,7 +459,7 @@ def fit(cfg: TrainConfig, resume_overrides: Optional[set] = None, progress: bool
     With ``cfg.resume`` the saved config in ``last.pt`` is used, except the settings named in
     ``resume_overrides`` (default: all of ``RESUME_OVERRIDES``) which are taken from ``cfg``.
     """
-    pre_device = resolve_device(cfg.device)
+    pre_device = resolve_device(cfg.device, local_rank=0)
     info = init_distributed(pre_device.type)
     try:
         return _fit(cfg, info, resume_overrides, progress)
@@ -560,9 +543,10 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
 
     # --- model, optimizer -------------------------------------------------------------------------
     model = _build_model_rank0_first(cfg, info).to(device)
-    if device.type == "cuda" and cfg.channels_last:
+    if use_channels_last(device, cfg.channels_last):
         model.set_channels_last(True)
-    amp_dtype, scaler = _amp_setup(cfg, device)
+    amp_dtype = autocast_dtype(device, cfg.amp)
+    scaler = grad_scaler(amp_dtype)
     raw_model = model
     net: nn.Module = model  # what the loops call: the whole model on clips, or its head on features
     if cfg.model.freeze_backbone and cfg.feature_cache:
@@ -633,8 +617,8 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
         "runtime": {
             "device": str(device),
             "world_size": info.world_size,
-            "amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "on"),
-            "channels_last": bool(device.type == "cuda" and cfg.channels_last),
+            "amp": precision_name(amp_dtype),
+            "channels_last": use_channels_last(device, cfg.channels_last),
             "torch": str(torch.__version__),
         },
     }

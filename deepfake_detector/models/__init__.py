@@ -9,11 +9,15 @@ the checkpoint's state dict replaces every weight, so nothing should be download
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 
 from torch import nn
 
+from ..checkpoint import Checkpoint
 from ..config import ModelConfig
+from ..errors import UserError
 from .backbones import BACKBONES, BackboneSpec, get_backbone_spec, register_backbone
 from .resnext_lstm import ResNeXtLSTM
 
@@ -28,6 +32,7 @@ __all__ = [
     "get_backbone_spec",
     "ResNeXtLSTM",
     "MODELS",
+    "model_from_checkpoint",
 ]
 
 MODELS = ("resnext_lstm",)
@@ -71,4 +76,30 @@ def build_model(cfg: ModelConfig, load_weights: bool = True) -> ResNeXtLSTM:
         model.backbone.eval()
         for p in model.backbone.parameters():
             p.requires_grad_(False)
+    return model
+
+
+def model_from_checkpoint(ckpt: Checkpoint, path: str | os.PathLike = "checkpoint") -> ResNeXtLSTM:
+    """The trained network stored in ``ckpt``, rebuilt from its config (never downloads weights).
+
+    Lives beside the registry rather than in ``checkpoint``: the checkpoint module sits below the models
+    (backbone weight files are read through its safe loader), so it describes models but never builds one.
+    """
+    try:
+        mcfg = dataclasses.replace(ckpt.model_config(), pretrained=False, weights_file=None)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{path}: invalid model config in checkpoint: {exc}") from None
+    try:
+        model = build_model(mcfg, load_weights=False)
+    except ValueError as exc:
+        raise UserError(f"{path}: cannot rebuild the model: {exc}") from None
+    state = ckpt.model
+    for prefix in ("module.", "_orig_mod."):  # saved from a DDP / torch.compile wrapper
+        if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+        raise UserError(f"{path}: weights do not fit the configured model: {detail[:400]}") from None
     return model

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import UnsafeFileError, WeightsUnavailableError
+from ..checkpoint import load_torch_file
+from ..errors import WeightsUnavailableError
 from .backbones import BackboneSpec
 
 log = logging.getLogger(__name__)
@@ -61,20 +61,7 @@ def load_backbone_weights_file(trunk: nn.Module, spec: BackboneSpec, path: str) 
     ``fc.*``/``classifier.*`` head is dropped), a trunk state dict as saved from our backbone, or one
     of our checkpoints (its ``backbone.*`` keys). ``module.`` prefixes (DataParallel) are stripped.
     """
-    if not os.path.isfile(path):
-        raise WeightsUnavailableError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "global" not in str(exc).lower():
-            raise WeightsUnavailableError(
-                f"{path}: not a readable PyTorch weights file (corrupt, or a pickle of more than tensors)"
-            ) from exc
-        raise UnsafeFileError(
-            f"{path}: refused, loading it would need arbitrary code execution (not a plain tensor file)"
-        ) from exc
-    except Exception as exc:
-        raise WeightsUnavailableError(f"{path}: not a readable PyTorch weights file ({exc})") from exc
+    obj = load_torch_file(path, "weights file", WeightsUnavailableError)
     try:
         sd = extract_state_dict(obj)
     except ValueError as exc:

@@ -8,8 +8,8 @@ import urllib.error
 
 import pytest
 
+from deepfake_detector.checkpoint import load_checkpoint
 from deepfake_detector.cli import main
-from deepfake_detector.engine.checkpoint import load_checkpoint
 from tests.cache_helpers import RUN_FILES, make_synthetic_cache
 
 TINY = [

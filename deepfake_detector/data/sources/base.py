@@ -24,12 +24,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Optional
 
+from ...constants import VIDEO_EXTENSIONS
 from ...errors import UserError
 from ..records import FAKE, LABELS, REAL, LoadResult, RecordProblem, VideoRecord
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
 # RecordProblem.kind values. ``missing`` and ``refused`` match manifest statuses of the same name.
 MISSING = "missing"  # the file does not exist
