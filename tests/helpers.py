@@ -14,13 +14,21 @@ Stable API (other test modules import these; add new helpers at the END of the f
 - ``index_frame(i, size) -> np.ndarray`` / ``read_index(frame) -> int``  frames that carry their number
 - ``make_bad_file(path, kind) -> Path``  kinds: zero, random, png, truncated, audio, text
 - ``BAD_KINDS``                          the kinds above
+- ``MkdirPayload`` / ``OpenPayload`` / ``SystemPayload`` / ``ExecPayload`` ``(marker)``  live pickle
+  payloads (``PicklePayload``): unpickling creates ``marker``, so a refusal test checks it never appears
+- ``cli_cmd(*args)`` / ``cli_env()``     argv and environment of a ``deepfake-detector`` subprocess
+- ``run_cli(*args, cwd, timeout=240)`` / ``run_cli_in_process(capsys, *args)``  run the CLI; both give
+  a ``subprocess.CompletedProcess`` (returncode, stdout, stderr)
 """
 
 from __future__ import annotations
 
+import builtins
 import functools
 import importlib.util
 import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -303,3 +311,90 @@ def make_bad_file(path: Union[str, os.PathLike], kind: str) -> Path:
     else:
         raise ValueError(f"unknown bad file kind {kind!r}; choose from {BAD_KINDS}")
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Hostile pickles
+# --------------------------------------------------------------------------------------------------
+
+
+class PicklePayload:
+    """A live code-execution payload: unpickling it creates ``marker`` (a file or a folder), so a test
+    proves that a loader refused the pickle by checking that the marker never appears. Each subclass
+    uses another gadget, as a loader must refuse them all."""
+
+    def __init__(self, marker: Union[str, os.PathLike]) -> None:
+        self.marker = os.fspath(marker)
+
+    def __reduce__(self):
+        raise NotImplementedError
+
+
+class MkdirPayload(PicklePayload):
+    """Unpickling calls ``os.mkdir(marker)`` (the pickle names the global ``posix mkdir``)."""
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+class OpenPayload(PicklePayload):
+    """Unpickling calls the builtin ``open(marker, "w")``."""
+
+    def __reduce__(self):
+        return (builtins.open, (self.marker, "w"))
+
+
+class SystemPayload(PicklePayload):
+    """Unpickling runs a shell command (``touch marker``)."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+class ExecPayload(PicklePayload):
+    """Unpickling runs Python source that writes the marker (the classic ``exec`` gadget)."""
+
+    def __reduce__(self):
+        return (builtins.exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def cli_env() -> dict[str, str]:
+    """A CLI subprocess's environment: one OpenMP/MKL thread (so it matches single-threaded in-process
+    runs bit for bit and does not crowd a small CI machine) and no ``.pyc`` files written."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def cli_cmd(*args: Union[str, os.PathLike]) -> list:
+    """The argv of ``deepfake-detector ARGS`` run by this interpreter (for ``subprocess``)."""
+    return [sys.executable, "-m", "deepfake_detector", *args]
+
+
+def run_cli(*args: Union[str, os.PathLike], cwd: Union[str, os.PathLike],
+            timeout: float = 240) -> subprocess.CompletedProcess:
+    """``deepfake-detector ARGS`` in a fresh interpreter, as a user runs it (start-up, exit code,
+    everything it prints); stdout and stderr come back as text."""
+    return subprocess.run(cli_cmd(*args), capture_output=True, text=True, errors="replace", timeout=timeout,
+                          cwd=cwd, env=cli_env())
+
+
+def run_cli_in_process(capsys, *args: object) -> subprocess.CompletedProcess:
+    """``deepfake-detector ARGS`` in this process (no interpreter start-up: for error paths); an
+    exception that escapes ``cli.main`` becomes the traceback a user would have seen, on stderr."""
+    import traceback
+
+    from deepfake_detector import cli
+
+    capsys.readouterr()
+    try:
+        code, tb = cli.main([str(a) for a in args]), ""
+    except SystemExit as exc:
+        code, tb = int(exc.code or 0), ""
+    except Exception:
+        code, tb = 1, traceback.format_exc()
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err + tb)

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,36 +23,9 @@ from deepfake_detector.config import PreprocessConfig
 from deepfake_detector.data import cache
 from tests.cache_helpers import make_synthetic_cache
 from tests.corpus import is_root
-from tests.helpers import make_video
+from tests.helpers import cli_cmd, cli_env, make_video, run_cli, run_cli_in_process
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-def cli_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "deepfake_detector", *args]
-
-
-def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_cmd(*args), capture_output=True, text=True, errors="replace", timeout=timeout,
-                          cwd=cwd, env=ENV)
-
-
-def run_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
-    """``deepfake-detector ARGS`` in this process (error paths: no interpreter start-up needed); an
-    exception escaping ``cli.main`` becomes the traceback a user would see."""
-    import traceback
-
-    from deepfake_detector import cli
-
-    capsys.readouterr()
-    try:
-        code, tb = cli.main([str(a) for a in args]), ""
-    except SystemExit as exc:
-        code, tb = int(exc.code or 0), ""
-    except Exception:
-        code, tb = 1, traceback.format_exc()
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, out.out, out.err + tb)
+ENV = cli_env()
 
 
 def kill_group_when(proc: subprocess.Popen, ready, timeout: float = 180) -> bool:
@@ -225,7 +197,7 @@ def one_torch_thread():
 def test_kill_9_during_train_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     import torch
 
-    from deepfake_detector.engine.checkpoint import load_checkpoint
+    from deepfake_detector.checkpoint import load_checkpoint
 
     data = make_synthetic_cache(tmp_path / "cache", n_real=8, n_fake=8, kind="flicker")
     runs = tmp_path / "runs"
@@ -239,10 +211,10 @@ def test_kill_9_during_train_then_resume_matches_an_uninterrupted_run(tmp_path, 
     first = load_checkpoint(last)  # the file a kill left is whole
     assert first["epoch"] == 1
     with one_torch_thread():
-        straight = run_in_process(capsys, "train", data, "--name", "a", "--runs-dir", runs, *TRAIN_ARGS)
+        straight = run_cli_in_process(capsys, "train", data, "--name", "a", "--runs-dir", runs, *TRAIN_ARGS)
         assert straight.returncode == 0, straight.stderr[-3000:]
-        resumed = run_in_process(capsys, "train", data, "--name", "b", "--runs-dir", runs, "--resume",
-                                 "--device", "cpu")
+        resumed = run_cli_in_process(capsys, "train", data, "--name", "b", "--runs-dir", runs, "--resume",
+                                     "--device", "cpu")
         assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = read_rows(runs / "a" / "metrics.csv"), read_rows(runs / "b" / "metrics.csv")
     assert len(a) == len(b) == 2
@@ -372,12 +344,12 @@ def test_preprocess_when_the_disk_fills_partway_exits_1_and_a_rerun_resumes(four
 
 @pytest.mark.timeout(300)
 def test_train_on_a_full_disk_is_a_clear_error(tmp_path, capsys):
-    from deepfake_detector.engine.checkpoint import load_checkpoint
+    from deepfake_detector.checkpoint import load_checkpoint
 
     data = make_synthetic_cache(tmp_path / "cache", n_real=6, n_fake=6)
     with tmpfs(tmp_path / "full", size="64k") as mnt:
-        proc = run_in_process(capsys, "train", data, "--name", "r", "--runs-dir", mnt / "runs",
-                              *TRAIN_ARGS[:-8], "--epochs", "1")
+        proc = run_cli_in_process(capsys, "train", data, "--name", "r", "--runs-dir", mnt / "runs",
+                                  *TRAIN_ARGS[:-8], "--epochs", "1")
         assert not list(mnt.rglob("*.tmp"))
         for p in mnt.rglob("*.pt"):
             load_checkpoint(p)  # whatever is there is whole
@@ -395,8 +367,8 @@ def test_predict_output_on_a_full_disk_is_a_clear_error(tmp_path, capsys):
             while True:
                 fh.write(b"\0" * 4096)
                 fh.flush()
-        proc = run_in_process(capsys, "predict", ckpt, video, "--output", mnt / "out.csv", "--workers", "0",
-                              "--device", "cpu")
+        proc = run_cli_in_process(capsys, "predict", ckpt, video, "--output", mnt / "out.csv",
+                                  "--workers", "0", "--device", "cpu")
         assert_clear_error(proc, "space")
         assert not (mnt / "out.csv").exists() and not list(mnt.rglob("*.tmp"))
 
@@ -504,7 +476,7 @@ def test_read_only_output_folders_give_clear_errors(four_videos, tmp_path, capsy
             "evaluate --out": (["evaluate", ckpt, data, "--out", ro / "eval", "--device", "cpu"], "eval"),
         }
         for name, (argv, needle) in runs.items():
-            proc = run_in_process(capsys, *argv)
+            proc = run_cli_in_process(capsys, *argv)
             try:
                 assert_clear_error(proc, *([needle] if needle else []))
             except AssertionError as exc:

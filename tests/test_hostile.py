@@ -7,12 +7,10 @@ Every payload is first proven live: a plain ``pickle.loads`` of the same bytes d
 
 from __future__ import annotations
 
-import builtins
 import json
 import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,65 +19,18 @@ import torch
 
 from deepfake_detector.data.sources import load_records
 from deepfake_detector.errors import UnsafeFileError, UserError
+from tests.helpers import (
+    ExecPayload,
+    MkdirPayload,
+    SystemPayload,
+    run_cli,
+    run_cli_in_process,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class MkdirPayload:
-    """Unpickling calls ``os.mkdir(marker)``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
-
-
-class ExecPayload:
-    """Unpickling runs Python source that writes the marker (the classic ``exec`` gadget)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (builtins.exec, (f"open({self.marker!r}, 'w').write('pwned')",))
-
-
-class SystemPayload:
-    """Unpickling runs a shell command."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
-
-
 PAYLOADS = (MkdirPayload, ExecPayload, SystemPayload)
-
-
-def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deepfake_detector", *args], capture_output=True, text=True,
-                          errors="replace", timeout=timeout, cwd=cwd)
-
-
-def main_in_process(argv: list[str], capsys) -> subprocess.CompletedProcess:
-    """``deepfake-detector ARGV`` in this process (no interpreter start-up); an exception that escapes
-    ``cli.main`` is turned into the traceback a user would have seen."""
-    import traceback
-
-    from deepfake_detector import cli
-
-    capsys.readouterr()
-    try:
-        code = cli.main([str(a) for a in argv])
-        tb = ""
-    except SystemExit as exc:
-        code, tb = int(exc.code or 0), ""
-    except Exception:
-        code, tb = 1, traceback.format_exc()
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, code, out.out, out.err + tb)
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -137,8 +88,8 @@ def test_pickled_video_list_payload_is_refused_by_the_preprocess_cli(tmp_path):
     blob = pickle.dumps([ExecPayload(marker)])
     prove_live(blob, marker)
     root = make_legacy_root(tmp_path / "ds", blob)
-    proc = cli("preprocess", str(root), "--out", str(tmp_path / "cache"), "--detector", "center",
-               "--workers", "0", "--no-progress", cwd=tmp_path)
+    proc = run_cli("preprocess", str(root), "--out", str(tmp_path / "cache"), "--detector", "center",
+                   "--workers", "0", "--no-progress", cwd=tmp_path)
     assert_one_error_line(proc, "refused")
     assert not marker.exists()
     assert not (tmp_path / "cache" / "manifest.csv").exists()
@@ -167,7 +118,7 @@ def poisoned_checkpoint(path: Path, marker: Path, payload=ExecPayload, zip_forma
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy-tar"])
 @pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: p.__name__)
 def test_checkpoint_payload_is_refused_by_every_loader(tmp_path, payload, zip_format):
-    from deepfake_detector.engine.checkpoint import load_checkpoint
+    from deepfake_detector.checkpoint import load_checkpoint
     from deepfake_detector.inference import Detector
 
     marker = tmp_path / "pwned"
@@ -192,7 +143,7 @@ def test_checkpoint_payload_is_refused_by_every_loader(tmp_path, payload, zip_fo
 
 
 def test_raw_pickle_payload_named_pt_is_refused(tmp_path):
-    from deepfake_detector.engine.checkpoint import load_checkpoint
+    from deepfake_detector.checkpoint import load_checkpoint
     from deepfake_detector.inference import Detector
 
     marker = tmp_path / "pwned"
@@ -215,23 +166,23 @@ def test_checkpoint_payload_is_refused_by_predict_evaluate_serve_and_resume(tmp_
     marker = tmp_path / "pwned"
     ckpt = poisoned_checkpoint(tmp_path / "best.pt", marker)
     video = make_video(tmp_path / "v.mp4", frames=8, size=(64, 64), face=False)
-    proc = main_in_process(["predict", ckpt, video, "--workers", "0", "--device", "cpu"], capsys)
+    proc = run_cli_in_process(capsys, "predict", ckpt, video, "--workers", "0", "--device", "cpu")
     assert_one_error_line(proc, "refus")
     assert not marker.exists()
     cache = make_synthetic_cache(tmp_path / "cache", n_real=2, n_fake=2)
-    proc = main_in_process(["evaluate", ckpt, cache, "--device", "cpu"], capsys)
+    proc = run_cli_in_process(capsys, "evaluate", ckpt, cache, "--device", "cpu")
     assert_one_error_line(proc, "refused")
     assert not marker.exists()
     # serve must refuse before it ever binds a port (a hang here would mean it started serving)
-    proc = cli("serve", str(ckpt), "--port", "0", "--device", "cpu", cwd=tmp_path, timeout=120)
+    proc = run_cli("serve", str(ckpt), "--port", "0", "--device", "cpu", cwd=tmp_path, timeout=120)
     assert_one_error_line(proc, "refus")
     assert not marker.exists()
     # a poisoned last.pt in a run folder: --resume refuses it
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)
     poisoned_checkpoint(run / "last.pt", marker)
-    proc = main_in_process(["train", cache, "--name", "r", "--runs-dir", tmp_path / "runs", "--resume",
-                            "--device", "cpu", "--backbone", "tiny", "--no-pretrained"], capsys)
+    proc = run_cli_in_process(capsys, "train", cache, "--name", "r", "--runs-dir", tmp_path / "runs",
+                              "--resume", "--device", "cpu", "--backbone", "tiny", "--no-pretrained")
     assert_one_error_line(proc, "refused")
     assert not marker.exists()
 
@@ -312,8 +263,8 @@ def test_preprocess_cli_never_touches_files_outside_the_root(tmp_path):
     (root / "labels.csv").write_text(
         f"file,label\na.mp4,REAL\n../secret.mp4,FAKE\n{tmp_path}/secret.mp4,FAKE\n")
     out = tmp_path / "cache"
-    proc = cli("preprocess", str(root / "labels.csv"), "--out", str(out), "--detector", "center",
-               "--frames", "4", "--size", "32", "--workers", "0", "--no-progress", cwd=tmp_path)
+    proc = run_cli("preprocess", str(root / "labels.csv"), "--out", str(out), "--detector", "center",
+                   "--frames", "4", "--size", "32", "--workers", "0", "--no-progress", cwd=tmp_path)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Traceback" not in text, text[-2000:]
     assert text.count("outside the dataset root") == 2, text
@@ -342,8 +293,8 @@ def test_malformed_metadata_files_give_one_error_line(tmp_path, name):
     with pytest.raises(UserError) as info:
         load_records(path, fmt)
     assert "\n" not in str(info.value) and needle in str(info.value).lower(), str(info.value)
-    proc = cli("preprocess", str(path), "--format", fmt, "--out", str(tmp_path / "cache"), "--detector",
-               "center", "--workers", "0", "--no-progress", cwd=tmp_path)
+    proc = run_cli("preprocess", str(path), "--format", fmt, "--out", str(tmp_path / "cache"), "--detector",
+                   "center", "--workers", "0", "--no-progress", cwd=tmp_path)
     assert_one_error_line(proc, needle)
 
 

@@ -16,7 +16,7 @@ from deepfake_detector.config import ModelConfig, PreprocessConfig, TrainConfig,
 from deepfake_detector.errors import UnsafeFileError, UserError
 from deepfake_detector.inference import PREDICTION_FIELDS, Detector, Prediction, label_for
 from deepfake_detector.utils import atomic_torch_save, sha256_file
-from tests.helpers import index_frame, make_bad_file, make_video
+from tests.helpers import OpenPayload, index_frame, make_bad_file, make_video
 
 PRE = PreprocessConfig(frames=6, size=64, margin=0.3, detector="dlib")
 
@@ -205,26 +205,16 @@ def test_never_downloads_weights(ckpt, monkeypatch):
     Detector.from_checkpoint(path, device="cpu", workers=0)
 
 
-class _Payload:
-    """Unpickling this would create ``marker`` (a stand-in for arbitrary code)."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_hostile_checkpoint_is_refused_without_running_code(tmp_path):
     marker = tmp_path / "pwned.txt"
     path = tmp_path / "evil.pt"
-    torch.save({"model": {}, "config": {}, "x": _Payload(str(marker))}, path)
+    torch.save({"model": {}, "config": {}, "x": OpenPayload(str(marker))}, path)
     with pytest.raises(UnsafeFileError):
         Detector.from_checkpoint(path, device="cpu")
     assert not marker.exists()
     raw = tmp_path / "evil.pkl.pt"  # a bare pickle stream (old torch.save format)
-    raw.write_bytes(pickle.dumps(_Payload(str(marker))))
+    raw.write_bytes(pickle.dumps(OpenPayload(str(marker))))
     with pytest.raises(UserError):
         Detector.from_checkpoint(raw, device="cpu")
     assert not marker.exists()

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Optional
 
@@ -155,93 +155,154 @@ def imap_resilient(
     pool = new_pool(workers, initializer, initargs)
     if not pool_starts(pool):
         kill_pool(pool)
-        log.warning("worker processes could not start (a script without an `if __name__ == '__main__':` "
-                    "guard, or code run from stdin?); working in this process")
-        if initializer is not None:
-            initializer(*initargs)
-        for i, item in enumerate(items):
-            try:
-                yield i, fn(item)
-            except Exception as exc:  # a bug on one item: reported for that item
-                yield i, failure(item, f"{type(exc).__name__}: {exc}"[:500])
+        yield from _run_in_process(fn, items, failure, initializer, initargs)
         return
-    queue = deque(range(len(items)))
-    suspects: deque = deque()  # in flight when the pool broke: retried one at a time
-    in_flight: dict[cf.Future, tuple[int, float]] = {}
-    alone: set = set()  # suspects running on their own: a crash there names the culprit
-    breaks_in_a_row = 0
-    idle_sent = False
-    try:
-        while queue or suspects or in_flight:
-            # isolate while a suspect waits OR runs alone (not only while suspects wait)
-            isolating = bool(suspects) or any(f in alone for f in in_flight)
-            limit = 1 if isolating else 2 * workers
-            while len(in_flight) < limit and (suspects or (queue and not isolating)):
-                if suspects:
-                    i = suspects.popleft()
-                    fut = pool.submit(fn, items[i])
-                    alone.add(fut)
-                else:
-                    i = queue.popleft()
-                    fut = pool.submit(fn, items[i])
-                in_flight[fut] = (i, time.monotonic())
-            if idle_marker and not idle_sent and not any(f.done() for f in in_flight):
-                idle_sent = True
-                yield IDLE, None
-            done, _ = cf.wait(list(in_flight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
-            if done:
-                idle_sent = False
-            broken = False
-            resolved = False  # did any item get its answer (result or named culprit) this round?
-            for fut in done:
-                i, _ = in_flight.pop(fut)
-                was_alone = fut in alone
-                alone.discard(fut)
-                try:
-                    res = fut.result()
-                except BrokenProcessPool:
-                    broken = True
-                    if was_alone:
-                        resolved = True
-                        msg = "worker process crashed on this video (killed or segfault)"
-                        yield i, failure(items[i], msg)
-                    else:
-                        suspects.append(i)
-                    continue
-                except Exception as exc:  # pickling problems and the like: per item
-                    res = failure(items[i], f"{type(exc).__name__}: {exc}"[:500])
-                resolved = True
-                yield i, res
-            if not broken and hard_timeout is not None:
-                now = time.monotonic()
-                late = [f for f, (_, t) in in_flight.items() if now - t > hard_timeout]
-                if late:
-                    i, _ = in_flight.pop(late[0])
-                    alone.discard(late[0])
+    run = _PoolRun(pool, fn, items, workers, failure, initializer, initargs, hard_timeout)
+    yield from run.results(idle_marker)
+
+
+def _error_message(exc: BaseException) -> str:
+    """The one-line failure text of an exception ``fn`` raised (bounded: it ends up in a CSV cell)."""
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _run_in_process(fn: Callable[[Any], Any], items: Sequence[Any], failure: Callable[[Any, str], Any],
+                    initializer: Optional[Callable], initargs: tuple) -> Iterator[tuple[int, Any]]:
+    """The fallback when no worker can start: slower, but the run still finishes."""
+    log.warning("worker processes could not start (a script without an `if __name__ == '__main__':` "
+                "guard, or code run from stdin?); working in this process")
+    if initializer is not None:
+        initializer(*initargs)
+    for i, item in enumerate(items):
+        try:
+            yield i, fn(item)
+        except Exception as exc:  # a bug on one item: reported for that item
+            yield i, failure(item, _error_message(exc))
+
+
+class _PoolRun:
+    """The state of one ``imap_resilient`` run over a live pool.
+
+    Items wait in ``queue``; ``in_flight`` maps each submitted future to its item index and start
+    time. When the pool breaks, the items that were in flight become ``suspects`` and are retried one
+    at a time (their futures are kept in ``alone``), so a crash there names the culprit.
+    """
+
+    def __init__(self, pool: cf.ProcessPoolExecutor, fn: Callable[[Any], Any], items: Sequence[Any],
+                 workers: int, failure: Callable[[Any, str], Any], initializer: Optional[Callable],
+                 initargs: tuple, hard_timeout: Optional[float]) -> None:
+        self.pool = pool
+        self.fn = fn
+        self.items = items
+        self.workers = workers
+        self.failure = failure
+        self.initializer = initializer
+        self.initargs = initargs
+        self.hard_timeout = hard_timeout
+        self.queue = deque(range(len(items)))
+        self.suspects: deque = deque()  # in flight when the pool broke: retried one at a time
+        self.in_flight: dict[cf.Future, tuple[int, float]] = {}
+        self.alone: set = set()  # suspects running on their own: a crash there names the culprit
+        self.breaks_in_a_row = 0
+
+    def results(self, idle_marker: bool) -> Iterator[tuple[int, Any]]:
+        """The main loop: submit, wait, collect, and rebuild the pool whenever it breaks. On any exit
+        other than the normal end (an error, or the consumer closing the generator) the pool is
+        killed, so no worker outlives the run."""
+        idle_sent = False
+        try:
+            while self.queue or self.suspects or self.in_flight:
+                self._submit()
+                if idle_marker and not idle_sent and not any(f.done() for f in self.in_flight):
+                    idle_sent = True
+                    yield IDLE, None
+                done, _ = cf.wait(list(self.in_flight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
+                if done:
+                    idle_sent = False
+                # resolved: did any item get its answer (result or named culprit) this round?
+                broken, resolved = yield from self._collect(done)
+                if not broken and self.hard_timeout is not None:
+                    late = yield from self._fail_late(self.hard_timeout)
+                    resolved = resolved or late
+                    broken = late
+                if resolved:
+                    self.breaks_in_a_row = 0
+                if broken:
+                    yield from self._restart(resolved)
+        except BaseException:
+            for fut in self.in_flight:
+                fut.cancel()
+            kill_pool(self.pool)
+            raise
+        self.pool.shutdown(wait=True)
+
+    def _submit(self) -> None:
+        """Top up the pool: suspects first, one at a time; queued items only when nobody is isolated."""
+        # isolate while a suspect waits OR runs alone (not only while suspects wait)
+        isolating = bool(self.suspects) or any(f in self.alone for f in self.in_flight)
+        limit = 1 if isolating else 2 * self.workers
+        while len(self.in_flight) < limit and (self.suspects or (self.queue and not isolating)):
+            if self.suspects:
+                i = self.suspects.popleft()
+                fut = self.pool.submit(self.fn, self.items[i])
+                self.alone.add(fut)
+            else:
+                i = self.queue.popleft()
+                fut = self.pool.submit(self.fn, self.items[i])
+            self.in_flight[fut] = (i, time.monotonic())
+
+    def _collect(self, done: set) -> Generator[tuple[int, Any], None, tuple[bool, bool]]:
+        """Yield the finished futures' results; returns ``(broken, resolved)`` for this round."""
+        broken = False
+        resolved = False
+        for fut in done:
+            i, _ = self.in_flight.pop(fut)
+            was_alone = fut in self.alone
+            self.alone.discard(fut)
+            try:
+                res = fut.result()
+            except BrokenProcessPool:
+                broken = True
+                if was_alone:
                     resolved = True
-                    yield i, failure(items[i], f"timed out (worker killed after {hard_timeout:.0f} s)")
-                    broken = True
-            if resolved:
-                breaks_in_a_row = 0
-            if broken:
-                breaks_in_a_row += 0 if resolved else 1
-                if breaks_in_a_row > MAX_BREAKS_IN_A_ROW:
-                    raise UserError("worker processes keep dying before finishing any video (see the "
-                                    "messages above); try --workers 0 to work in this process", exit_code=1)
-                for fut, (i, _) in list(in_flight.items()):
-                    if fut.done() and fut.exception() is None:
-                        yield i, fut.result()
-                    else:
-                        suspects.append(i)
-                in_flight.clear()
-                alone.clear()
-                kill_pool(pool)
-                log.warning("a worker process died or hung; restarting the pool (%d item(s) to retry one "
-                            "by one)", len(suspects))
-                pool = new_pool(workers, initializer, initargs)
-    except BaseException:
-        for fut in in_flight:
-            fut.cancel()
-        kill_pool(pool)
-        raise
-    pool.shutdown(wait=True)
+                    msg = "worker process crashed on this video (killed or segfault)"
+                    yield i, self.failure(self.items[i], msg)
+                else:
+                    self.suspects.append(i)
+                continue
+            except Exception as exc:  # pickling problems and the like: per item
+                res = self.failure(self.items[i], _error_message(exc))
+            resolved = True
+            yield i, res
+        return broken, resolved
+
+    def _fail_late(self, hard_timeout: float) -> Generator[tuple[int, Any], None, bool]:
+        """Fail the first item running past ``hard_timeout``; returns True when there was one (its
+        worker is stuck, so the pool must be rebuilt)."""
+        now = time.monotonic()
+        late = [f for f, (_, t) in self.in_flight.items() if now - t > hard_timeout]
+        if not late:
+            return False
+        i, _ = self.in_flight.pop(late[0])
+        self.alone.discard(late[0])
+        yield i, self.failure(self.items[i], f"timed out (worker killed after {hard_timeout:.0f} s)")
+        return True
+
+    def _restart(self, resolved: bool) -> Iterator[tuple[int, Any]]:
+        """Kill the broken pool and start a new one. Results already in are yielded; the other items
+        in flight become suspects. Gives up when the pool keeps breaking with nothing finished."""
+        self.breaks_in_a_row += 0 if resolved else 1
+        if self.breaks_in_a_row > MAX_BREAKS_IN_A_ROW:
+            raise UserError("worker processes keep dying before finishing any video (see the "
+                            "messages above); try --workers 0 to work in this process", exit_code=1)
+        for fut, (i, _) in list(self.in_flight.items()):
+            if fut.done() and fut.exception() is None:
+                yield i, fut.result()
+            else:
+                self.suspects.append(i)
+        self.in_flight.clear()
+        self.alone.clear()
+        kill_pool(self.pool)
+        log.warning("a worker process died or hung; restarting the pool (%d item(s) to retry one "
+                    "by one)", len(self.suspects))
+        self.pool = new_pool(self.workers, self.initializer, self.initargs)

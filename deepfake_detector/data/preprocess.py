@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -400,10 +400,39 @@ def run_preprocess(
     ``shard``: (K, N) to do only the K-th of N hash slices; ``force``: redo everything even when the
     cache was made with other settings.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    redo_all = _prepare_cache(out_dir, cfg, force, dataset_root, fmt)
+    mine = select_shard(records, shard)
+    writer = cache.ManifestWriter(out_dir, shard)
+    summary = PreprocessSummary(out_dir=str(out_dir), manifest=str(writer.path), total=len(mine))
+    todo = _plan(mine, writer, redo_all, summary)
+    workers, threads = _worker_split(workers, len(todo))
+    sink = _RowSink(writer, summary, out_dir, len(todo), progress)
+    stop: Optional[CacheWriteError] = None
+    ran = False  # the loop ended without an exception (other than a stop)
+    try:
+        _run_todo(todo, workers, cfg, out_dir, threads, sink.add)
+        ran = True
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        raise
+    except CacheWriteError as exc:
+        stop, ran = exc, True
+    finally:
+        stop = sink.close(stop, ran)
+        summary.seconds = time.perf_counter() - t0
+    if stop is not None:
+        summary.stopped = str(stop)
+        stop.summary = summary
+        raise stop
+    return summary
+
+
+def _prepare_cache(out_dir: Path, cfg: PreprocessConfig, force: bool,
+                   dataset_root: Optional[str | os.PathLike], fmt: str) -> bool:
+    """Create the cache folder and record its settings before any clip is written, so an
+    incompatible rerun is refused up front. Returns True when old results must be redone."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         redo_all = _check_cache(out_dir, cfg, force)
@@ -411,9 +440,13 @@ def run_preprocess(
         atomic_write_json(out_dir / cache.CONFIG_NAME, meta)
     except OSError as exc:
         raise cache_write_error(exc, f"the cache folder {out_dir}") from exc
-    mine = select_shard(records, shard)
-    writer = cache.ManifestWriter(out_dir, shard)
-    summary = PreprocessSummary(out_dir=str(out_dir), manifest=str(writer.path), total=len(mine))
+    return redo_all
+
+
+def _plan(mine: list[VideoRecord], writer: cache.ManifestWriter, redo_all: bool,
+          summary: PreprocessSummary) -> list[tuple]:
+    """The videos this run must (re)do, one task tuple each. Finished ones are skipped (counted in
+    ``summary``) but their labels are refreshed: the metadata may have been corrected since."""
     todo: list[tuple] = []
     seen: set[str] = set()
     for r in mine:
@@ -430,73 +463,90 @@ def run_preprocess(
     if redo_all:
         writer.rows.clear()
     summary.todo = len(todo)
+    return todo
+
+
+def _worker_split(workers: Optional[int], n_todo: int) -> tuple[int, int]:
+    """``(processes, decoder threads per process)``: no more processes than videos, and the CPUs
+    shared between them (0 processes = work in this process)."""
     cpus = os.cpu_count() or 1
     if workers is None:
         workers = min(cpus, 8)
-    workers = max(0, min(int(workers), max(len(todo), 1)))
+    workers = max(0, min(int(workers), max(n_todo, 1)))
     threads = max(1, cpus // max(workers, 1)) if workers else 0
-    counts: Counter = Counter()
-    bar = tqdm(total=len(todo), disable=not progress, unit="video", desc="preprocess", dynamic_ncols=True)
-    last_flush = time.monotonic()
+    return workers, threads
 
-    def flush() -> None:
+
+def _run_todo(todo: list[tuple], workers: int, cfg: PreprocessConfig, out_dir: Path, threads: int,
+              on_row: Callable[[cache.ManifestRow], None]) -> None:
+    """Make every clip of ``todo``, in a pool or (``workers == 0``) in this process, for debugging."""
+    if not todo:
+        return
+    if workers == 0:
+        _init_worker(to_dict(cfg), str(out_dir), 0)
+        for rec in todo:
+            on_row(_process_one(rec))
+    else:
+        _run_pool(todo, workers, cfg, out_dir, threads, on_row)
+
+
+class _RowSink:
+    """Takes each finished video's row: into the manifest (saved every few seconds, so a crash loses
+    little), the counts, the first failures and the progress bar. A row whose clip could not be
+    written for a reason every later video shares (disk full, read-only) stops the run."""
+
+    def __init__(self, writer: cache.ManifestWriter, summary: PreprocessSummary, out_dir: Path,
+                 total: int, progress: bool) -> None:
+        from tqdm import tqdm
+
+        self.writer = writer
+        self.summary = summary
+        self.out_dir = out_dir
+        self.counts: Counter = Counter()
+        self.bar = tqdm(total=total, disable=not progress, unit="video", desc="preprocess",
+                        dynamic_ncols=True)
+        self.last_flush = time.monotonic()
+
+    def flush(self) -> None:
         try:
-            writer.flush()
+            self.writer.flush()
         except OSError as exc:
-            raise cache_write_error(exc, f"the manifest {writer.path}") from exc
+            raise cache_write_error(exc, f"the manifest {self.writer.path}") from exc
 
-    def on_row(row: cache.ManifestRow) -> None:
-        nonlocal last_flush
-        writer.add(row)
-        counts[row.status] += 1
-        if row.status not in (cache.OK, cache.NO_FACE) and len(summary.failures) < 50:
-            summary.failures.append((row.path, row.status, row.error))
-        bar.update(1)
-        bar.set_postfix({k: v for k, v in sorted(counts.items())}, refresh=False)
+    def add(self, row: cache.ManifestRow) -> None:
+        self.writer.add(row)
+        self.counts[row.status] += 1
+        if row.status not in (cache.OK, cache.NO_FACE) and len(self.summary.failures) < 50:
+            self.summary.failures.append((row.path, row.status, row.error))
+        self.bar.update(1)
+        self.bar.set_postfix({k: v for k, v in sorted(self.counts.items())}, refresh=False)
         code = getattr(row, "write_errno", None)
         if code in WRITE_STOP_ERRNOS:
-            where = f"clip {cache.clip_relpath(row.path)} in {out_dir}"
+            where = f"clip {cache.clip_relpath(row.path)} in {self.out_dir}"
             raise cache_write_error(OSError(code, os.strerror(code)), where)
-        if time.monotonic() - last_flush > _FLUSH_EVERY_S:
-            flush()
-            last_flush = time.monotonic()
+        if time.monotonic() - self.last_flush > _FLUSH_EVERY_S:
+            self.flush()
+            self.last_flush = time.monotonic()
 
-    stop: Optional[CacheWriteError] = None
-    ran = False  # the loop ended without an exception (other than a stop)
-    try:
-        if not todo:
-            pass
-        elif workers == 0:
-            _init_worker(to_dict(cfg), str(out_dir), 0)
-            for rec in todo:
-                on_row(_process_one(rec))
-        else:
-            _run_pool(todo, workers, cfg, out_dir, threads, on_row)
-        ran = True
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        raise
-    except CacheWriteError as exc:
-        stop, ran = exc, True
-    finally:
-        bar.close()
+    def close(self, stop: Optional[CacheWriteError], ran: bool) -> Optional[CacheWriteError]:
+        """Save what finished (atomically: a rerun skips it) and fill in the summary's counts.
+
+        Returns the error that stops the run: ``stop``, or a failed final save when the run ended
+        normally (``ran``). When another error is on its way out, a failed save is only logged."""
+        self.bar.close()
         try:
-            flush()  # what finished, atomically: a rerun skips it
+            self.flush()  # what finished, atomically: a rerun skips it
         except CacheWriteError as exc:
             if stop is None and ran:
                 stop = exc
             else:  # another error is on its way out: do not hide it, but say the manifest is stale
                 log.error("the manifest %s could not be saved (%s); videos finished in this run will be "
-                          "redone by the next one", writer.path, exc.__cause__)
-        summary.processed = sum(counts.values())
-        summary.counts = dict(counts)
-        summary.manifest_counts = dict(Counter(r.status for r in writer.rows.values()))
-        summary.seconds = time.perf_counter() - t0
-    if stop is not None:
-        summary.stopped = str(stop)
-        stop.summary = summary
-        raise stop
-    return summary
+                          "redone by the next one", self.writer.path, exc.__cause__)
+        summary = self.summary
+        summary.processed = sum(self.counts.values())
+        summary.counts = dict(self.counts)
+        summary.manifest_counts = dict(Counter(r.status for r in self.writer.rows.values()))
+        return stop
 
 
 __all__ = [

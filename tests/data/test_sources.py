@@ -26,6 +26,7 @@ from deepfake_detector.data.sources import (
 from deepfake_detector.data.sources.base import resolve_label
 from deepfake_detector.data.sources.legacy import load_video_list
 from deepfake_detector.errors import UnsafeFileError, UserError
+from tests.helpers import OpenPayload, SystemPayload
 
 
 def touch(path: Path) -> Path:
@@ -367,25 +368,7 @@ def test_legacy_explicit_paths_and_original_groups(tmp_path):
     assert [r.rel_path for r in res.records] == ["fake1.mp4"] and kinds(res) == ["label"]
 
 
-class _SystemPayload:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.target}",))
-
-
-class _OpenPayload:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        import builtins
-
-        return (builtins.open, (str(self.target), "w"))
-
-
-@pytest.mark.parametrize("payload", [_SystemPayload, _OpenPayload])
+@pytest.mark.parametrize("payload", [SystemPayload, OpenPayload])
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
 def test_legacy_malicious_pickle_is_refused_and_nothing_runs(tmp_path, payload, protocol):
     target = tmp_path / "pwned"
@@ -396,7 +379,7 @@ def test_legacy_malicious_pickle_is_refused_and_nothing_runs(tmp_path, payload, 
         load_records(tmp_path)
     assert not target.exists()
     # sanity: the payload is real (plain pickle would have run it)
-    if payload is _OpenPayload:
+    if payload is OpenPayload:
         pickle.loads(blob)[1].close()
         assert target.exists()
 

@@ -13,14 +13,16 @@ import pytest
 import torch
 from torch import nn
 
+from deepfake_detector.checkpoint import load_checkpoint
 from deepfake_detector.config import ModelConfig, TrainConfig
-from deepfake_detector.engine.checkpoint import get_rng_state, load_checkpoint, set_rng_state
 from deepfake_detector.engine.distributed import BalancedDistributedSampler, ShardSampler
 from deepfake_detector.engine.early_stopping import EarlyStoppingWithCheckpoint
 from deepfake_detector.engine.loop import NonFiniteTracker, evaluate, train_epoch
+from deepfake_detector.engine.rng import get_rng_state, set_rng_state
 from deepfake_detector.engine.trainer import METRICS_COLUMNS, fit
 from deepfake_detector.errors import UnsafeFileError, UserError
 from tests.cache_helpers import RUN_FILES, make_synthetic_cache
+from tests.helpers import MkdirPayload
 
 
 def tiny_cfg(cache, runs, name="run", **kw) -> TrainConfig:
@@ -353,24 +355,16 @@ def test_evaluate_returns_predictions_in_dataset_order():
 # --- checkpoints --------------------------------------------------------------------------------
 
 
-class _Evil:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
-
-
 def test_checkpoint_with_code_execution_payload_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"model": {}, "payload": _Evil(str(marker))}, path)
+    torch.save({"model": {}, "payload": MkdirPayload(str(marker))}, path)
     assert not marker.exists()
     with pytest.raises(UnsafeFileError, match="refused"):
         load_checkpoint(path)
     assert not marker.exists()
     raw = tmp_path / "raw.pkl"
-    raw.write_bytes(pickle.dumps(_Evil(str(marker))))
+    raw.write_bytes(pickle.dumps(MkdirPayload(str(marker))))
     with pytest.raises(UserError):
         load_checkpoint(raw)
     assert not marker.exists()
@@ -544,7 +538,7 @@ def test_best_pt_is_written_after_last_pt_and_ctrl_c_waits_for_both(tmp_path, mo
 
 
 def test_resume_without_last_pt_suggests_overwrite_and_a_lost_best_pt_is_recovered(tmp_path, caplog):
-    from deepfake_detector.engine.checkpoint import save_checkpoint
+    from deepfake_detector.checkpoint import save_checkpoint
 
     cache = make_synthetic_cache(tmp_path / "c", n_real=5, n_fake=5, frames=4, size=16)
     runs = tmp_path / "runs"

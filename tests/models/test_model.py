@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import urllib.error
 
@@ -13,6 +12,7 @@ from torch import nn
 from deepfake_detector.config import ModelConfig
 from deepfake_detector.errors import UnsafeFileError, WeightsUnavailableError
 from deepfake_detector.models import BACKBONES, build_model, get_backbone_spec
+from tests.helpers import MkdirPayload
 
 
 def tiny(**kw) -> nn.Module:
@@ -208,19 +208,11 @@ def test_weights_file_that_does_not_fit_names_the_keys(tmp_path):
         build_model(ModelConfig(backbone="mobilenet_v2", weights_file=str(tmp_path / "nope.pth")))
 
 
-class _Payload:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
-
-
 def test_weights_file_with_code_execution_payload_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     with open(path, "wb") as fh:
-        pickle.dump({"features.0.0.weight": _Payload(str(marker))}, fh, protocol=2)
+        pickle.dump({"features.0.0.weight": MkdirPayload(str(marker))}, fh, protocol=2)
     with pytest.raises(UnsafeFileError, match="refused"):
         build_model(ModelConfig(backbone="mobilenet_v2", weights_file=str(path), hidden_size=8))
     assert not marker.exists()
