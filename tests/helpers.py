@@ -398,3 +398,31 @@ def run_cli_in_process(capsys, *args: object) -> subprocess.CompletedProcess:
         code, tb = 1, traceback.format_exc()
     out = capsys.readouterr()
     return subprocess.CompletedProcess(list(args), code, out.out, out.err + tb)
+
+
+def make_tiny_checkpoint(path: Union[str, os.PathLike], pre, *, seq_len: int, hidden_size: int = 16,
+                         dropout: float = 0.0, fc_scale: float = 1.0, threshold: float = 0.5, seed: int = 0,
+                         name: str = "tiny", metrics: Optional[dict] = None) -> Path:
+    """A checkpoint in the train stage's format around a seeded, randomly initialised ``tiny`` model.
+
+    ``pre`` is the ``PreprocessConfig`` predict repeats; ``fc_scale`` multiplies the classifier weights
+    (spreads the scores so that different videos get different P(FAKE)).
+    """
+    import torch
+
+    from deepfake_detector.checkpoint import Checkpoint, save_checkpoint
+    from deepfake_detector.config import ModelConfig, TrainConfig, to_dict
+    from deepfake_detector.models import build_model
+
+    torch.manual_seed(seed)
+    mcfg = ModelConfig(backbone="tiny", pretrained=False, hidden_size=hidden_size, dropout=dropout)
+    model = build_model(mcfg, load_weights=False)
+    if fc_scale != 1.0:
+        with torch.no_grad():
+            model.fc.weight.mul_(fc_scale)
+    tcfg = TrainConfig(cache="cache", name=name, seq_len=seq_len, model=mcfg, epochs=1)
+    config = {"train": to_dict(tcfg), "model": to_dict(mcfg), "preprocess": to_dict(pre)}
+    path = Path(path)
+    save_checkpoint(Checkpoint(model=model.state_dict(), config=config, epoch=1, threshold=threshold,
+                               metrics=dict(metrics or {}), version="test"), path)
+    return path

@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from deepfake_detector.config import ModelConfig, PreprocessConfig, TrainConfig, to_dict
-from deepfake_detector.utils import atomic_torch_save
+from deepfake_detector.config import PreprocessConfig
 from tests.corpus import ALL_STATUSES, GOOD, build_corpus
+from tests.helpers import make_tiny_checkpoint
 
 PRE = PreprocessConfig(frames=8, size=32, detector="haar", timeout_s=30)
 SEQ = 8
@@ -25,18 +24,7 @@ SEQ = 8
 
 def make_checkpoint(path: Path, pre: PreprocessConfig = PRE, seed: int = 0) -> Path:
     """A real checkpoint in train's layout around a randomly initialised tiny model."""
-    from deepfake_detector.models import build_model
-
-    torch.manual_seed(seed)
-    mcfg = ModelConfig(backbone="tiny", hidden_size=8, pretrained=False, dropout=0.0)
-    model = build_model(mcfg, load_weights=False)
-    tcfg = TrainConfig(cache="cache", name="corpus", seq_len=SEQ, model=mcfg)
-    atomic_torch_save({
-        "model": model.state_dict(), "optimizer": {}, "scheduler": {}, "scaler": {}, "epoch": 1,
-        "config": {"train": to_dict(tcfg), "model": to_dict(mcfg), "preprocess": to_dict(pre)},
-        "metrics": {}, "threshold": 0.5, "version": "test", "rng": {},
-    }, path)
-    return path
+    return make_tiny_checkpoint(path, pre, seq_len=SEQ, hidden_size=8, seed=seed, name="corpus")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 from starlette.requests import Request
 
+from ..constants import VIDEO_EXTENSIONS
 from .admission import _Job
 from .responses import ErrorReply
 from .settings import ServeSettings
@@ -30,10 +31,6 @@ ALLOWED_DEMUXERS = (
     "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "flv", "mpeg",
     "ogg", "asf", "gif", "h264", "hevc", "m4v", "dv",
 )
-
-_VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".flv", ".mpg",
-                   ".mpeg", ".ogv", ".wmv", ".asf", ".3gp", ".gif", ".h264", ".hevc"}
-
 
 class NotAVideo(Exception):
     """The upload could not be decoded as a video (answered 415)."""
@@ -131,7 +128,7 @@ def _safe_display_name(name: Optional[str]) -> str:
 
 def _suffix_for(name: str) -> str:
     suffix = os.path.splitext(name)[1].lower()
-    return suffix if suffix in _VIDEO_SUFFIXES else ".bin"
+    return suffix if suffix in VIDEO_EXTENSIONS else ".bin"
 
 
 def _body_limit(settings: ServeSettings) -> int:

@@ -102,25 +102,12 @@ def faceless_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_tiny_checkpoint(path: Path, frames: int = 4, size: int = 64) -> Path:
     """A checkpoint in the train stage's format with the ``tiny`` backbone (random weights, seeded)."""
-    import torch
+    from deepfake_detector.config import PreprocessConfig
+    from tests.helpers import make_tiny_checkpoint as write_checkpoint
 
-    from deepfake_detector import __version__
-    from deepfake_detector.config import ModelConfig, PreprocessConfig, TrainConfig, to_dict
-    from deepfake_detector.models import build_model
-
-    torch.manual_seed(0)
-    mcfg = ModelConfig(backbone="tiny", pretrained=False, hidden_size=16, dropout=0.0)
-    model = build_model(mcfg, load_weights=False)
-    pcfg = PreprocessConfig(frames=frames, size=size)
-    tcfg = TrainConfig(name="tiny-serve", model=mcfg, seq_len=frames, epochs=1)
-    ckpt = {
-        "model": model.state_dict(), "optimizer": {}, "scheduler": {}, "scaler": {}, "epoch": 1,
-        "config": {"train": to_dict(tcfg), "model": to_dict(mcfg), "preprocess": to_dict(pcfg)},
-        "metrics": {"val_auc": 0.5, "val_loss": 0.69}, "threshold": 0.5, "version": __version__, "rng": {},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
-    return path
+    pre = PreprocessConfig(frames=frames, size=size)
+    metrics = {"val_auc": 0.5, "val_loss": 0.69}
+    return write_checkpoint(path, pre, seq_len=frames, name="tiny-serve", metrics=metrics)
 
 
 def _real_detector_available() -> Optional[str]:
