@@ -34,11 +34,11 @@ import torch
 
 from benchmarks.common import print_table, timed
 from deepfake_detector import inference
-from deepfake_detector import legacy as lg
 from deepfake_detector.config import ModelConfig, PreprocessConfig, TrainConfig, from_dict, to_dict
 from deepfake_detector.data.preprocess import ClipResult
 from deepfake_detector.inference import Detector
 from deepfake_detector.models import build_model
+from deepfake_detector.models import legacy as lg
 from deepfake_detector.utils import atomic_torch_save
 
 REF_BATCH = 4  # the known reference's predict batch

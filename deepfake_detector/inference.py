@@ -114,7 +114,7 @@ _WORKER: dict = {}
 def _extract(path: str, cfg: Any) -> Any:
     """Run ``extract_clip`` (which never raises for a bad video); a bug still becomes a status."""
     from .data.preprocess import extract_clip
-    from .legacy import ReferencePreprocess, reference_extract
+    from .data.reference import ReferencePreprocess, reference_extract
 
     try:
         if isinstance(cfg, ReferencePreprocess):  # legacy exact mode: the reference's own preprocessing
@@ -226,23 +226,25 @@ class Detector:
         ``ours`` (default with ``fixed``). ``compile`` runs the network through ``torch.compile``
         (worth it for many videos on a GPU; the first batches pay the compilation).
         """
-        from . import legacy as lg
         from .checkpoint import load_torch_file
 
         if workers is None or workers > 0:
             from .data.pool import warm_up
 
             warm_up()  # the decoding workers' server imports its modules while the model loads
+        from .data.reference import LEGACY_PREPROCESS
+        from .models.legacy import LEGACY_MODES, is_legacy_state_dict
+
         if threshold is not None:
             _check_threshold(threshold)
-        if legacy_mode not in lg.LEGACY_MODES:
-            raise UserError(f"legacy mode must be one of {', '.join(lg.LEGACY_MODES)}, got {legacy_mode!r}")
-        if legacy_preprocess not in (None, *lg.LEGACY_PREPROCESS):
-            raise UserError(f"legacy preprocessing must be one of {', '.join(lg.LEGACY_PREPROCESS)}, "
+        if legacy_mode not in LEGACY_MODES:
+            raise UserError(f"legacy mode must be one of {', '.join(LEGACY_MODES)}, got {legacy_mode!r}")
+        if legacy_preprocess not in (None, *LEGACY_PREPROCESS):
+            raise UserError(f"legacy preprocessing must be one of {', '.join(LEGACY_PREPROCESS)}, "
                             f"got {legacy_preprocess!r}")
         path = Path(path)
         obj = load_torch_file(path)
-        looks_legacy = lg.is_legacy_state_dict(obj)
+        looks_legacy = is_legacy_state_dict(obj)
         if legacy is None and looks_legacy:
             log.warning("%s has the reference implementation's layout (model.*, lstm.*, linear1.*): "
                         "loading it as a legacy checkpoint in '%s' mode (pass --legacy to silence this)",
@@ -303,29 +305,30 @@ class Detector:
     def _from_legacy(cls, path: Path, obj: Any, device: str, threshold: Optional[float], batch_size: int,
                      workers: Optional[int], no_face: str, mode: str, frames: Optional[int],
                      preprocess: Optional[str], amp: bool, compile: bool = False) -> Detector:
-        from . import legacy as lg
+        from .data import reference
+        from .models import legacy
 
-        sd = lg.unwrap_state_dict(obj)
-        spec = lg.inspect_legacy(sd)
+        sd = legacy.unwrap_state_dict(obj)
+        spec = legacy.inspect_legacy(sd)
         if frames is None:
-            frames = lg.legacy_frames_from_name(path)
+            frames = legacy.legacy_frames_from_name(path)
             if frames is None:
-                frames = lg.LEGACY_DEFAULT_FRAMES
+                frames = reference.LEGACY_DEFAULT_FRAMES
                 log.warning("legacy checkpoint: sequence length unknown; using %d frames (set "
                             "--legacy-frames to the value it was trained with)", frames)
         if frames < 1:
             raise UserError(f"legacy frames must be >= 1, got {frames}")
-        model = lg.build_exact_model(sd, spec) if mode == "exact" else lg.build_fixed_model(sd, spec)
+        model = legacy.build_exact_model(sd, spec) if mode == "exact" else legacy.build_fixed_model(sd, spec)
         if mode == "fixed":
             log.info("legacy 'fixed' mode: our LSTM runs over time, unlike the reference's length-1 "
                      "sequences; probabilities differ from the reference (use --legacy-mode exact to "
                      "reproduce them)")
         preprocess = preprocess or ("reference" if mode == "exact" else "ours")
         if preprocess == "reference":
-            pcfg: Any = lg.ReferencePreprocess(frames=frames, no_face=no_face)
+            pcfg: Any = reference.ReferencePreprocess(frames=frames, no_face=no_face)
         else:
-            pcfg = lg.legacy_preprocess_config(frames)
-        mcfg = lg.legacy_model_config(spec)
+            pcfg = reference.legacy_preprocess_config(frames)
+        mcfg = legacy.legacy_model_config(spec)
         from .config import to_dict
 
         meta = {
@@ -337,13 +340,13 @@ class Detector:
             "version": "",
             "epoch": None,
             "legacy": {"mode": mode, "frames": frames, "trunk": spec.trunk, "preprocess": preprocess,
-                       "channel_order": lg.LEGACY_CHANNEL_ORDER},
+                       "channel_order": reference.LEGACY_CHANNEL_ORDER},
         }
         thr = 0.5 if threshold is None else threshold  # the reference took the arg-max
         if mode == "exact":
             amp = False  # the reference ran in float32; mixed precision would change its numbers
         return cls(model, pcfg, frames, thr, device=device, batch_size=batch_size, workers=workers,
-                   no_face=no_face, channel_order=lg.LEGACY_CHANNEL_ORDER, meta=meta, amp=amp,
+                   no_face=no_face, channel_order=reference.LEGACY_CHANNEL_ORDER, meta=meta, amp=amp,
                    pad_short=preprocess != "reference", compile=compile)
 
     @property

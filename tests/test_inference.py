@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from deepfake_detector import legacy as lg
-from deepfake_detector.config import ModelConfig, PreprocessConfig, TrainConfig, to_dict
+from deepfake_detector.config import PreprocessConfig
+from deepfake_detector.data.reference import legacy_preprocess_config
 from deepfake_detector.errors import UnsafeFileError, UserError
 from deepfake_detector.inference import PREDICTION_FIELDS, Detector, Prediction, label_for
-from deepfake_detector.utils import atomic_torch_save, sha256_file
+from deepfake_detector.models import legacy as lg
+from deepfake_detector.utils import sha256_file
+from tests import helpers
 from tests.helpers import OpenPayload, index_frame, make_bad_file, make_video
 
 PRE = PreprocessConfig(frames=6, size=64, margin=0.3, detector="dlib")
@@ -24,20 +26,8 @@ PRE = PreprocessConfig(frames=6, size=64, margin=0.3, detector="dlib")
 def make_tiny_checkpoint(path: Path, pre: PreprocessConfig = PRE, seq_len: int = 6, threshold: float = 0.5,
                          seed: int = 0) -> Path:
     """A real checkpoint (train's layout) around a randomly initialised tiny-backbone model."""
-    from deepfake_detector.models import build_model
-
-    torch.manual_seed(seed)
-    mcfg = ModelConfig(backbone="tiny", hidden_size=16, pretrained=False, dropout=0.1)
-    model = build_model(mcfg, load_weights=False)
-    with torch.no_grad():
-        model.fc.weight.mul_(40)  # spread the scores so different videos get different P(FAKE)
-    tcfg = TrainConfig(cache="cache", name="tiny", seq_len=seq_len, model=mcfg)
-    atomic_torch_save({
-        "model": model.state_dict(), "optimizer": {}, "scheduler": {}, "scaler": {}, "epoch": 1,
-        "config": {"train": to_dict(tcfg), "model": to_dict(mcfg), "preprocess": to_dict(pre)},
-        "metrics": {"val_auc": 0.75}, "threshold": threshold, "version": "test", "rng": {},
-    }, path)
-    return path
+    return helpers.make_tiny_checkpoint(path, pre, seq_len=seq_len, dropout=0.1, fc_scale=40.0,
+                                        threshold=threshold, seed=seed, metrics={"val_auc": 0.75})
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +324,7 @@ def test_legacy_with_our_preprocessing(tmp_path, videos):
     det = Detector.from_checkpoint(path, device="cpu", workers=0, legacy=True, legacy_mode="exact",
                                    legacy_frames=4, legacy_preprocess="ours")
     pred = det.predict_one(videos["face"])
-    res = extract_clip(videos["face"], lg.legacy_preprocess_config(4))
+    res = extract_clip(videos["face"], legacy_preprocess_config(4))
     x = eval_transform(np.ascontiguousarray(res.clip[..., ::-1]), 4).unsqueeze(0)  # BGR, as the reference
     with torch.no_grad():
         p_ref = float(torch.softmax(ref(x)[1], 1)[0, 0])

@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from deepfake_detector import legacy as lg
 from deepfake_detector.checkpoint import load_torch_file, torch_error_detail
 from deepfake_detector.errors import UnsafeFileError, UserError
+from deepfake_detector.models import legacy as lg
 from tests.helpers import MkdirPayload
 
 
