@@ -9,8 +9,10 @@ pool on its own becomes a per-item failure instead of the end of the run.
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures as cf
 import contextlib
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -64,6 +66,37 @@ def _bootstrap(main_pid: int, initializer: Optional[Callable], initargs: tuple) 
 # milliseconds instead of importing the decoders itself. None of these imports torch (a test pins it):
 # workers stay free of torch's thread pools and CUDA state.
 PRELOAD = ("deepfake_detector.data.preprocess", "deepfake_detector.data.faces", "cv2", "av", "dlib")
+
+
+def main_reimport_is_safe() -> bool:
+    """Whether a worker process may import the user's main script, as forkserver/spawn workers do.
+
+    A script without an ``if __name__ == "__main__":`` guard (the usual first try of the Python API)
+    would run again in every worker, start workers of its own and fail with multiprocessing's long
+    traceback; such a script is decoded in its own process instead. Notebooks, ``python -c`` and stdin
+    have no main file and are safe.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    path = getattr(spec, "origin", None) or getattr(main, "__file__", None)
+    return path is None or _has_main_guard(os.path.abspath(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _has_main_guard(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, ValueError):
+        return True  # not a readable Python source (frozen, zipapp...): let multiprocessing decide
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            sides = [node.test.left, *node.test.comparators]
+            names = {s.id for s in sides if isinstance(s, ast.Name)}
+            values = {s.value for s in sides if isinstance(s, ast.Constant)}
+            if "__name__" in names and "__main__" in values:
+                return True
+    return False
 
 
 def _context() -> Any:
@@ -151,10 +184,16 @@ def imap_resilient(
     """
     if not items:
         return
+    if not main_reimport_is_safe():
+        log.info("decoding in this process: the main script has no `if __name__ == '__main__':` guard, so "
+                 "worker processes would re-run it (add the guard to decode in parallel)")
+        yield from _run_in_process(fn, items, failure, initializer, initargs)
+        return
     workers = max(1, min(workers, len(items)))
     pool = new_pool(workers, initializer, initargs)
     if not pool_starts(pool):
         kill_pool(pool)
+        log.warning("worker processes could not start; working in this process")
         yield from _run_in_process(fn, items, failure, initializer, initargs)
         return
     run = _PoolRun(pool, fn, items, workers, failure, initializer, initargs, hard_timeout)
@@ -169,8 +208,6 @@ def _error_message(exc: BaseException) -> str:
 def _run_in_process(fn: Callable[[Any], Any], items: Sequence[Any], failure: Callable[[Any, str], Any],
                     initializer: Optional[Callable], initargs: tuple) -> Iterator[tuple[int, Any]]:
     """The fallback when no worker can start: slower, but the run still finishes."""
-    log.warning("worker processes could not start (a script without an `if __name__ == '__main__':` "
-                "guard, or code run from stdin?); working in this process")
     if initializer is not None:
         initializer(*initargs)
     for i, item in enumerate(items):

@@ -71,3 +71,37 @@ def test_the_worker_modules_never_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+_SCRIPT = """\
+import os
+from deepfake_detector.data.pool import imap_resilient
+
+def _pid(item):
+    return os.getpid()
+
+def run():
+    pids = dict(imap_resilient(_pid, [1, 2, 3], workers=2, failure=lambda item, msg: msg))
+    print("PIDS", sorted(set(pids.values())), os.getpid())
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_without_main_guard_runs_without_a_traceback(tmp_path, guarded):
+    """The Python API's first try is a script without `if __name__ == "__main__":`; workers would re-run
+    it and die with multiprocessing's traceback. Such a script works in its own process instead."""
+    import subprocess
+    import sys
+
+    body = _SCRIPT + ('if __name__ == "__main__":\n    run()\n' if guarded else "run()\n")
+    script = tmp_path / "user_script.py"
+    script.write_text(body)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("PIDS"))
+    pids, main_pid = line.split(" ", 1)[1].rsplit(" ", 1)
+    in_process = pids == f"[{main_pid}]"
+    assert in_process is not guarded, line
