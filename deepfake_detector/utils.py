@@ -8,6 +8,8 @@ import io
 import json
 import logging
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +60,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _sweep_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.~{_owner_tag()}~", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             # mkstemp makes 0600 files; give the mode a plain open() would (0666 less the umask), or a
@@ -72,6 +75,50 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# Temporaries carry their writer's host and pid (``.NAME.~HOST-PID~XXXX.tmp``), so a later writer can tell
+# the leftovers of a killed process from the work of a live one.
+_TEMP_RE = re.compile(r"^\..+\.~([0-9a-f]{8})-(\d+)~[^/]*\.tmp$")
+_swept: set[str] = set()
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _owner_tag() -> str:
+    return f"{_host_tag()}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def _sweep_stale_temps(folder: Path) -> None:
+    """Remove the temporaries that killed writers on this host left in ``folder`` (once per folder and
+    process: a ``kill -9`` during a write leaves one, and no later run would otherwise remove it)."""
+    key = os.fspath(folder)
+    if key in _swept:
+        return
+    _swept.add(key)
+    host = _host_tag()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if m and m.group(1) == host and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                log.debug("removed %s, left by a killed writer", entry.path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -32,3 +32,25 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path, monkeypatch):
+    """kill -9 during a write leaves ``.NAME.~HOST-PID~XXXX.tmp``; the next write into that folder
+    removes it, and never the temporary of a writer that is still alive."""
+    import subprocess
+    import sys
+
+    from deepfake_detector import utils
+
+    code = ("import os, sys\nfrom deepfake_detector.utils import atomic_open\n"
+            "with atomic_open(sys.argv[1], 'w') as fh:\n    fh.write('half'); fh.flush(); os._exit(9)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "results.csv")], cwd=os.getcwd())
+    assert proc.returncode == 9
+    left = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(left) == 1 and not (tmp_path / "results.csv").exists()
+    alive = tmp_path / f".other.csv.~{utils._owner_tag()}~abc.tmp"  # this process: alive
+    alive.write_text("in progress")
+    monkeypatch.setattr(utils, "_swept", set())
+    atomic_write_text(tmp_path / "results.csv", "ok")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["results.csv", alive.name])
