@@ -52,6 +52,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "load_torch_file",
+    "resolve_checkpoint_path",
     "upgrade_checkpoint",
     "needs_code",
     "torch_error_detail",
@@ -255,12 +256,26 @@ def save_checkpoint(ckpt: Checkpoint | dict, path: str | os.PathLike) -> None:
     atomic_torch_save(obj, path)
 
 
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """``path`` itself, or a run folder's ``best.pt`` when ``path`` is a run folder (``runs/NAME``)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    best = path / "best.pt"
+    if best.is_file():
+        return best
+    hint = " (it has last.pt: no epoch has a best score yet)" if (path / "last.pt").is_file() else ""
+    raise UserError(f"{path} is a folder without best.pt{hint}; give a checkpoint file or a run folder")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """A checkpoint of ours as an upgraded dict (the training engine's view, with its training state)."""
+    path = resolve_checkpoint_path(path)
     return Checkpoint.from_dict(load_torch_file(path), path).to_dict()
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """A checkpoint of ours, typed."""
+    """A checkpoint of ours, typed; a run folder means its best.pt."""
+    path = resolve_checkpoint_path(path)
     return Checkpoint.from_dict(load_torch_file(path), path)
 

@@ -89,3 +89,13 @@ def test_not_ours_and_hostile_files_are_refused(tmp_path):
     with pytest.raises(UnsafeFileError, match="refus"):
         read_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_a_run_folder_means_its_best_pt(tmp_path):
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    with pytest.raises(UserError, match="folder without best.pt"):
+        read_checkpoint(run)
+    torch.save(_today_layout(), run / "best.pt")
+    assert read_checkpoint(run).epoch == 3
+    assert Detector.from_checkpoint(run, device="cpu", workers=0).meta["checkpoint"] == str(run / "best.pt")
