@@ -33,10 +33,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .errors import UserError, WeightsUnavailableError
 from .utils import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from .data.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +205,30 @@ def _plot_roc_by_manipulation(labels: list[str], manipulations: list[str], p_fak
     os.replace(tmp, path)
 
 
+@dataclass
+class _DemoRun:
+    """What the stages of one demo share: its settings, where it writes, how it reports, and results."""
+
+    s: DemoSettings
+    out: Path
+    res: DemoResult
+    say: Callable[[str], None]
+    seed: int
+    device: str
+    progress: bool
+    weights_file: Optional[str] = None
+    cache: Optional[Cache] = None  # the face-clip cache, once preprocessed
+    manip_of: dict = field(default_factory=dict)  # video file name -> manipulation
+    records: list = field(default_factory=list)  # the demo dataset's VideoRecords
+
+    def header(self, i: int, text: str) -> None:
+        self.say(f"[{i}/5] {text}")
+
+    def done(self, stage: str, t0: float) -> float:
+        self.res.seconds[stage] = time.perf_counter() - t0
+        return self.res.seconds[stage]
+
+
 def run_demo(
     out_dir: str | os.PathLike,
     quick: bool = False,
@@ -218,149 +245,190 @@ def run_demo(
     ``download=False`` never touches the network (ImageNet weights only if already cached).
     Rerunning into the same folder reuses the videos and the face clips and retrains.
     """
-    import numpy as np
-
-    from .checkpoint import load_checkpoint, to_builtin
-    from .config import ModelConfig, PreprocessConfig, TrainConfig, from_dict
-    from .data import synthetic
-    from .data.cache import load_manifest
-    from .data.dataset import split_rows
-    from .data.preprocess import run_preprocess
-    from .data.sources import count_by_split, load_records
-    from .device import resolve_device
-    from .engine.trainer import evaluate_rows, fit, write_predictions_csv
-    from .inference import Detector
-    from .metrics import compute_metrics
-    from .models import build_model
-    from .plots import plot_confusion_matrix, plot_roc
-
-    say = report or log.info
     s = settings or (DemoSettings.quick() if quick else DemoSettings.full())
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    res = DemoResult(out_dir=str(out), settings=asdict(s))
+    d = _DemoRun(s=s, out=out, res=DemoResult(out_dir=str(out), settings=asdict(s)), say=report or log.info,
+                 seed=seed, device=device, progress=progress)
     t_all = time.perf_counter()
-    n_stages = 5
+    _stage_weights(d, download)
+    _stage_generate(d)
+    _stage_preprocess(d)
+    _stage_train(d)
+    _stage_evaluate(d)
+    _stage_predict(d)
+    d.res.total_seconds = time.perf_counter() - t_all
+    atomic_write_json(out / "summary.json", d.res.to_dict())
+    if not math.isfinite(d.res.auc):
+        log.warning("held-out AUC is undefined (one class only among the scored videos)")
+    return d.res
 
-    def header(i: int, text: str) -> None:
-        say(f"[{i}/{n_stages}] {text}")
 
-    # --- 0. weights ------------------------------------------------------------------------------
+def _stage_weights(d: _DemoRun, download: bool) -> None:
+    """0. the backbone's starting weights: ImageNet when they can be had, else from scratch (said so)."""
+    s, res = d.s, d.res
     t0 = time.perf_counter()
-    weights_file: Optional[str] = None
     if s.backbone == "mobilenet_v2":
-        weights_file, res.weights_note = resolve_weights(download, say)
+        d.weights_file, res.weights_note = resolve_weights(download, d.say)
     else:
         res.weights_note = f"backbone {s.backbone} from scratch"
-    res.pretrained = weights_file is not None
-    say(f"model: {s.backbone} + LSTM({s.hidden_size}); {res.weights_note}")
-    res.seconds["weights"] = time.perf_counter() - t0
+    res.pretrained = d.weights_file is not None
+    d.say(f"model: {s.backbone} + LSTM({s.hidden_size}); {res.weights_note}")
+    d.done("weights", t0)
 
-    # --- 1. data ---------------------------------------------------------------------------------
-    header(1, f"generating demo videos from real footage ({s.n_real} REAL, {s.n_fake} FAKE)")
+
+def _stage_generate(d: _DemoRun) -> None:
+    """1. the demo videos (DFDC layout) from real footage."""
+    from .data import synthetic
+
+    s = d.s
+    d.header(1, f"generating demo videos from real footage ({s.n_real} REAL, {s.n_fake} FAKE)")
     t0 = time.perf_counter()
     try:
         synthetic.require_footage()
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
-    data_dir = out / "data"
+    data_dir = d.out / "data"
     gen = synthetic.generate(data_dir, synthetic.SyntheticConfig(
-        seed=seed, n_real=s.n_real, n_fake=s.n_fake, frames=s.video_frames, workers=max(1, s.workers)),
-        progress=progress)
-    res.data_dir = str(data_dir)
-    manip_of = {p.name: p.manipulation for p in gen.plans}
-    res.seconds["generate"] = time.perf_counter() - t0
-    say(f"      {len(gen.plans)} videos in {data_dir} ({gen.reused} reused) "
-        f"in {res.seconds['generate']:.0f}s")
+        seed=d.seed, n_real=s.n_real, n_fake=s.n_fake, frames=s.video_frames, workers=max(1, s.workers)),
+        progress=d.progress)
+    d.res.data_dir = str(data_dir)
+    d.manip_of = {p.name: p.manipulation for p in gen.plans}
+    took = d.done("generate", t0)
+    d.say(f"      {len(gen.plans)} videos in {data_dir} ({gen.reused} reused) in {took:.0f}s")
 
-    # --- 2. preprocess ---------------------------------------------------------------------------
-    header(2, f"preprocess: {s.clip_frames} frames per video, dlib face tracking, {s.size}px crops")
+
+def _stage_preprocess(d: _DemoRun) -> None:
+    """2. the face-clip cache, through the dfdc source and ``run_preprocess`` like a user's data."""
+    from .config import PreprocessConfig
+    from .data.cache import Cache
+    from .data.preprocess import run_preprocess
+    from .data.sources import count_by_split, load_records
+
+    s = d.s
+    d.header(2, f"preprocess: {s.clip_frames} frames per video, dlib face tracking, {s.size}px crops")
     t0 = time.perf_counter()
+    data_dir = Path(d.res.data_dir)
     loaded = load_records(data_dir, format="dfdc")
     if loaded.problems:
         raise UserError(f"demo metadata has problems: {loaded.problems[0]}")
+    d.records = loaded.records
     counts = count_by_split(loaded.records)
-    say("      " + ", ".join(f"{k}: {v.get('REAL', 0)} REAL / {v.get('FAKE', 0)} FAKE"
-                             for k, v in counts.items()))
+    d.say("      " + ", ".join(f"{k}: {v.get('REAL', 0)} REAL / {v.get('FAKE', 0)} FAKE"
+                               for k, v in counts.items()))
     pcfg = PreprocessConfig(frames=s.clip_frames, size=s.size, detector=s.detector)
-    cache_dir = out / "cache"
-    summary = run_preprocess(loaded.records, cache_dir, pcfg, workers=s.workers, progress=progress,
+    cache_dir = d.out / "cache"
+    summary = run_preprocess(loaded.records, cache_dir, pcfg, workers=s.workers, progress=d.progress,
                              dataset_root=data_dir, fmt="dfdc", force=_stale_cache(cache_dir, pcfg))
-    res.cache_dir = str(cache_dir)
-    res.seconds["preprocess"] = time.perf_counter() - t0
-    say(f"      {summary.usable} face clips ({dict(sorted(summary.manifest_counts.items()))}) "
-        f"in {cache_dir} in {res.seconds['preprocess']:.0f}s")
+    d.res.cache_dir = str(cache_dir)
+    d.cache = Cache(cache_dir)
+    took = d.done("preprocess", t0)
+    d.say(f"      {summary.usable} face clips ({dict(sorted(summary.manifest_counts.items()))}) "
+          f"in {cache_dir} in {took:.0f}s")
 
-    # --- 3. train --------------------------------------------------------------------------------
-    header(3, f"train: {s.backbone} per frame -> LSTM -> mean -> dropout -> linear, up to {s.epochs} epochs")
+
+def _stage_train(d: _DemoRun) -> None:
+    """3. ``fit`` on the cache: the run folder runs/demo with best.pt."""
+    from .config import ModelConfig, TrainConfig
+    from .engine.trainer import fit
+
+    s, res = d.s, d.res
+    d.header(3, f"train: {s.backbone} per frame -> LSTM -> mean -> dropout -> linear, "
+                f"up to {s.epochs} epochs")
     t0 = time.perf_counter()
-    mcfg = ModelConfig(backbone=s.backbone, pretrained=res.pretrained, weights_file=weights_file,
+    mcfg = ModelConfig(backbone=s.backbone, pretrained=res.pretrained, weights_file=d.weights_file,
                        hidden_size=s.hidden_size, dropout=s.dropout)
-    tcfg = TrainConfig(cache=str(cache_dir), name="demo", runs_dir=str(out / "runs"), model=mcfg,
+    tcfg = TrainConfig(cache=res.cache_dir, name="demo", runs_dir=str(d.out / "runs"), model=mcfg,
                        epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
                        seq_len=s.clip_frames,
-                       seed=seed, patience=s.patience, monitor=s.monitor, workers=min(s.workers, 1),
-                       device=device, overwrite=True)
-    fitted = fit(tcfg, progress=progress)
+                       seed=d.seed, patience=s.patience, monitor=s.monitor, workers=min(s.workers, 1),
+                       device=d.device, overwrite=True)
+    fitted = fit(tcfg, progress=d.progress)
     run_dir = Path(fitted["run_dir"])
     res.run_dir = str(run_dir)
     res.checkpoint = str(run_dir / "best.pt")
-    res.seconds["train"] = time.perf_counter() - t0
+    took = d.done("train", t0)
     hist = fitted.get("history") or []
     best = next((h for h in hist if h["epoch"] == fitted.get("best_epoch")), hist[-1] if hist else {})
-    say(f"      {fitted['epochs_run']} epochs in {res.seconds['train']:.0f}s; "
-        f"best epoch {fitted.get('best_epoch')}: val loss {best.get('val_loss', float('nan')):.3f}, "
-        f"val AUC {best.get('val_auc', float('nan')):.3f}")
+    d.say(f"      {fitted['epochs_run']} epochs in {took:.0f}s; "
+          f"best epoch {fitted.get('best_epoch')}: val loss {best.get('val_loss', float('nan')):.3f}, "
+          f"val AUC {best.get('val_auc', float('nan')):.3f}")
 
-    # --- 4. evaluate on the held-out test split (cache) -------------------------------------------
-    header(4, "evaluate: held-out test split (face clips from the cache)")
+
+def _stage_evaluate(d: _DemoRun) -> None:
+    """4. ``evaluate_checkpoint`` on the cache's held-out test split, with ROC curves per manipulation."""
+    from .checkpoint import to_builtin
+    from .engine.evaluate import NoClipsError, evaluate_checkpoint
+
+    s, res = d.s, d.res
+    d.header(4, "evaluate: held-out test split (face clips from the cache)")
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(res.checkpoint)
-    model_cfg = from_dict(ModelConfig, ckpt["config"]["model"])
-    model = build_model(model_cfg, load_weights=False)
-    model.load_state_dict(ckpt["model"])
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    threshold = float(ckpt.get("threshold") or 0.5)
-    rows = load_manifest(cache_dir)
-    test_rows = split_rows(rows, tcfg.val_fraction, seed)["test"]
-    if not test_rows:
-        raise UserError(f"{cache_dir}: no usable held-out test clips (face detection failed on all of them?)")
-    eval_dir = out / "evaluate"
+    try:
+        ev = evaluate_checkpoint(res.checkpoint, d.cache, "test", device=d.device,
+                                 batch_size=s.batch_size, progress=d.progress)
+    except NoClipsError:
+        raise UserError(f"{res.cache_dir}: no usable held-out test clips (face detection failed on all of "
+                        "them?)") from None
+    eval_dir = d.out / "evaluate"
     eval_dir.mkdir(parents=True, exist_ok=True)
-    ev = evaluate_rows(model, str(cache_dir), test_rows, s.clip_frames, s.batch_size, dev, progress=progress,
-                       desc="evaluate test")
-    metrics = compute_metrics(ev["y_true"], ev["p_fake"], threshold)
-    labels = ["FAKE" if int(y) == 1 else "REAL" for y in ev["y_true"]]
-    manips = [manip_of.get(Path(p).name, "") for p in ev["paths"]]
-    p_list = [float(p) for p in ev["p_fake"]]
-    res.eval_auc = float(metrics.get("auc", float("nan")))
+    labels = ["FAKE" if int(y) == 1 else "REAL" for y in ev.y_true]
+    manips = [d.manip_of.get(Path(p).name, "") for p in ev.paths]
+    p_list = [float(p) for p in ev.p_fake]
+    res.eval_auc = float(ev.metrics.get("auc", float("nan")))
     res.eval_auc_by_manipulation = auc_by_manipulation(labels, manips, p_list)
-    metrics.update(split="test", checkpoint=res.checkpoint, auc_by_manipulation=res.eval_auc_by_manipulation)
+    metrics = ev.report(split="test", checkpoint=res.checkpoint,
+                        auc_by_manipulation=res.eval_auc_by_manipulation)
     res.eval_metrics = to_builtin(metrics)
     atomic_write_json(eval_dir / "metrics.json", _finite(to_builtin(metrics)))
-    write_predictions_csv(eval_dir / "predictions.csv", ev["paths"], ev["y_true"], ev["p_fake"], threshold)
-    plot_confusion_matrix(metrics["confusion_matrix"], eval_dir / "confusion_matrix.png",
-                          title=f"Demo test split, threshold {threshold:.3f}")
-    plot_roc(ev["y_true"], ev["p_fake"], eval_dir / "roc.png", title="Demo test split ROC")
+    ev.write_predictions(eval_dir / "predictions.csv")
+    ev.write_plots(eval_dir, cm_title=f"Demo test split, threshold {ev.threshold:.3f}",
+                   roc_title="Demo test split ROC")
     _plot_roc_by_manipulation(labels, manips, p_list, eval_dir / "roc_by_manipulation.png",
                               "Demo test split: ROC per manipulation")
     atomic_write_json(eval_dir / "auc_by_manipulation.json", _finite(res.eval_auc_by_manipulation))
     res.evaluate_dir = str(eval_dir)
-    res.seconds["evaluate"] = time.perf_counter() - t0
-    say(f"      test AUC {res.eval_auc:.3f} ("
-        + ", ".join(f"{k} {v:.3f}" for k, v in res.eval_auc_by_manipulation.items()) + ")")
+    d.done("evaluate", t0)
+    d.say(f"      test AUC {res.eval_auc:.3f} ("
+          + ", ".join(f"{k} {v:.3f}" for k, v in res.eval_auc_by_manipulation.items()) + ")")
 
-    # --- 5. predict the held-out videos end to end ------------------------------------------------
-    test_videos = sorted((r for r in loaded.records if r.split == "test"), key=lambda r: r.rel_path or r.path)
-    header(5, f"predict: {len(test_videos)} held-out videos end to end (decode -> faces -> model), heat maps")
+
+def _stage_predict(d: _DemoRun) -> None:
+    """5. the held-out videos end to end through the ``Detector`` API (decode, faces, model), heat maps."""
+    from .inference import Detector
+
+    s, res = d.s, d.res
+    test_videos = sorted((r for r in d.records if r.split == "test"), key=lambda r: r.rel_path or r.path)
+    d.header(5, f"predict: {len(test_videos)} held-out videos end to end (decode -> faces -> model), "
+                "heat maps")
     t0 = time.perf_counter()
-    pred_dir = out / "predict"
+    pred_dir = d.out / "predict"
     heat_dir = pred_dir / "heatmaps"
     heat_dir.mkdir(parents=True, exist_ok=True)
-    det = Detector.from_checkpoint(res.checkpoint, device=device, workers=s.workers)
-    paths = [r.path for r in test_videos]
-    explain_set = set(_pick_for_explain(test_videos, manip_of, s.explain))
+    det = Detector.from_checkpoint(res.checkpoint, device=d.device, workers=s.workers)
+    preds = _predict_with_heatmaps(det, test_videos, d.manip_of, s.explain, heat_dir, d.progress)
+    label_of = {r.path: r.label or "" for r in test_videos}
+    rows_out = []
+    for p in preds:
+        row = p.to_dict()
+        row["true_label"] = label_of.get(p.path, "")
+        row["manipulation"] = d.manip_of.get(Path(p.path).name, "")
+        rows_out.append(row)
+    _write_predictions(pred_dir, rows_out)
+    _score_predictions(res, rows_out)
+    res.predictions = str(pred_dir / "predictions.csv")
+    res.heatmaps_dir = str(heat_dir)
+    took = d.done("predict", t0)
+    correct = sum(1 for r in rows_out if r["label"] and r["label"] == r["true_label"])
+    d.say(f"      {correct}/{len(rows_out)} correct at threshold {det.threshold:.3f}; AUC {res.auc:.3f} ("
+          + ", ".join(f"{k} {v:.3f}" for k, v in res.auc_by_manipulation.items())
+          + f") in {took:.0f}s")
+
+
+def _predict_with_heatmaps(det: Any, videos: list, manip_of: dict[str, str], n_explain: int, heat_dir: Path,
+                           progress: bool) -> list:
+    """Every video scored; up to ``n_explain`` of them (every kind) also explained into ``heat_dir``."""
+    paths = [r.path for r in videos]
+    explain_set = set(_pick_for_explain(videos, manip_of, n_explain))
     preds = det.predict(paths, explain_dir=None, progress=progress)
     if explain_set:
         explained = det.predict([p for p in paths if p in explain_set], explain_dir=heat_dir, progress=False)
@@ -368,46 +436,37 @@ def run_demo(
         for p in preds:
             if p.path in by_path:
                 p.explanation = by_path[p.path]
-    label_of = {r.path: r.label or "" for r in test_videos}
-    rows_out = []
-    for p in preds:
-        d = p.to_dict()
-        d["true_label"] = label_of.get(p.path, "")
-        d["manipulation"] = manip_of.get(Path(p.path).name, "")
-        rows_out.append(d)
-    header_cols = ["path", "true_label", "manipulation", "p_fake", "label", "status", "error", "frames",
-                   "face_ratio", "seconds", "explanation"]
-    _write_csv(pred_dir / "predictions.csv", header_cols,
-               [[d.get(c, "") for c in header_cols] for d in rows_out])
-    atomic_write_json(pred_dir / "predictions.json", _finite(rows_out))
-    t_labels = [d["true_label"] for d in rows_out]
-    t_manip = [d["manipulation"] for d in rows_out]
-    t_p = [d["p_fake"] for d in rows_out]
-    res.auc = _overall_auc(t_labels, t_p)
-    res.auc_by_manipulation = auc_by_manipulation(t_labels, t_manip, t_p)
-    res.predict_counts = dict(sorted({st: sum(1 for d in rows_out if d["status"] == st)
-                                      for st in {d["status"] for d in rows_out}}.items()))
-    res.predictions = str(pred_dir / "predictions.csv")
-    res.heatmaps_dir = str(heat_dir)
-    res.seconds["predict"] = time.perf_counter() - t0
-    correct = sum(1 for d in rows_out if d["label"] and d["label"] == d["true_label"])
-    say(f"      {correct}/{len(rows_out)} correct at threshold {det.threshold:.3f}; AUC {res.auc:.3f} ("
-        + ", ".join(f"{k} {v:.3f}" for k, v in res.auc_by_manipulation.items())
-        + f") in {res.seconds['predict']:.0f}s")
+    return preds
 
-    res.total_seconds = time.perf_counter() - t_all
-    atomic_write_json(out / "summary.json", res.to_dict())
-    if not np.isfinite(res.auc):
-        log.warning("held-out AUC is undefined (one class only among the scored videos)")
-    return res
+
+_PREDICTION_COLUMNS = ["path", "true_label", "manipulation", "p_fake", "label", "status", "error", "frames",
+                       "face_ratio", "seconds", "explanation"]
+
+
+def _write_predictions(pred_dir: Path, rows: list[dict]) -> None:
+    _write_csv(pred_dir / "predictions.csv", _PREDICTION_COLUMNS,
+               [[r.get(c, "") for c in _PREDICTION_COLUMNS] for r in rows])
+    atomic_write_json(pred_dir / "predictions.json", _finite(rows))
+
+
+def _score_predictions(res: DemoResult, rows: list[dict]) -> None:
+    """Held-out AUC overall and per manipulation, and the videos per status, from predict's rows."""
+    labels = [r["true_label"] for r in rows]
+    manips = [r["manipulation"] for r in rows]
+    p_fake = [r["p_fake"] for r in rows]
+    res.auc = _overall_auc(labels, p_fake)
+    res.auc_by_manipulation = auc_by_manipulation(labels, manips, p_fake)
+    res.predict_counts = dict(sorted({st: sum(1 for r in rows if r["status"] == st)
+                                      for st in {r["status"] for r in rows}}.items()))
 
 
 def _stale_cache(cache_dir: Path, pcfg: Any) -> bool:
     """True when an earlier demo made the cache with other clip settings (the demo then redoes it)."""
-    from .data.preprocess import CLIP_KEYS, read_cache_config
+    from .data.cache import Cache
+    from .data.preprocess import CLIP_KEYS
 
     try:
-        old = read_cache_config(cache_dir)
+        old = Cache(cache_dir).preprocess_config()
     except Exception as exc:  # an unreadable preprocess.json: rebuild
         log.info("demo cache config unreadable (%s); rebuilding the cache", exc)
         return True

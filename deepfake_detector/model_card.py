@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+from .data.cache import Cache
+from .errors import UserError
 from .utils import atomic_write_text
 
 __all__ = ["write_model_card", "render_model_card", "MODEL_CARD_NAME"]
@@ -260,46 +262,41 @@ _EXPLANATIONS_SECTION = (
 )
 
 
-def _summarize_cache(cache_dir: Any) -> dict:
+def _summarize_cache(cache: Cache) -> dict:
     """Videos per split and label (usable clips) and per status, read from a cache's manifest."""
     from collections import Counter
 
-    from .data.cache import load_manifest
-
-    rows = load_manifest(cache_dir)
+    rows = cache.rows()
     usable = Counter((r.split or "unsplit", r.label or "unlabelled") for r in rows
                      if r.status in ("ok", "no_face"))
-    out: dict = {"cache": str(cache_dir), "videos in manifest": len(rows)}
+    out: dict = {"cache": str(cache), "videos in manifest": len(rows)}
     out["status"] = dict(sorted(Counter(r.status for r in rows).items()))
     out["usable clips"] = {f"{split} {label}": n for (split, label), n in sorted(usable.items())}
     return out
 
 
 def _read_run_config(run_dir: Path) -> dict:
-    import json
+    from .config import read_run_config_dict
 
     for name in ("config.json", "config.yaml", "config.yml"):
         path = run_dir / name
         if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            if name.endswith(".json"):
-                return json.loads(text)
-            import yaml
-
-            return yaml.safe_load(text) or {}
+            return read_run_config_dict(path)
     return {}
 
 
 def write_model_card(run_dir: str | os.PathLike, config: Any = None, metrics: Optional[Mapping] = None,
                      threshold: Optional[float] = None, data_summary: Optional[Mapping] = None,
-                     test_metrics: Optional[Mapping] = None, **kw: Any) -> Path:
+                     test_metrics: Optional[Mapping] = None, cache: Optional[Cache] = None,
+                     **kw: Any) -> Path:
     """Write ``run_dir/MODEL_CARD.md`` atomically and return its path.
 
     ``config``: ``{"train", "model", "preprocess"}`` dicts (as stored in checkpoints) or a
     ``TrainConfig`` (default: the run folder's config file); ``metrics``: flat (``val_auc``...) or
     nested (``{"val": {...}}``) numbers; ``test_metrics``: the test split's, shown as ``test``;
-    ``data_summary``: counts such as videos per split and label (default: read from the cache's
-    manifest when it is reachable). Extra keywords: ``run_name``, ``checkpoint``, ``version``.
+    ``data_summary``: counts such as videos per split and label (default: read from the manifest of
+    ``cache``, or of the cache folder the config names when it is reachable). Extra keywords:
+    ``run_name``, ``checkpoint``, ``version``.
     """
     run_dir = Path(run_dir)
     if config is None:
@@ -308,12 +305,14 @@ def write_model_card(run_dir: str | os.PathLike, config: Any = None, metrics: Op
     if test_metrics:
         merged["test"] = dict(test_metrics) if isinstance(test_metrics, Mapping) else _as_dict(test_metrics)
     if data_summary is None:
-        cfg = _as_dict(config)
-        cache = (_as_dict(cfg.get("train")) or cfg).get("cache")
-        if cache and os.path.isdir(str(cache)):
+        if cache is None:
+            cfg = _as_dict(config)
+            folder = (_as_dict(cfg.get("train")) or cfg).get("cache")
+            cache = Cache(str(folder)) if folder and os.path.isdir(str(folder)) else None
+        if cache is not None:
             try:
                 data_summary = _summarize_cache(cache)
-            except (OSError, ValueError) as exc:
+            except UserError as exc:
                 data_summary = {"cache": str(cache), "note": f"manifest unreadable: {exc}"}
     known = {k: kw.pop(k) for k in ("run_name", "checkpoint", "version") if k in kw}
     path = run_dir / MODEL_CARD_NAME

@@ -252,10 +252,12 @@ def _resume_command(cfg) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..engine.trainer import fit
 
-    # one line per epoch even when stderr is a log file (Slurm, nohup), where tqdm bars are hidden
-    trainer_log = logging.getLogger("deepfake_detector.engine.trainer")
-    if trainer_log.getEffectiveLevel() > logging.INFO:
-        trainer_log.setLevel(logging.INFO)
+    # one line per epoch even when stderr is a log file (Slurm, nohup), where tqdm bars are hidden; the run
+    # folder's notes (best.pt repaired after a kill) alike
+    for name in ("deepfake_detector.engine.trainer", "deepfake_detector.engine.run"):
+        engine_log = logging.getLogger(name)
+        if engine_log.getEffectiveLevel() > logging.INFO:
+            engine_log.setLevel(logging.INFO)
     cfg, given = build_config(args)
     try:
         summary = fit(cfg, resume_overrides=given, progress=True)

@@ -1,16 +1,32 @@
-"""The on-disk face-clip cache and its manifest.
+"""The on-disk face-clip cache: the :class:`Cache` object and the manifest format.
 
 Layout of a cache folder::
 
     CACHE/
       preprocess.json          resolved PreprocessConfig + dataset root/format (what made the clips)
+                               and ``manifest_schema``, the version of the manifest's layout
       manifest.csv             one row per input video (``manifest-K-of-N.csv`` per shard)
       clips/ab/abcdef0123456789.npy   uint8 array [T, S, S, 3], RGB, one file per video
+      features/<key>/          per-frame features of a frozen backbone (``engine.features``)
 
 Clips are plain ``.npy`` files (no pickle, memory-mappable, readable from any language) named by a
 hash of the video's path relative to the dataset root, so reruns and shards agree on names. Every
 file is written through a temporary file and renamed, so a killed run never leaves a half-written
 clip or manifest that a later reader could take as valid.
+
+Everything downstream of preprocessing reads a cache through :class:`Cache` (``Cache.open(path)``):
+its rows, its settings (``preprocess.json`` is parsed here and nowhere else), its clips and its
+features folder.
+
+The manifest stays a plain CSV with one header line (``csv.DictReader`` and pandas read it as is);
+its version lives in ``preprocess.json`` (``manifest_schema``; caches without it are schema 1), and
+:func:`read_manifest_file` is its one reader. Extending the manifest is one change here: add the field
+to :class:`ManifestRow`, bump :data:`MANIFEST_SCHEMA` and add an upgrader to
+:data:`_MANIFEST_UPGRADERS` that fills the field in for older rows. The contract is "extend, don't
+rename", so an upgrader only fills in what is missing (``setdefault``) and is harmless on a newer row.
+That is what lets a cache hold manifests of two layouts (a rerun rewrites one shard's manifest, not
+the others): the recorded version is the OLDEST layout any of its manifests may have
+(:func:`manifest_schema_to_record`), and every row is read through the upgraders from there.
 """
 
 from __future__ import annotations
@@ -18,15 +34,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
+from ..config import PreprocessConfig, from_dict
 from ..constants import (  # noqa: F401  (statuses are re-exported: the manifest speaks them)
     ERROR,
     MISSING,
@@ -38,6 +56,7 @@ from ..constants import (  # noqa: F401  (statuses are re-exported: the manifest
     UNREADABLE,
     USABLE_STATUSES,
 )
+from ..errors import UserError
 from ..utils import atomic_open, atomic_write_bytes, is_within
 
 log = logging.getLogger(__name__)
@@ -45,7 +64,11 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.csv"
 CONFIG_NAME = "preprocess.json"
 CLIPS_DIR = "clips"
+FEATURES_DIR = "features"
 
+#: version of the manifest's layout (see the module docstring); recorded in preprocess.json
+MANIFEST_SCHEMA = 1
+MANIFEST_SCHEMA_KEY = "manifest_schema"
 
 
 @dataclass
@@ -127,6 +150,28 @@ def manifest_name(shard: Optional[tuple[int, int]] = None) -> str:
     return f"manifest-{shard[0]}-of-{shard[1]}.csv"
 
 
+#: schema N -> the function that turns one raw schema-N row (column -> text) into a schema-(N+1) row.
+#: Upgraders fill in what older rows lack (``setdefault``), so they are harmless on newer rows.
+_MANIFEST_UPGRADERS: dict[int, Callable[[dict], dict]] = {}
+
+
+def _check_manifest_schema(schema: Any, where: Any) -> int:
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+        raise ValueError(f"{where}: invalid manifest schema {schema!r}")
+    if schema > MANIFEST_SCHEMA:
+        raise ValueError(f"{where}: manifest schema {schema} is newer than this version of deepfake-detector "
+                         f"reads ({MANIFEST_SCHEMA}); upgrade the package")
+    return schema
+
+
+def upgrade_manifest_row(raw: dict, schema: int) -> dict:
+    """One raw manifest row of ``schema`` brought to :data:`MANIFEST_SCHEMA`."""
+    while schema < MANIFEST_SCHEMA:
+        raw = _MANIFEST_UPGRADERS[schema](raw)
+        schema += 1
+    return raw
+
+
 def _parse_row(raw: dict) -> ManifestRow:
     kwargs = {}
     for name in MANIFEST_FIELDS:
@@ -140,12 +185,18 @@ def _parse_row(raw: dict) -> ManifestRow:
     return ManifestRow(**kwargs)
 
 
-def read_manifest_file(path: str | os.PathLike) -> list[ManifestRow]:
+def read_manifest_file(path: str | os.PathLike, schema: int = 1) -> list[ManifestRow]:
+    """THE manifest reader: the rows of one manifest file of ``schema``, upgraded to the current one.
+
+    ``schema`` is the cache's recorded ``manifest_schema`` (:meth:`Cache.manifest_schema`); 1, the
+    default, is right for every manifest written before versions were recorded.
+    """
+    schema = _check_manifest_schema(schema, path)
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or "path" not in reader.fieldnames or "status" not in reader.fieldnames:
             raise ValueError(f"{path}: not a manifest (needs at least 'path' and 'status' columns)")
-        return [_parse_row(r) for r in reader]
+        return [_parse_row(upgrade_manifest_row(r, schema)) for r in reader]
 
 
 def write_manifest_file(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> None:
@@ -157,14 +208,19 @@ def write_manifest_file(path: str | os.PathLike, rows: Iterable[ManifestRow]) ->
 
 
 def load_manifest(cache_dir: str | os.PathLike) -> list[ManifestRow]:
-    """All rows of a cache, merging shard manifests; for a path seen twice a usable row wins."""
+    """All rows of a cache, merging shard manifests; for a path seen twice a usable row wins.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` / ``OSError``; :meth:`Cache.rows` turns them into
+    one ``UserError`` line.
+    """
     cache_dir = Path(cache_dir)
     files = sorted(cache_dir.glob("manifest*.csv"))
     if not files:
         raise FileNotFoundError(f"no manifest.csv in {cache_dir} (run 'deepfake-detector preprocess' first)")
+    schema = _recorded_manifest_schema(cache_dir)
     merged: dict[str, ManifestRow] = {}
     for f in files:
-        for row in read_manifest_file(f):
+        for row in read_manifest_file(f, schema):
             old = merged.get(row.path)
             if old is None or (row.usable and not old.usable) or (row.usable == old.usable):
                 merged[row.path] = row
@@ -183,7 +239,7 @@ class ManifestWriter:
         self.rows: dict[str, ManifestRow] = {}
         if self.path.exists():
             try:
-                for row in read_manifest_file(self.path):
+                for row in read_manifest_file(self.path, _recorded_manifest_schema(self.cache_dir)):
                     self.rows[row.path] = row
             except (ValueError, OSError, csv.Error) as exc:
                 log.warning("ignoring unreadable manifest %s (%s); it will be rebuilt", self.path, exc)
@@ -210,3 +266,182 @@ class ManifestWriter:
 
     def flush(self) -> None:
         write_manifest_file(self.path, sorted(self.rows.values(), key=lambda r: r.path))
+
+
+# --------------------------------------------------------------------------------------------------
+# preprocess.json: parsed here and nowhere else
+# --------------------------------------------------------------------------------------------------
+
+
+class CacheConfigError(UserError):
+    """``preprocess.json`` exists but cannot be read or parsed. ``path`` and ``detail`` let a caller
+    phrase its own advice (``preprocess`` suggests ``--force``)."""
+
+    def __init__(self, path: Path, detail: Any) -> None:
+        super().__init__(f"{path} is unreadable: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+def read_cache_meta(cache_dir: str | os.PathLike) -> Optional[dict]:
+    """THE reader of a cache's ``preprocess.json``: the whole record, None when the folder has none.
+
+    A file that is not a JSON object reads as ``{}`` (no settings recorded). Raises
+    :class:`CacheConfigError` when the file cannot be read or is not JSON.
+    """
+    path = Path(cache_dir) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CacheConfigError(path, exc) from exc
+    return data if isinstance(data, dict) else {}
+
+
+def preprocess_settings(meta: Optional[dict]) -> dict:
+    """The preprocessing settings inside a ``preprocess.json`` record.
+
+    ``preprocess`` is the layout ``preprocess`` writes; ``config`` and a flat dict of settings are
+    older / hand-made layouts that are still read.
+    """
+    if not meta:
+        return {}
+    for key in ("preprocess", "config"):
+        if isinstance(meta.get(key), dict):
+            return meta[key]
+    return meta
+
+
+def manifest_schema_to_record(cache_dir: str | os.PathLike) -> int:
+    """The ``manifest_schema`` for a (re)written ``preprocess.json``: the current layout for a new cache,
+    else the oldest one its manifests may still have (the writer rewrites only its own shard's)."""
+    if not any(Path(cache_dir).glob("manifest*.csv")):
+        return MANIFEST_SCHEMA
+    recorded = _recorded_manifest_schema(Path(cache_dir))
+    valid = isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1
+    return min(recorded, MANIFEST_SCHEMA) if valid else 1
+
+
+def _recorded_manifest_schema(cache_dir: Path) -> int:
+    """The ``manifest_schema`` a cache records; 1 when it records none or its record is unreadable
+    (upgraders only fill in missing fields, so assuming the oldest layout is always safe)."""
+    try:
+        meta = read_cache_meta(cache_dir) or {}
+    except CacheConfigError:
+        return 1
+    return meta.get(MANIFEST_SCHEMA_KEY, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The Cache object
+# --------------------------------------------------------------------------------------------------
+
+
+class Cache:
+    """One face-clip cache folder: its manifest rows, preprocessing settings, clips and features folder.
+
+    Why an object: the folder used to travel as a string through the engine, the dataset, the feature
+    cache, ``evaluate``, the demo and the model card, each re-deriving file names and re-parsing
+    ``preprocess.json`` in its own way. ``Cache(path)`` is cheap and reads nothing (datasets pickle it
+    to their loader workers); ``Cache.open(path)`` also checks that the folder holds a readable
+    manifest. Rows and settings are read once, on first use.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self._given = os.fspath(root)  # as the user spelled it: messages quote it unchanged
+        self._rows: Optional[list[ManifestRow]] = None
+        self._meta: Optional[dict] = None
+        self._meta_read = False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | Cache) -> Cache:
+        """The cache at ``path``, its manifest read; a missing or unreadable one is a ``UserError``."""
+        cache = cls.of(path)
+        cache.rows()
+        return cache
+
+    @classmethod
+    def of(cls, obj: str | os.PathLike | Cache) -> Cache:
+        """``obj`` itself when it is a Cache, else a Cache for that folder (nothing read yet)."""
+        return obj if isinstance(obj, Cache) else cls(obj)
+
+    def __fspath__(self) -> str:
+        return self._given
+
+    def __str__(self) -> str:
+        return self._given
+
+    def __repr__(self) -> str:
+        return f"Cache({self._given!r})"
+
+    def __reduce__(self) -> tuple:  # loader workers get the folder, not the rows read so far
+        return (Cache, (self._given,))
+
+    # --- manifest ---------------------------------------------------------------------------------
+
+    def rows(self) -> list[ManifestRow]:
+        """Every manifest row (shards merged), read once; no or an unreadable manifest is a ``UserError``."""
+        if self._rows is None:
+            try:
+                self._rows = load_manifest(self.root)
+            except (FileNotFoundError, ValueError, OSError) as exc:
+                raise UserError(str(exc)) from exc
+        return self._rows
+
+    @property
+    def manifest(self) -> list[ManifestRow]:
+        return self.rows()
+
+    def has_manifest(self) -> bool:
+        """True when the folder holds a ``manifest.csv`` (a cache, not just a folder)."""
+        return (self.root / MANIFEST_NAME).is_file()
+
+    @property
+    def manifest_schema(self) -> int:
+        return _recorded_manifest_schema(self.root)
+
+    # --- preprocess.json --------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def meta(self) -> dict:
+        """The whole ``preprocess.json`` record ({} when there is none); unreadable: ``CacheConfigError``."""
+        if not self._meta_read:
+            self._meta = read_cache_meta(self.root)
+            self._meta_read = True
+        return self._meta or {}
+
+    def has_meta(self) -> bool:
+        return self.config_path.is_file()
+
+    @property
+    def preprocess(self) -> dict:
+        """The preprocessing settings the clips were made with ({} when none are recorded)."""
+        return preprocess_settings(self.meta)
+
+    def preprocess_config(self) -> Optional[PreprocessConfig]:
+        """The settings as a ``PreprocessConfig``; None when the folder records none."""
+        if not self.has_meta():
+            return None
+        return from_dict(PreprocessConfig, self.preprocess)
+
+    @property
+    def dataset_root(self) -> str:
+        """The dataset folder the manifest's paths are relative to ("" when unknown)."""
+        root = self.meta.get("dataset_root")
+        return root if isinstance(root, str) else ""
+
+    # --- clips and features -----------------------------------------------------------------------
+
+    def load_clip(self, clip_rel: str, mmap: bool = True) -> np.ndarray:
+        """A clip of this cache by its manifest ``clip`` path (see :func:`load_clip`)."""
+        return load_clip(self.root, clip_rel, mmap=mmap)
+
+    def features_dir(self, key: str) -> Path:
+        """Where the per-frame features named ``key`` (``engine.features.feature_key``) live."""
+        return self.root / FEATURES_DIR / key

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .cache import NO_FACE, OK, ManifestRow, load_clip
+from .cache import NO_FACE, OK, Cache, ManifestRow
 from .records import label_to_index, normalize_label
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class ClipDataset(Dataset):
 
     def __init__(
         self,
-        cache_dir: str | os.PathLike,
+        cache: Cache | str | os.PathLike,
         rows: Sequence[ManifestRow],
         seq_len: int,
         train: bool,
@@ -209,7 +209,7 @@ class ClipDataset(Dataset):
         return_index: bool = False,
         raw: bool = False,
     ) -> None:
-        self.cache_dir = str(cache_dir)
+        self.cache = Cache.of(cache)
         self.raw = bool(raw)
         self.rows = list(rows)
         self.seq_len = int(seq_len)
@@ -229,7 +229,7 @@ class ClipDataset(Dataset):
     def load(self, i: int) -> np.ndarray:
         row = self.rows[i]
         try:
-            return load_clip(self.cache_dir, row.clip)
+            return self.cache.load_clip(row.clip)
         except (OSError, ValueError) as exc:
             raise UserError(
                 f"cache clip for {row.path} ({row.clip}) is unreadable: {exc}. "

@@ -269,6 +269,7 @@ def _cache_meta(cfg: PreprocessConfig, dataset_root: Optional[str], fmt: str) ->
 
     return {
         "cache_format": CACHE_FORMAT,
+        cache.MANIFEST_SCHEMA_KEY: cache.MANIFEST_SCHEMA,
         "preprocess": to_dict(cfg),
         "dataset_root": os.fspath(dataset_root) if dataset_root else "",
         "format": fmt,
@@ -279,27 +280,20 @@ def _cache_meta(cfg: PreprocessConfig, dataset_root: Optional[str], fmt: str) ->
 
 def read_cache_config(out_dir: str | os.PathLike) -> Optional[PreprocessConfig]:
     """The PreprocessConfig a cache was made with (None when the folder has none)."""
-    import json
-
-    path = Path(out_dir) / cache.CONFIG_NAME
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return from_dict(PreprocessConfig, data.get("preprocess", data))
+    return cache.Cache(out_dir).preprocess_config()
 
 
 def _check_cache(out_dir: Path, cfg: PreprocessConfig, force: bool) -> bool:
     """Refuse to mix clips made with different settings. Returns True when old results must be redone."""
-    import json
-
-    path = out_dir / cache.CONFIG_NAME
-    if not path.is_file():
+    folder = cache.Cache(out_dir)
+    if not folder.has_meta():
         return False
     try:
-        old = json.loads(path.read_text(encoding="utf-8")).get("preprocess", {})
-    except (OSError, ValueError) as exc:
+        old = folder.preprocess
+    except cache.CacheConfigError as exc:
         if not force:
-            raise UserError(f"{path} is unreadable ({exc}); use --force to rebuild this cache") from exc
+            raise UserError(f"{exc.path} is unreadable ({exc.detail}); use --force to rebuild this "
+                            "cache") from exc
         return True
     new = to_dict(cfg)
     diff = [k for k in CLIP_KEYS if k in old and old.get(k) != new.get(k)]
@@ -437,6 +431,7 @@ def _prepare_cache(out_dir: Path, cfg: PreprocessConfig, force: bool,
         out_dir.mkdir(parents=True, exist_ok=True)
         redo_all = _check_cache(out_dir, cfg, force)
         meta = _cache_meta(cfg, dataset_root and str(dataset_root), fmt)
+        meta[cache.MANIFEST_SCHEMA_KEY] = cache.manifest_schema_to_record(out_dir)
         atomic_write_json(out_dir / cache.CONFIG_NAME, meta)
     except OSError as exc:
         raise cache_write_error(exc, f"the cache folder {out_dir}") from exc

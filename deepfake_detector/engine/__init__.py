@@ -1,7 +1,8 @@
-"""Training engine: epoch loop, evaluation, early stopping, checkpoints, DDP helpers and ``fit``.
+"""Training engine: epoch loop, early stopping, DDP helpers, the run folder (``engine.run``), ``fit``
+as named steps (``engine.trainer``) and checkpoint evaluation (``engine.evaluate``).
 
-Import the submodules directly (``engine.trainer.fit``, ``engine.loop.train_epoch``...); this package
-file stays import-light so ``--help`` and the server do not pay for it.
+Import the submodules directly (``engine.trainer.fit``, ``engine.evaluate.evaluate_checkpoint``...);
+this package file stays import-light so ``--help`` and the server do not pay for it.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ class EarlyStoppingWithCheckpoint:
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def step(self, value: float, epoch: int, model: nn.Module, make_checkpoint: Callable[[], dict]) -> bool:
+    def step(
+        self, value: float, epoch: int, model: nn.Module, make_checkpoint: Callable[[], Checkpoint | dict]
+    ) -> bool:
         if self.is_improvement(value):
             self.best = float(value)
             self.best_epoch = int(epoch)

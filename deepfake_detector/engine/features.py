@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
 from ..config import ModelConfig
-from ..data.cache import ManifestRow
+from ..data.cache import FEATURES_DIR, Cache, ManifestRow  # noqa: F401  (FEATURES_DIR: re-exported)
 from ..data.dataset import ClipDataset, fit_length
 from ..data.records import label_to_index, normalize_label
 from ..utils import atomic_write_bytes, atomic_write_json, sha256_file
@@ -40,8 +40,6 @@ from .loop import autocast_context
 log = logging.getLogger(__name__)
 
 __all__ = ["feature_key", "extract_features", "FeatureDataset", "HeadOnly"]
-
-FEATURES_DIR = "features"
 
 
 def feature_key(model_cfg: ModelConfig, seed: int) -> tuple[str, dict]:
@@ -66,7 +64,7 @@ def _feature_path(feat_dir: Path, clip_rel: str) -> Path:
 
 def extract_features(
     model: nn.Module,
-    cache: str | os.PathLike,
+    cache: Cache | str | os.PathLike,
     rows: Sequence[ManifestRow],
     model_cfg: ModelConfig,
     seed: int,
@@ -82,55 +80,63 @@ def extract_features(
     rank extracts its share, then all ranks wait for each other.
     """
     info = info or DistInfo()
+    cache = Cache.of(cache)
     key, desc = feature_key(model_cfg, seed)
-    feat_dir = Path(cache) / FEATURES_DIR / key
+    feat_dir = cache.features_dir(key)
     todo = [r for r in rows if not _feature_path(feat_dir, r.clip).is_file()]
     if info.is_main:
         atomic_write_json(feat_dir / "info.json", {**desc, "package_version": __version__})
         log.info("feature cache %s: %d of %d clips to extract", feat_dir, len(todo), len(rows))
     if todo:
-        # whole clips at their own length: seq_len is applied when the features are read
-        ds = _WholeClips(cache, todo)
-        loader = DataLoader(
-            ds,
-            batch_size=1,
-            sampler=ShardSampler(len(ds), info.world_size, info.rank),
-            # its own generator: a loader without one draws its worker seed from the global torch RNG,
-            # so a run that extracts would train differently from one that finds the features cached
-            generator=torch.Generator().manual_seed(seed),
-            num_workers=workers,
-            collate_fn=lambda b: b[0],
-        )
-        model.eval()
-        with torch.no_grad():
-            pending: list[tuple[int, torch.Tensor]] = []
-
-            def flush() -> None:
-                if not pending:
-                    return
-                frames = torch.cat([x for _, x in pending]).to(device, non_blocking=True)
-                with autocast_context(device, amp_dtype):
-                    feats = model.frame_features(frames)
-                feats = feats.float().cpu().numpy().astype(np.float16)
-                start = 0
-                for i, x in pending:
-                    buf = io.BytesIO()
-                    np.save(buf, feats[start : start + len(x)], allow_pickle=False)
-                    atomic_write_bytes(_feature_path(feat_dir, todo[i].clip), buf.getvalue())
-                    start += len(x)
-                pending.clear()
-
-            for i, x in loader:
-                pending.append((i, x))
-                if sum(len(p[1]) for p in pending) >= batch_size * 20:
-                    flush()
-            flush()
+        _extract(model, cache, todo, feat_dir, seed, device, amp_dtype, batch_size, workers, info)
     barrier(info)
     return feat_dir
 
 
+def _extract(model: nn.Module, cache: Cache, todo: list[ManifestRow], feat_dir: Path, seed: int,
+             device: torch.device, amp_dtype: Optional[torch.dtype], batch_size: int, workers: int,
+             info: DistInfo) -> None:
+    """Write the features of ``todo``'s clips (this rank's share), about ``batch_size * 20`` frames a step."""
+    # whole clips at their own length: seq_len is applied when the features are read
+    ds = _WholeClips(cache, todo)
+    loader = DataLoader(
+        ds,
+        batch_size=1,
+        sampler=ShardSampler(len(ds), info.world_size, info.rank),
+        # its own generator: a loader without one draws its worker seed from the global torch RNG,
+        # so a run that extracts would train differently from one that finds the features cached
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=workers,
+        collate_fn=lambda b: b[0],
+    )
+    model.eval()
+    with torch.no_grad():
+        pending: list[tuple[int, torch.Tensor]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            frames = torch.cat([x for _, x in pending]).to(device, non_blocking=True)
+            with autocast_context(device, amp_dtype):
+                feats = model.frame_features(frames)
+            feats = feats.float().cpu().numpy().astype(np.float16)
+            start = 0
+            for i, x in pending:
+                buf = io.BytesIO()
+                np.save(buf, feats[start : start + len(x)], allow_pickle=False)
+                atomic_write_bytes(_feature_path(feat_dir, todo[i].clip), buf.getvalue())
+                start += len(x)
+            pending.clear()
+
+        for i, x in loader:
+            pending.append((i, x))
+            if sum(len(p[1]) for p in pending) >= batch_size * 20:
+                flush()
+        flush()
+
+
 class _WholeClips(Dataset):
-    def __init__(self, cache: str | os.PathLike, rows: Sequence[ManifestRow]) -> None:
+    def __init__(self, cache: Cache, rows: Sequence[ManifestRow]) -> None:
         self.ds = ClipDataset(cache, rows, seq_len=1, train=False)
 
     def __len__(self) -> int:

@@ -19,7 +19,8 @@ from deepfake_detector.engine.distributed import BalancedDistributedSampler, Sha
 from deepfake_detector.engine.early_stopping import EarlyStoppingWithCheckpoint
 from deepfake_detector.engine.loop import NonFiniteTracker, evaluate, train_epoch
 from deepfake_detector.engine.rng import get_rng_state, set_rng_state
-from deepfake_detector.engine.trainer import METRICS_COLUMNS, fit
+from deepfake_detector.engine.run import METRICS_COLUMNS
+from deepfake_detector.engine.trainer import fit
 from deepfake_detector.errors import UnsafeFileError, UserError
 from tests.cache_helpers import RUN_FILES, make_synthetic_cache
 from tests.helpers import MkdirPayload
@@ -418,7 +419,7 @@ def test_shard_sampler_covers_every_sample_once():
 
 def test_freeze_backbone_trains_the_head_on_cached_features(square_cache, tmp_path):
     from deepfake_detector.data.cache import load_manifest
-    from deepfake_detector.engine.trainer import evaluate_rows
+    from deepfake_detector.engine.evaluate import evaluate_rows
 
     model = ModelConfig(backbone="tiny", pretrained=False, hidden_size=16, dropout=0.2, freeze_backbone=True)
     cfg = tiny_cfg(square_cache, tmp_path, "frozen", model=model, epochs=2, lr=1e-2)
