@@ -221,53 +221,54 @@ def test_manifest_clip_paths_cannot_leave_the_cache(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_metadata_paths_outside_the_root_are_refused_per_entry(tmp_path):
+def test_shipped_metadata_stays_in_its_root_user_lists_may_name_any_regular_file(tmp_path):
     root = tmp_path / "ds"
     (root / "sub").mkdir(parents=True)
     (root / "a.mp4").write_bytes(b"x")
     secret = tmp_path / "secret.mp4"
     secret.write_bytes(b"x")
     escapes = ["../secret.mp4", str(secret), "sub/../../secret.mp4", "./sub/../../secret.mp4"]
-    (root / "labels.csv").write_text("file,label\na.mp4,REAL\n" + "".join(f"{e},FAKE\n" for e in escapes))
-    res = load_records(root / "labels.csv", "csv")
-    assert [r.rel_path for r in res.records] == ["a.mp4"]
-    refused = [p for p in res.problems if "outside" in str(p)]
-    assert len(refused) == len(escapes), [str(p) for p in res.problems]
+    # DFDC metadata.json ships with a downloaded dataset: every escape refused, the flag named
     meta = {"a.mp4": {"label": "REAL"}, **{e: {"label": "FAKE"} for e in escapes}}
     (root / "metadata.json").write_text(json.dumps(meta))
     res = load_records(root / "metadata.json", "dfdc")
     assert [r.rel_path for r in res.records] == ["a.mp4"]
-    assert sum("outside" in str(p) for p in res.problems) == len(escapes)
-    # a symlink inside the root that points out of it
-    os.symlink(secret, root / "link.mp4")
-    (root / "labels2.csv").write_text("file,label\nlink.mp4,FAKE\n")
-    res = load_records(root / "labels2.csv", "csv")
-    assert not res.records and "outside" in str(res.problems[0])
-    # the legacy pickle: an absolute path / ../ entry is only ever matched to a file INSIDE the root
-    blob = pickle.dumps([str(secret), "../secret.mp4", "/content/a.mp4"])
+    refused = [str(p) for p in res.problems if "outside" in str(p)]
+    assert len(refused) == len(escapes) and all("--data-root" in r for r in refused)
+    # a CSV is the user's own list: the same file by any spelling, once (the rest are duplicates)
+    (root / "labels.csv").write_text("file,label\na.mp4,REAL\n" + "".join(f"{e},FAKE\n" for e in escapes))
+    res = load_records(root / "labels.csv", "csv")
+    assert [r.rel_path for r in res.records] == ["a.mp4", str(secret)]
+    assert [p.kind for p in res.problems] == ["duplicate"] * (len(escapes) - 1)
+    # special files are refused from any list, with the fix named
+    (root / "special.csv").write_text("file,label\n/proc/self/environ,FAKE\n/dev/zero,FAKE\nsub,FAKE\n")
+    res = load_records(root / "special.csv", "csv")
+    assert not res.records and [p.kind for p in res.problems] == ["refused"] * 3
+    # the legacy pickle: entries that exist as written are used; others only by name under the root
+    blob = pickle.dumps([str(secret), "/content/a.mp4"])
     legacy = make_legacy_root(tmp_path / "legacy", blob)
     (legacy / "Data" / "Gobal_metadata.csv").write_text("a.mp4,REAL\nsecret.mp4,FAKE\n")
     res = load_records(legacy, "legacy")
-    assert all(Path(r.path).resolve().is_relative_to(legacy.resolve()) for r in res.records), res.records
-    assert [os.path.basename(r.path) for r in res.records] == ["a.mp4"]
-    assert len(res.problems) == 2
+    assert sorted(os.path.basename(r.path) for r in res.records) == ["a.mp4", "secret.mp4"]
+    assert res.problems == []
 
 
 @pytest.mark.timeout(180)
-def test_preprocess_cli_never_touches_files_outside_the_root(tmp_path):
+def test_preprocess_cli_never_follows_shipped_metadata_outside_the_root(tmp_path):
     from tests.helpers import make_video
 
     root = tmp_path / "ds"
     make_video(root / "a.mp4", frames=8, size=(64, 64), face=False)
     make_video(tmp_path / "secret.mp4", frames=8, size=(64, 64), face=False)
-    (root / "labels.csv").write_text(
-        f"file,label\na.mp4,REAL\n../secret.mp4,FAKE\n{tmp_path}/secret.mp4,FAKE\n")
+    (root / "metadata.json").write_text(json.dumps({
+        "a.mp4": {"label": "REAL"}, "../secret.mp4": {"label": "FAKE"},
+        f"{tmp_path}/secret.mp4": {"label": "FAKE"}}))
     out = tmp_path / "cache"
-    proc = run_cli("preprocess", str(root / "labels.csv"), "--out", str(out), "--detector", "center",
+    proc = run_cli("preprocess", str(root / "metadata.json"), "--out", str(out), "--detector", "center",
                    "--frames", "4", "--size", "32", "--workers", "0", "--no-progress", cwd=tmp_path)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Traceback" not in text, text[-2000:]
-    assert text.count("outside the dataset root") == 2, text
+    assert text.count("outside the dataset root") == 2 and "--data-root" in text, text
     manifest = (out / "manifest.csv").read_text()
     assert "secret" not in manifest and "a.mp4" in manifest
 

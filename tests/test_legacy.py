@@ -17,7 +17,8 @@ from tests.helpers import MkdirPayload
 
 
 class ReferenceModel(nn.Module):
-    """The public reference implementation's model, verbatim except ``weights=None`` (no download)."""
+    """The public reference implementation's model as its TRAINING notebook wrote it (mean over dim 1),
+    verbatim except ``weights=None`` (no download)."""
 
     def __init__(self, num_classes, latent_dim=2048, lstm_layers=1, hidden_dim=2048, bidirectional=False):
         super().__init__()
@@ -62,7 +63,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def exact(reference):
-    return lg.build_exact_model(reference.state_dict())
+    return lg.build_exact_model(reference.state_dict(), readout="mean")  # the training notebook's forward
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,94 @@ def _tiny_reference_state(hidden: int = 16, seed: int = 0) -> dict:
     ref = lg.reference_model_class()(2, 64, 1, hidden, False, trunk=trunk)
     _randomize_bn(ref, seed + 1)
     return ref.eval()
+
+
+class ReferencePredictModel(nn.Module):
+    """The reference's Predict notebook / web app ``Model``, written here independently of the package:
+    ResNeXt-50 trunk, average pool, ``nn.LSTM(2048, 2048, 1, False)`` (the 4th argument is ``bias``)
+    called on ``[1, T, 2048]`` without ``batch_first``, and ``linear1(x_lstm[:, -1, :])``: only the LSTM
+    output of the last frame is scored. ``weights=None``: nothing is downloaded."""
+
+    def __init__(self, num_classes, latent_dim=2048, lstm_layers=1, hidden_dim=2048, bidirectional=False):
+        super().__init__()
+        model = torchvision.models.resnext50_32x4d(weights=None)
+        self.model = nn.Sequential(*list(model.children())[:-2])
+        self.lstm = nn.LSTM(latent_dim, hidden_dim, lstm_layers, bidirectional)
+        self.relu = nn.LeakyReLU()
+        self.dp = nn.Dropout(0.4)
+        self.linear1 = nn.Linear(2048, num_classes)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        batch_size, seq_length, c, h, w = x.shape
+        x = x.view(batch_size * seq_length, c, h, w)
+        fmap = self.model(x)
+        x = self.avgpool(fmap)
+        x = x.view(batch_size, seq_length, 2048)
+        x_lstm, _ = self.lstm(x, None)
+        return fmap, self.dp(self.linear1(x_lstm[:, -1, :]))
+
+
+@pytest.fixture(scope="module")
+def predict_model(reference):
+    """The predict code's network reading the same weights as ``reference`` (one state dict, two readouts)."""
+    model = ReferencePredictModel(2).eval()
+    model.load_state_dict(reference.state_dict())
+    return model
+
+
+def reference_predict_p_fake(model: nn.Module, img: torch.Tensor) -> float:
+    """The reference's ``predict``: softmax over the logits (``nn.Softmax()`` picks dim 1 for 2-D),
+    class 0 = FAKE."""
+    with torch.no_grad():
+        _, logits = model(img)
+        return float(nn.Softmax(dim=1)(logits)[0, 0])
+
+
+@pytest.mark.slow  # a real ResNeXt-50 + 2048-wide LSTM on CPU, saved and loaded as a reference file
+def test_exact_mode_reproduces_the_reference_predict_path(reference, predict_model, tmp_path, caplog):
+    from deepfake_detector.inference import Detector
+    from tests.helpers import make_video
+    from tests.test_inference import reference_input
+
+    path = tmp_path / "model_90_acc_4_frames_FF_data.pt"
+    torch.save(predict_model.state_dict(), path)
+    video = make_video(tmp_path / "clip.mp4", frames=12, size=(176, 144), face=True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            det = Detector.from_checkpoint(path, device="cpu", workers=0, legacy_mode="exact")
+        mean = Detector.from_checkpoint(path, device="cpu", workers=0, legacy=True, legacy_mode="exact",
+                                        legacy_readout="mean")
+    finally:
+        path.unlink()  # 230 MB
+    assert "--legacy --legacy-mode exact" in caplog.text and "silence" not in caplog.text
+    assert det.info()["legacy"]["readout"] == "last" and mean.info()["legacy"]["readout"] == "mean"
+    x = reference_input(video, 4)
+    pred = det.predict_one(video)
+    assert pred.status == "ok" and pred.frames == 4
+    p_ref = reference_predict_p_fake(predict_model, x)
+    assert abs(pred.p_fake - p_ref) < 1e-5, (pred.p_fake, p_ref)
+    # the training notebook's readout stays selectable, and really is another number
+    p_mean = mean.predict_one(video).p_fake
+    with torch.no_grad():
+        p_train = float(torch.softmax(reference(x)[1], 1)[0, 0])
+    assert abs(p_mean - p_train) < 1e-5
+    assert abs(p_mean - p_ref) > 1e-4
+
+
+@pytest.mark.slow  # a real ResNeXt-50 + 2048-wide LSTM on CPU
+def test_exact_model_last_readout_matches_reference_predict_tensor_for_tensor(reference, predict_model, clip):
+    exact_last = lg.build_exact_model(reference.state_dict())  # the default readout
+    assert exact_last.readout == "last"
+    other = torch.randn(1, 2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = exact_last(torch.cat([clip, other]))  # batched: still one video at a time
+        via_head = exact_last.head(exact_last.frame_features(other[0]).unsqueeze(0))
+        for i, x in enumerate((clip, other)):
+            assert torch.equal(ours[i:i + 1, [1, 0]], predict_model(x)[1])
+    assert torch.allclose(via_head[0], ours[1], atol=1e-6)
+    with pytest.raises(UserError, match="readout"):
+        lg.build_exact_model(reference.state_dict(), readout="first")
 
 
 def test_tiny_trunk_exact_and_fixed(tmp_path):

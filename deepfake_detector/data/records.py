@@ -12,7 +12,16 @@ from typing import Optional
 from ..constants import CLASS_NAMES, FAKE, LABELS, REAL, SPLITS
 
 __all__ = ["REAL", "FAKE", "LABELS", "CLASS_NAMES", "SPLITS", "normalize_label", "label_to_index",
-           "index_to_label", "VideoRecord", "RecordProblem", "LoadResult"]
+           "index_to_label", "VideoRecord", "RecordProblem", "LoadResult", "GROUPINGS", "GROUP_DATASET",
+           "GROUP_NAMES", "GROUP_PATTERN", "PER_VIDEO"]
+
+# ``LoadResult.grouping``: where the records' groups come from, so a split can say how it kept a fake
+# and its original together (or that it could not).
+GROUP_DATASET = "dataset"  # the dataset says: group/original columns, DFDC "original", FF++/Celeb-DF ids
+GROUP_NAMES = "names"  # inferred from FF++/Celeb-DF style file names (000.mp4 + 000_003.mp4, ...)
+GROUP_PATTERN = "group-by"  # the user's --group-by REGEX on the file names
+PER_VIDEO = "per-video"  # nothing known: every video is its own group (a fake may meet its original)
+GROUPINGS = (GROUP_DATASET, GROUP_NAMES, GROUP_PATTERN, PER_VIDEO)
 
 
 def normalize_label(value: object) -> Optional[str]:
@@ -87,3 +96,5 @@ class LoadResult:
     problems: list[RecordProblem] = field(default_factory=list)
     format: str = ""
     root: str = ""  # absolute dataset root the records' rel_path values are relative to
+    grouping: str = PER_VIDEO  # one of GROUPINGS: where ``group`` came from (see docs/preprocess.md)
+    grouping_note: str = ""  # one line for people: e.g. how many files a --group-by pattern matched

@@ -9,7 +9,10 @@ Many people trained a ResNeXt-50 + LSTM with the widely copied reference code an
 * class index 1 = REAL (P(FAKE) = softmax[:, 0]); ours is 1 = FAKE;
 * the LSTM has no ``batch_first``: with ``x`` of shape ``[B, T, F]`` it runs over dim 0. At inference
   the reference predicted one video at a time (B = 1), so every frame was a separate length-1
-  sequence and the "LSTM" acted as a per-frame non-linearity before the mean over frames;
+  sequence and the "LSTM" acted as a per-frame non-linearity;
+* two readouts of that output: the reference's Predict notebook and web app score a video with
+  ``linear1(x_lstm[:, -1, :])``, the LSTM output of the LAST frame only (``readout="last"``, what
+  reproducing its predictions needs); its training notebook averaged over dim 1 (``readout="mean"``);
 * frames were OpenCV's BGR arrays fed through ``ToPILImage`` as if RGB, then ImageNet-normalised,
   112x112 tight face crops, the FIRST N frames of the video (N = the sequence length trained with).
   That input side lives in ``data/reference.py``.
@@ -18,7 +21,8 @@ This module owns recognising the layout (:func:`is_legacy_state_dict`, :func:`in
 :func:`legacy_frames_from_name`) and the two ways to run such a file:
 
 ``exact``  :class:`LegacyExactModel` runs the reference forward verbatim (per video, batch 1), so it
-           reproduces the reference's numbers for the same input tensor.
+           reproduces the reference's numbers for the same input tensor; by default with the predict
+           path's last-frame readout, the training notebook's mean readout on request.
 ``fixed``  :func:`map_legacy_state_dict` maps the weights onto our model (``backbone`` <- ``model``,
            LSTM weights with zero biases, fc rows swapped so index 1 = FAKE). Our LSTM then really
            runs over time, which the weights were never trained for: the numbers DIFFER from the
@@ -52,6 +56,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LEGACY_MODES",
+    "LEGACY_READOUTS",
     "REFERENCE_TRUNK",
     "LegacySpec",
     "LegacyExactModel",
@@ -68,6 +73,9 @@ __all__ = [
 ]
 
 LEGACY_MODES = ("fixed", "exact")
+#: how exact mode reads the LSTM output: ``last`` = ``x_lstm[:, -1, :]`` (the reference's Predict
+#: notebook and web app: what its users saw), ``mean`` = ``x_lstm.mean(dim=1)`` (its training notebook)
+LEGACY_READOUTS = ("last", "mean")
 REFERENCE_TRUNK = "resnext50_32x4d"
 
 
@@ -211,13 +219,26 @@ def legacy_frames_from_name(path: str | os.PathLike) -> Optional[int]:
 # --------------------------------------------------------------------------------------------------
 
 
+def _check_readout(readout: str) -> str:
+    if readout not in LEGACY_READOUTS:
+        raise UserError(f"legacy readout must be one of {', '.join(LEGACY_READOUTS)}, got {readout!r}")
+    return readout
+
+
+def read_out(x_lstm: torch.Tensor, readout: str) -> torch.Tensor:
+    """``[B, T, H]`` LSTM output -> ``[B, H]`` as the reference read it (see ``LEGACY_READOUTS``)."""
+    return x_lstm[:, -1, :] if readout == "last" else torch.mean(x_lstm, dim=1)
+
+
 class ReferenceModel(nn.Module):
-    """The reference ``Model`` class, verbatim except that the trunk can be injected (tests)."""
+    """The reference ``Model`` class, verbatim except that the trunk can be injected (tests) and the
+    readout chosen: ``last`` is its predict-time class (the default), ``mean`` its training one."""
 
     def __init__(self, num_classes: int = 2, latent_dim: int = 2048, lstm_layers: int = 1,
                  hidden_dim: int = 2048, bidirectional: bool = False, trunk: Optional[nn.Module] = None,
-                 lstm_bias: bool = False) -> None:
+                 lstm_bias: bool = False, readout: str = "last") -> None:
         super().__init__()
+        self.readout = _check_readout(readout)
         self.model = trunk if trunk is not None else _reference_trunk(REFERENCE_TRUNK)
         # the reference passed ``bidirectional`` as the 4th positional argument, which is ``bias``
         self.lstm = nn.LSTM(latent_dim, hidden_dim, lstm_layers, lstm_bias)
@@ -234,7 +255,7 @@ class ReferenceModel(nn.Module):
         x = self.avgpool(fmap)
         x = x.view(batch_size, seq_length, self.latent_dim)
         x_lstm, _ = self.lstm(x, None)
-        return fmap, self.dp(self.linear1(torch.mean(x_lstm, dim=1)))
+        return fmap, self.dp(self.linear1(read_out(x_lstm, self.readout)))
 
 
 def reference_model_class() -> type[ReferenceModel]:
@@ -242,10 +263,10 @@ def reference_model_class() -> type[ReferenceModel]:
     return ReferenceModel
 
 
-def build_reference_model(spec: LegacySpec) -> ReferenceModel:
+def build_reference_model(spec: LegacySpec, readout: str = "last") -> ReferenceModel:
     """An untrained reference network with ``spec``'s shape (trunk built without downloading)."""
     return ReferenceModel(2, spec.latent_dim, spec.num_layers, spec.hidden_dim, False,
-                          trunk=_build_trunk(spec.trunk), lstm_bias=spec.has_bias)
+                          trunk=_build_trunk(spec.trunk), lstm_bias=spec.has_bias, readout=readout)
 
 
 class LegacyExactModel(nn.Module):
@@ -253,7 +274,8 @@ class LegacyExactModel(nn.Module):
 
     ``forward`` returns logits ordered ``[REAL, FAKE]`` (the reference's two outputs swapped),
     so softmax[:, 1] is bit-for-bit the reference's softmax[:, 0]. Exposes ``backbone``,
-    ``pool``, ``frame_features`` and ``head`` like our models so explanations work the same.
+    ``pool``, ``frame_features`` and ``head`` like our models so explanations work the same. The
+    readout is the wrapped reference's (``readout``: ``last`` or ``mean``).
     """
 
     def __init__(self, reference: nn.Module) -> None:
@@ -268,6 +290,10 @@ class LegacyExactModel(nn.Module):
     def pool(self) -> nn.Module:
         return self.reference.avgpool
 
+    @property
+    def readout(self) -> str:
+        return self.reference.readout
+
     def reference_forward(self, x: torch.Tensor):
         """The untouched reference output ``(fmap, logits[FAKE, REAL])``."""
         return self.reference(x)
@@ -280,7 +306,7 @@ class LegacyExactModel(nn.Module):
         outs = []
         for b in range(feats.shape[0]):  # batch 1 per video, as the reference's predict ran
             x_lstm, _ = ref.lstm(feats[b:b + 1], None)
-            outs.append(ref.dp(ref.linear1(torch.mean(x_lstm, dim=1))))
+            outs.append(ref.dp(ref.linear1(read_out(x_lstm, ref.readout))))
         return torch.cat(outs, 0)[:, [1, 0]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,11 +321,13 @@ def _require_state_dict(state: Any) -> dict:
     return sd
 
 
-def build_exact_model(state: dict, spec: Optional[LegacySpec] = None) -> LegacyExactModel:
-    """The reference network loaded with ``state`` and wrapped as :class:`LegacyExactModel`."""
+def build_exact_model(state: dict, spec: Optional[LegacySpec] = None, readout: str = "last"
+                      ) -> LegacyExactModel:
+    """The reference network loaded with ``state`` and wrapped as :class:`LegacyExactModel`;
+    ``readout`` ``last`` reproduces the reference's predictions, ``mean`` its training forward."""
     sd = _require_state_dict(state)
     spec = spec or inspect_legacy(sd)
-    ref = build_reference_model(spec)
+    ref = build_reference_model(spec, _check_readout(readout))
     _load_strict(ref, sd, "legacy (exact)")
     model = LegacyExactModel(ref)
     model.eval()

@@ -139,3 +139,54 @@ def test_help_lists_options(capsys):
                 "--workers",
                 "--shard", "--limit", "--no-progress"):
         assert opt in text
+
+
+# --- users' own data: absolute-path lists, folders of links, groups from names ----------------------
+
+
+def _quick(data, out, *extra) -> list[str]:
+    return ["preprocess", str(data), "--out", str(out), "--detector", "center", "--frames", "2", "--size",
+            "16", "--workers", "0", "--no-progress", *map(str, extra)]
+
+
+def test_csv_with_absolute_paths_and_folder_of_symlinks(tmp_path, capsys):
+    store = tmp_path / "store"
+    real = make_video(store / "000.mp4", frames=6, size=(48, 40), face=False)
+    fake = make_video(store / "000_003.mp4", frames=6, size=(48, 40), face=False)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "labels.csv").write_text(f"file,label\n{real},REAL\n{fake},FAKE\n")
+    out = tmp_path / "cache"
+    assert main(_quick(lists / "labels.csv", out)) == 0
+    text = capsys.readouterr().out
+    assert "outside" not in text and "groups: from file names" in text
+    rows = {r.path: r for r in cache.load_manifest(out)}
+    assert set(rows) == {str(real), str(fake)}  # outside the list's folder: keyed by absolute path
+    assert {r.status for r in rows.values()} == {"ok"} and {r.group for r in rows.values()} == {"ffpp:000"}
+
+    links = tmp_path / "links"
+    (links / "real").mkdir(parents=True)
+    (links / "fake").mkdir()
+    (links / "real" / "000.mp4").symlink_to(real)
+    (links / "fake" / "000_003.mp4").symlink_to(fake)
+    assert main(_quick(links, tmp_path / "cache2")) == 0
+    rows = {r.path: r for r in cache.load_manifest(tmp_path / "cache2")}
+    assert set(rows) == {"real/000.mp4", "fake/000_003.mp4"} and {r.status for r in rows.values()} == {"ok"}
+
+
+def test_group_by_flag(tmp_path, capsys):
+    root = tmp_path / "ds"
+    for rel in ("real/alice_1.mp4", "fake/alice_swap.mp4", "real/bob_1.mp4", "fake/bob_swap.mp4"):
+        make_video(root / rel, frames=6, size=(48, 40), face=False)
+    out = tmp_path / "cache"
+    assert main(_quick(root, out, "--group-by", "^([a-z]+)_")) == 0
+    assert "groups: from --group-by: --group-by '^([a-z]+)_' matched 4 of 4" in capsys.readouterr().out
+    assert {r.path: r.group for r in cache.load_manifest(out)} == {
+        "real/alice_1.mp4": "alice", "fake/alice_swap.mp4": "alice", "real/bob_1.mp4": "bob",
+        "fake/bob_swap.mp4": "bob"}
+    assert main(_quick(root, tmp_path / "c2")) == 0  # without: says a fake may meet its original
+    assert "groups: one per video" in capsys.readouterr().out
+    for bad, needle in (("([a-z", "not a valid regular expression"), ("^zzz", "matched none")):
+        assert main(_quick(root, tmp_path / "c3", "--group-by", bad)) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1

@@ -149,8 +149,8 @@ def test_csv_unknown_labels_short_rows_and_path_problems(tmp_path):
         "ok.mp4,REAL\n"
         "ok2.mp4,MAYBE\n"           # unknown label
         "lonely\n"                  # short row
-        "../outside.mp4,FAKE\n"     # escapes with ..
-        f"{tmp_path / 'outside.mp4'},FAKE\n"  # absolute path outside the root
+        "../outside.mp4,FAKE\n"     # the user's own list: .. is theirs to use
+        f"{tmp_path / 'outside.mp4'},FAKE\n"  # the same file by its absolute path
         "gone.mp4,FAKE\n"           # missing
         "dup.mp4,FAKE\n"
         "./sub/../dup.mp4,FAKE\n"   # the same file again
@@ -158,33 +158,38 @@ def test_csv_unknown_labels_short_rows_and_path_problems(tmp_path):
         f"{root / 'ok.mp4'},REAL\n"  # absolute inside the root: fine, but a duplicate
     )
     res = load_records(root / "t.csv")
-    assert sorted(by_rel(res)) == ["dup.mp4", "ok.mp4"]
-    assert kinds(res) == sorted(["label", "malformed", "refused", "refused", "missing", "duplicate",
-                                 "refused", "duplicate"])
+    outside = str(tmp_path / "outside.mp4")
+    assert sorted(by_rel(res)) == sorted([outside, "dup.mp4", "ok.mp4"])  # outside the root: absolute key
+    assert by_rel(res)[outside].path == outside and by_rel(res)[outside].group == outside
+    assert kinds(res) == sorted(["label", "malformed", "missing", "duplicate", "duplicate", "refused",
+                                 "duplicate"])
     lines = [str(p) for p in res.problems]
     assert any("t.csv:3" in ln and "MAYBE" in ln for ln in lines)
-    assert any("t.csv:5" in ln and "outside the dataset root" in ln for ln in lines)
+    assert any("t.csv:6" in ln and "same file as t.csv:5" in ln for ln in lines)
     assert any("t.csv:9" in ln and "same file as t.csv:8" in ln for ln in lines)
+    assert any("t.csv:10" in ln and "directory" in ln and "--format folders" in ln for ln in lines)
+    assert any("t.csv:7" in ln and "--data-root" in ln for ln in lines)  # missing: says where it looked
     assert not (tmp_path / "outside.mp4").read_bytes()  # untouched, of course
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
-def test_symlinks_outside_refused_loops_reported(tmp_path):
+def test_symlinks_are_followed_loops_reported(tmp_path):
     root = tmp_path / "ds"
     touch(root / "real.mp4")
-    touch(tmp_path / "secret.mp4")
-    os.symlink(tmp_path / "secret.mp4", root / "escape.mp4")
-    os.symlink(root / "real.mp4", root / "alias.mp4")  # inside the root: allowed, but a duplicate
+    touch(tmp_path / "elsewhere.mp4")
+    os.symlink(tmp_path / "elsewhere.mp4", root / "link.mp4")  # a link out of the root: followed
+    os.symlink(root / "real.mp4", root / "alias.mp4")  # the same file twice: a duplicate
     os.symlink(root / "loop_b.mp4", root / "loop_a.mp4")
     os.symlink(root / "loop_a.mp4", root / "loop_b.mp4")
     (root / "real").mkdir()
     os.symlink(root, root / "real" / "again")  # a folder loop: must not be followed
     touch(root / "real" / "r.mp4")
-    (root / "t.csv").write_text("real.mp4,REAL\nescape.mp4,FAKE\nalias.mp4,REAL\nloop_a.mp4,FAKE\n")
+    (root / "t.csv").write_text("real.mp4,REAL\nlink.mp4,FAKE\nalias.mp4,REAL\nloop_a.mp4,FAKE\n")
     res = load_records(root / "t.csv")
-    assert [r.rel_path for r in res.records] == ["real.mp4"]
-    assert kinds(res) == ["duplicate", "refused", "unreadable"]
-    assert any("symlink loop" in str(p) for p in res.problems)
+    assert [r.rel_path for r in res.records] == ["real.mp4", "link.mp4"]
+    assert res.records[1].path == str(root / "link.mp4")  # the link's own path: the manifest key
+    assert kinds(res) == ["duplicate", "unreadable"]
+    assert any("symlink loop" in str(p) and "remove the link" in str(p) for p in res.problems)
 
     # folders format walking a tree with a symlinked folder loop terminates
     res = load_records(root, format="folders")
@@ -192,7 +197,7 @@ def test_symlinks_outside_refused_loops_reported(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
-def test_symlinked_folder_escape_and_symlinked_root(tmp_path):
+def test_symlinked_folder_in_a_list_and_symlinked_root(tmp_path):
     outside = tmp_path / "elsewhere"
     touch(outside / "v.mp4")
     real_root = tmp_path / "real_root"
@@ -202,11 +207,220 @@ def test_symlinked_folder_escape_and_symlinked_root(tmp_path):
     link_root = tmp_path / "link_root"
     os.symlink(real_root, link_root)  # the dataset root itself reached through a symlink is fine
     res = load_records(link_root / "t.csv")
-    assert [r.rel_path for r in res.records] == ["in.mp4"]
+    assert [r.rel_path for r in res.records] == ["in.mp4", "linkdir/v.mp4"]
     assert res.records[0].path == str(link_root / "in.mp4")
+    assert kinds(res) == ["refused"]
+    assert "dataset root folder" in str(res.problems[0]) and "list the video files" in str(res.problems[0])
+
+
+# ------------------------------------------------- lists the user wrote vs metadata that shipped
+
+
+def test_csv_with_absolute_paths_outside_its_folder_is_used_as_written(tmp_path):
+    """The most common CSV: ``file,label`` with absolute paths, kept in another folder than the videos."""
+    videos = tmp_path / "storage" / "videos"
+    for name in ("r1.mp4", "f1.mp4"):
+        touch(videos / name)
+    lists = tmp_path / "home" / "lists"
+    lists.mkdir(parents=True)
+    (lists / "labels.csv").write_text(f"file,label\n{videos / 'r1.mp4'},REAL\n{videos / 'f1.mp4'},FAKE\n"
+                                      "../../storage/videos/r1.mp4,REAL\n")
+    res = load_records(lists / "labels.csv")
+    assert res.format == "csv" and [r.label for r in res.records] == [REAL, FAKE]
+    assert [r.path for r in res.records] == [str(videos / "r1.mp4"), str(videos / "f1.mp4")]
+    assert [r.rel_path for r in res.records] == [str(videos / "r1.mp4"), str(videos / "f1.mp4")]
+    assert kinds(res) == ["duplicate"]  # the ../ line names r1 again
+    assert not any("outside" in str(p) for p in res.problems)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
+def test_folders_of_symlinks_into_shared_storage(tmp_path):
+    store = tmp_path / "shared"
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        touch(store / name)
+    root = tmp_path / "ds"
+    (root / "real").mkdir(parents=True)
+    (root / "fake").mkdir()
+    os.symlink(store / "a.mp4", root / "real" / "a.mp4")
+    os.symlink(store / "b.mp4", root / "fake" / "b.mp4")
+    os.symlink(store / "c.mp4", root / "fake" / "c.mp4")
+    os.symlink(tmp_path / "gone.mp4", root / "fake" / "dangling.mp4")
+    assert detect_format(root) == "folders"
+    res = load_records(root)
+    assert {r.rel_path: r.label for r in res.records} == {
+        "real/a.mp4": REAL, "fake/b.mp4": FAKE, "fake/c.mp4": FAKE}
+    assert all(r.path.startswith(str(root)) for r in res.records)
+    assert kinds(res) == ["missing"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status") or not hasattr(os, "mkfifo"),
+                    reason="Linux /proc and named pipes")
+def test_special_files_are_refused_everywhere_with_the_fix(tmp_path):
+    root = tmp_path / "ds"
+    touch(root / "ok.mp4")
+    (root / "dir.mp4").mkdir()
+    os.mkfifo(tmp_path / "pipe.mp4")
+    os.symlink("/proc/self/environ", root / "env.mp4")
+    specials = ["/proc/self/status", str(tmp_path / "pipe.mp4"), "/dev/null", "dir.mp4", "env.mp4",
+                "/sys/kernel/mm/transparent_hugepage/enabled"]
+    (root / "t.csv").write_text("file,label\nok.mp4,REAL\n" + "".join(f"{s},FAKE\n" for s in specials))
+    res = load_records(root / "t.csv")
+    assert [r.rel_path for r in res.records] == ["ok.mp4"]
+    refused = [str(p) for p in res.problems if p.kind == "refused"]
+    missing = len(specials) - len(refused)
+    assert missing <= 1, res.problems  # /sys may lack that file in a container
+    assert all("refused:" in r and ("list" in r or "copy" in r) for r in refused), refused
+    assert sum("pseudo-filesystem" in r for r in refused) >= 2  # /proc by path and through a link
+    # the same through the legacy pickled list (its entries are used as written when they exist)
+    make_legacy(tmp_path / "legacy", ["/proc/self/status", str(tmp_path / "pipe.mp4")],
+                "status,FAKE\npipe.mp4,FAKE\n")
+    res = load_records(tmp_path / "legacy", "legacy")
+    assert res.records == [] and kinds(res) == ["refused", "refused"]
+
+
+def test_dfdc_metadata_cannot_point_outside_its_root_and_names_the_flag(tmp_path):
+    root = tmp_path / "dfdc"
+    touch(root / "a.mp4")
+    touch(tmp_path / "outside.mp4")
+    meta = {"a.mp4": {"label": "REAL"}, "../outside.mp4": {"label": "FAKE"},
+            str(tmp_path / "outside.mp4"): {"label": "FAKE"}}
+    (root / "metadata.json").write_text(json.dumps(meta))
+    res = load_records(root, "dfdc")
+    assert [r.rel_path for r in res.records] == ["a.mp4"]
     assert kinds(res) == ["refused", "refused"]
-    assert any("resolves outside" in str(p) for p in res.problems)
-    assert any("dataset root folder" in str(p) for p in res.problems)
+    assert all("outside the dataset root" in str(p) and "--data-root" in str(p) for p in res.problems)
+    # --data-root widens the root: the same entries are then inside it
+    res = load_records(root, "dfdc", data_root=tmp_path)
+    assert sorted(r.rel_path for r in res.records) == ["dfdc/a.mp4", "outside.mp4"]
+    assert kinds(res) == ["duplicate"]  # both escaping entries name the same file
+    if sys.platform != "win32":  # a file of the dataset that is a symlink is followed
+        (root / "metadata.json").write_text(json.dumps({"a.mp4": {"label": "REAL"},
+                                                        "link.mp4": {"label": "FAKE"}}))
+        os.symlink(tmp_path / "outside.mp4", root / "link.mp4")
+        assert [r.rel_path for r in load_records(root, "dfdc").records] == ["a.mp4", "link.mp4"]
+
+
+def test_legacy_list_paths_used_as_written_and_missing_names_the_flag(tmp_path):
+    elsewhere = tmp_path / "drive" / "videos"
+    touch(elsewhere / "000.mp4")
+    touch(elsewhere / "000_003.mp4")
+    root = tmp_path / "legacy"
+    make_legacy(root, [str(elsewhere / "000.mp4"), "../drive/videos/000_003.mp4", "/content/zzz.mp4"],
+                "000.mp4,REAL\n000_003.mp4,FAKE\nzzz.mp4,REAL\n")
+    res = load_records(root)
+    assert res.format == "legacy"
+    assert [r.path for r in res.records] == [str(elsewhere / "000.mp4"), str(elsewhere / "000_003.mp4")]
+    assert kinds(res) == ["missing"] and "--video-dir" in str(res.problems[0])
+
+
+def test_celebdf_test_list_with_absolute_paths_and_dotdot(tmp_path):
+    root = tmp_path / "celeb"
+    touch(root / "Celeb-real" / "id0_0000.mp4")
+    touch(root / "Celeb-synthesis" / "id0_id1_0000.mp4")
+    touch(tmp_path / "extra" / "id2_id0_0001.mp4")
+    (root / "List_of_testing_videos.txt").write_text(
+        f"1 {root / 'Celeb-real' / 'id0_0000.mp4'}\n"
+        "0 Celeb-real/../Celeb-synthesis/id0_id1_0000.mp4\n"
+        "0 ../extra/id2_id0_0001.mp4\n"
+        "0 Celeb-synthesis/id9_id9_0000.mp4\n")
+    res = load_records(root)
+    recs = by_rel(res)
+    extra = str(tmp_path / "extra" / "id2_id0_0001.mp4")
+    assert {k: r.split for k, r in recs.items()} == {
+        "Celeb-real/id0_0000.mp4": "test", "Celeb-synthesis/id0_id1_0000.mp4": "test", extra: "test"}
+    assert recs[extra].label == FAKE and recs[extra].group == "celebdf:id2"
+    assert kinds(res) == ["missing"] and "--test-list" in str(res.problems[0])
+
+
+# ------------------------------------------------------------------------------------- groups
+
+
+def name_of(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def test_ffpp_names_are_grouped_in_csv_folders_and_legacy_layouts(tmp_path):
+    names = {"000.mp4": REAL, "003.mp4": REAL, "000_003.mp4": FAKE, "003_000.mp4": FAKE, "001.mp4": REAL,
+             "001_002.mp4": FAKE, "odd.mp4": REAL}
+    expected = {"000.mp4": "ffpp:000", "003.mp4": "ffpp:000", "000_003.mp4": "ffpp:000",
+                "003_000.mp4": "ffpp:000", "001.mp4": "ffpp:001", "001_002.mp4": "ffpp:001",
+                "odd.mp4": "odd.mp4"}
+    csv_root = tmp_path / "csv"
+    for n in names:
+        touch(csv_root / n)
+    (csv_root / "t.csv").write_text("file,label\n" + "".join(f"{n},{lab}\n" for n, lab in names.items()))
+    res = load_records(csv_root / "t.csv")
+    assert {r.rel_path: r.group for r in res.records} == expected
+    assert res.grouping == "names" and "6 of 7" in res.grouping_note
+    fold = tmp_path / "folders"
+    for n, lab in names.items():
+        touch(fold / lab.lower() / n)
+    res = load_records(fold)
+    assert {name_of(r.rel_path): name_of(r.group) for r in res.records} == expected
+    assert res.grouping == "names"
+    leg = tmp_path / "legacy"
+    for n in names:
+        touch(leg / "Dataset" / n)
+    meta = "".join(f"{n},{lab}\n" for n, lab in names.items())
+    make_legacy(leg, [f"/content/Dataset/{n}" for n in names], meta)
+    res = load_records(leg)
+    assert {name_of(r.rel_path): name_of(r.group) for r in res.records} == expected
+    assert res.grouping == "names"
+
+
+def test_celebdf_names_group_by_target_and_unlinked_names_stay_per_video(tmp_path):
+    root = tmp_path / "ds"
+    for n in ("real/id0_0000.mp4", "real/id1_0003.mp4", "fake/id0_id1_0000.mp4", "fake/id1_id0_0003.mp4"):
+        touch(root / n)
+    res = load_records(root)
+    assert {r.rel_path: r.group for r in res.records} == {
+        "real/id0_0000.mp4": "celebdf:id0", "fake/id0_id1_0000.mp4": "celebdf:id0",
+        "real/id1_0003.mp4": "celebdf:id1", "fake/id1_id0_0003.mp4": "celebdf:id1"}
+    # numbered files that link nothing: names say nothing, so one group per video, and it says so
+    other = tmp_path / "other"
+    touch(other / "real" / "000.mp4")
+    touch(other / "fake" / "001.mp4")
+    res = load_records(other)
+    assert [r.group for r in res.records] == ["fake/001.mp4", "real/000.mp4"]
+    assert res.grouping == "per-video" and res.grouping_note == ""
+
+
+def test_explicit_group_column_wins_over_names_and_grouping_is_recorded(tmp_path):
+    for n in ("000.mp4", "000_003.mp4"):
+        touch(tmp_path / n)
+    (tmp_path / "t.csv").write_text("file,label,group\n000.mp4,REAL,a\n000_003.mp4,FAKE,b\n")
+    res = load_records(tmp_path / "t.csv")
+    assert [r.group for r in res.records] == ["a", "b"] and res.grouping == "dataset"
+    make_dfdc(tmp_path / "dfdc")
+    assert load_records(tmp_path / "dfdc").grouping == "dataset"
+    make_ffpp(tmp_path / "ffpp")
+    assert load_records(tmp_path / "ffpp").grouping == "dataset"
+
+
+def test_group_by_pattern_on_names_and_paths(tmp_path):
+    root = tmp_path / "ds"
+    for n in ("real/alice_01.mp4", "real/bob_01.mp4", "fake/alice_swap_7.mp4", "fake/bob_swap_2.mp4",
+              "fake/zzz.mp4"):
+        touch(root / n)
+    res = load_records(root, group_by=r"^([a-z]+)_")
+    assert {r.rel_path: r.group for r in res.records} == {
+        "real/alice_01.mp4": "alice", "fake/alice_swap_7.mp4": "alice", "real/bob_01.mp4": "bob",
+        "fake/bob_swap_2.mp4": "bob", "fake/zzz.mp4": "fake/zzz.mp4"}
+    assert res.grouping == "group-by" and "matched 4 of 5" in res.grouping_note
+    assert "one per video" in res.grouping_note
+    # no capture group: the whole match; a "/" in the pattern: matched against the relative path
+    res = load_records(root, group_by=r"(real|fake)/[a-z]")
+    assert {r.group for r in res.records} == {"real", "fake"}
+    res = load_records(root, group_by=r"[a-z]+(?=_)")
+    assert by_rel(res)["fake/bob_swap_2.mp4"].group == "bob"
+    # it wins over the dataset's own groups for the files it matches
+    make_dfdc(tmp_path / "dfdc")
+    res = load_records(tmp_path / "dfdc", group_by=r"^(orig|fake)")
+    assert {r.group for r in res.records} == {"orig", "fake"} and res.grouping == "group-by"
+    with pytest.raises(UserError, match="matched none of the 5 video"):
+        load_records(root, group_by=r"^\d{4}")
+    with pytest.raises(UserError, match="not a valid regular expression"):
+        load_records(root, group_by="([a-z]")
 
 
 def test_non_utf8_file_names(tmp_path):
@@ -655,3 +869,32 @@ def test_counts_table_and_problem_summary():
     probs.append(RecordProblem("y", "refused", kind="refused"))
     lines = summarize_problems(probs, per_kind=5)
     assert len(lines) == 7 and "25 more" in lines[5] and lines[6] == "y: refused"
+
+
+# ------------------------------------------------------------------------------- text lists
+
+
+def test_text_lists_and_celebdf_test_list(tmp_path):
+    from deepfake_detector.data.sources import read_video_list
+
+    touch(tmp_path / "data" / "a.mp4")
+    touch(tmp_path / "lists" / "1 clip.mp4")  # a file really named like a Celeb-DF line
+    lists = tmp_path / "lists"
+    (lists / "plain.txt").write_text(f"# mine\n../data/a.mp4\n\n{tmp_path / 'data' / 'a.mp4'}\n")
+    assert [(e.path, e.label) for e in read_video_list(lists / "plain.txt")] == [
+        (str(tmp_path / "data" / "a.mp4"), None)] * 2
+    (lists / "odd.txt").write_text("1 clip.mp4\n")
+    odd = read_video_list(lists / "odd.txt")
+    assert [(e.path, e.label) for e in odd] == [(str(lists / "1 clip.mp4"), None)]
+    (lists / "mine.txt").write_text("1 Celeb-real/id0_0000.mp4\n0  Celeb-synthesis/id0_id1_0000.mp4\n")
+    entries = read_video_list(lists / "mine.txt")
+    assert [(e.path, e.label, e.where) for e in entries] == [
+        (str(lists / "Celeb-real" / "id0_0000.mp4"), REAL, "mine.txt:1"),
+        (str(lists / "Celeb-synthesis" / "id0_id1_0000.mp4"), FAKE, "mine.txt:2")]
+    (lists / "List_of_testing_videos.txt").write_text("1 clip.mp4\n")  # its own name decides
+    assert read_video_list(lists / "List_of_testing_videos.txt")[0].label == REAL
+    assert [e.path for e in read_video_list(lists / "mine.txt", base=tmp_path / "data")] == [
+        str(tmp_path / "data" / "Celeb-real" / "id0_0000.mp4"),
+        str(tmp_path / "data" / "Celeb-synthesis" / "id0_id1_0000.mp4")]
+    with pytest.raises(UserError, match="cannot read"):
+        read_video_list(lists / "nope.txt")

@@ -1,5 +1,6 @@
 """Property tests: whatever a metadata file contains, a source returns records/problems or raises
-one ``UserError`` line; it never crashes, never accepts a path outside the root and never runs code."""
+one ``UserError`` line; it never crashes, never accepts a special file, never lets shipped metadata
+(DFDC, FF++) name a path outside the root, and never runs code."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepfake_detector.data.records import LABELS, LoadResult
-from deepfake_detector.data.sources import load_records, parse_label_map
+from deepfake_detector.data.sources import load_records, parse_label_map, read_video_list
 from deepfake_detector.data.sources.base import resolve_label
 from deepfake_detector.data.sources.legacy import load_video_list
 from deepfake_detector.errors import UserError
@@ -23,7 +24,8 @@ from deepfake_detector.errors import UserError
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 NAMES = ["a.mp4", "b.mp4", "sub/c.mp4", "../x.mp4", "/etc/passwd", "a.mp4", "", " ", "sub", "ü ñ.mp4",
-         "..", "./a.mp4", "sub/../a.mp4", "nul\x00.mp4", "C:\\x.mp4"]
+         "..", "./a.mp4", "sub/../a.mp4", "nul\x00.mp4", "C:\\x.mp4", "/proc/self/status", "/dev/null",
+         "/sys/kernel/mm/transparent_hugepage/enabled", "/proc/self/fd/0"]
 LABEL_VALUES = ["REAL", "fake", "Fake ", "0", "1", "2.5", "", "maybe", "-1", "1e3"]
 
 
@@ -43,17 +45,22 @@ class _Tree:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def check_result(res: LoadResult, root: Path) -> None:
-    real_root = os.path.realpath(root)
+def check_result(res: LoadResult, root: Path, confined: bool = True) -> None:
+    """Records are distinct existing regular files, never kernel pseudo-files; ``confined`` (metadata
+    shipped with a dataset) also keeps them inside the root, while a user's list may name any file."""
     seen = set()
     for rec in res.records:
         assert rec.label in LABELS
         real = os.path.realpath(rec.path)
-        assert real.startswith(real_root + os.sep), rec.path  # never outside the root
-        assert os.path.isfile(rec.path)
+        assert os.path.isfile(rec.path) and not real.startswith(("/proc/", "/sys/")), rec.path
         assert real not in seen  # no duplicates
         seen.add(real)
-        assert not rec.rel_path.startswith("..") and not os.path.isabs(rec.rel_path)
+        if confined:
+            assert os.path.normpath(rec.path).startswith(str(root) + os.sep), rec.path  # never outside
+            assert not rec.rel_path.startswith("..") and not os.path.isabs(rec.rel_path)
+        else:  # inside the root: a relative key; outside: its absolute path
+            assert os.path.isabs(rec.rel_path) or not rec.rel_path.startswith("..")
+            assert os.path.join(str(root), rec.rel_path) == rec.path
     for p in res.problems:
         assert str(p)
 
@@ -83,7 +90,7 @@ def test_csv_never_crashes(header, rows, sep, newline, bom, label_map):
         except UserError as exc:
             assert str(exc)
             return
-        check_result(res, root)
+        check_result(res, root, confined=False)
 
 
 @SETTINGS
@@ -95,7 +102,7 @@ def test_csv_random_bytes_never_crash(data):
             res = load_records(root / "t.csv", format="csv")
         except UserError:
             return
-        check_result(res, root)
+        check_result(res, root, confined=False)
 
 
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
@@ -176,3 +183,36 @@ def test_parse_label_map_total(text):
     except UserError:
         return
     assert out and all(v in LABELS for v in out.values())
+
+
+@SETTINGS
+@given(lines=st.lists(st.one_of(st.sampled_from(NAMES), st.text(max_size=12),
+                                st.builds(lambda d, n: f"{d} {n}", st.sampled_from(["0", "1", "2", "x"]),
+                                          st.sampled_from(NAMES))), max_size=8),
+       name=st.sampled_from(["list.txt", "List_of_testing_videos.txt"]))
+def test_text_lists_never_crash_and_labels_only_from_celebdf_lines(lines, name):
+    with _Tree() as root:
+        (root / name).write_text("\n".join(lines), encoding="utf-8", errors="surrogateescape")
+        try:
+            out = read_video_list(root / name)
+        except UserError:
+            return
+        assert all(isinstance(e.path, str) and e.path and e.label in (None, *LABELS) for e in out)
+        labelled = {e.label is not None for e in out}
+        assert len(labelled) <= 1  # a Celeb-DF list labels every entry, any other list none
+
+
+@SETTINGS
+@given(pattern=st.one_of(st.text(max_size=10), st.sampled_from(["^(\\w)", "(", "[a-z]+", "/", "(x)?", ""])))
+def test_group_by_never_crashes(pattern):
+    with _Tree() as root:
+        (root / "real").mkdir()
+        (root / "real" / "a_1.mp4").write_bytes(b"")
+        (root / "fake").mkdir()
+        (root / "fake" / "b_2.mp4").write_bytes(b"")
+        try:
+            res = load_records(root, format="folders", group_by=pattern)
+        except UserError as exc:
+            assert str(exc) and "\n" not in str(exc)
+            return
+        assert res.grouping == "group-by" and all(r.group for r in res.records)

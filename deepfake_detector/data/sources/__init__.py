@@ -6,9 +6,16 @@ root, duplicates, unknown labels, malformed entries) as ``RecordProblem`` lines 
 raises ``UserError`` only for whole-file problems (unreadable metadata, missing columns, an unsafe
 pickle). Sources never open videos.
 
+Lists the user wrote (CSV, the legacy pickled list, Celeb-DF's test list, text lists) may name files
+anywhere (absolute paths, ``..``); symlinks to regular files are followed; metadata that ships with a
+downloaded dataset (DFDC) stays inside its root. Special files and ``/proc``/``/sys`` are refused
+everywhere (see ``base``). Groups the dataset does not give come from names or ``group_by``
+(``grouping``); ``LoadResult.grouping`` says which.
+
 Options by format (``None`` means "not given" and is accepted by every format):
 
-- csv: ``label_map``, ``data_root`` (paths are relative to it; default the CSV's folder)
+- every format: ``group_by`` (a regular expression: groups from file names, see ``grouping``)
+- csv: ``label_map``, ``data_root`` (relative paths are read from it; default the CSV's folder)
 - legacy: ``label_map``, ``metadata``, ``video_list``, ``video_dir``
 - dfdc: ``label_map``, ``data_root``
 - ffpp: ``compression`` (c0/raw, c23, c40), ``methods`` (list or comma-separated), ``splits``
@@ -26,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Optional, Union
 
 from ...errors import UserError
-from ..records import FAKE, REAL, SPLITS, LoadResult, VideoRecord
+from ..records import FAKE, GROUPINGS, REAL, SPLITS, LoadResult, VideoRecord
 from .base import (
     PROBLEM_KINDS,
     VIDEO_EXTENSIONS,
@@ -37,6 +44,8 @@ from .base import (
     resolve_label,
     summarize_problems,
 )
+from .grouping import apply_grouping, compile_group_by
+from .lists import ListedVideo, read_video_list
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +63,9 @@ DETECT_MAX_DEPTH = 3
 DETECT_MAX_DIRS = 2000
 
 __all__ = [
-    "FORMATS", "PROBLEM_KINDS", "UNSPLIT", "VIDEO_EXTENSIONS", "count_by_split", "describe_problems",
-    "detect_format",
-    "format_counts_table", "is_video_name", "load_records", "normalize_split", "parse_label_map",
-    "resolve_label", "summarize_problems",
+    "FORMATS", "GROUPINGS", "PROBLEM_KINDS", "UNSPLIT", "VIDEO_EXTENSIONS", "ListedVideo", "count_by_split",
+    "describe_problems", "detect_format", "format_counts_table", "is_video_name", "load_records",
+    "normalize_split", "parse_label_map", "read_video_list", "resolve_label", "summarize_problems",
 ]
 
 
@@ -111,13 +119,17 @@ def detect_format(root: str | os.PathLike) -> str:
 
 
 def load_records(root: str | os.PathLike, format: str = "auto",
-                 label_map: Union[Mapping[str, str], str, None] = None, **opts: Any) -> LoadResult:
+                 label_map: Union[Mapping[str, str], str, None] = None, group_by: Optional[str] = None,
+                 **opts: Any) -> LoadResult:
     """Read a dataset's records. ``root`` is a folder, or a CSV/JSON file for csv/dfdc.
 
     ``label_map`` (dict or ``"1=FAKE,0=REAL"`` text) says what numeric or other non-standard labels
-    mean. Format-specific options are listed in this module's docstring; a non-None option that the
-    chosen format does not take is a ``UserError``.
+    mean. ``group_by`` (a regular expression) derives groups from file names: the first capture group,
+    or the whole match; it wins over the dataset's groups for the files it matches (``grouping``).
+    Format-specific options are listed in this module's docstring; a non-None option that the chosen
+    format does not take is a ``UserError``.
     """
+    pattern = compile_group_by(group_by)  # a bad pattern fails before the dataset is read
     fmt = (format or "auto").strip().lower()
     if fmt == "auto":
         fmt = detect_format(root)
@@ -135,7 +147,9 @@ def load_records(root: str | os.PathLike, format: str = "auto",
         log.warning("--label-map is ignored by the %s format (labels come from its folders)", fmt)
     result = mod.load(root, label_map=lm, **kwargs)
     result.format = fmt
-    log.info("%s: %d record(s), %d problem(s)", fmt, len(result.records), len(result.problems))
+    apply_grouping(result, fmt, pattern)
+    log.info("%s: %d record(s), %d problem(s), groups: %s", fmt, len(result.records), len(result.problems),
+             result.grouping)
     return result
 
 

@@ -3,10 +3,15 @@
 Every source turns what a dataset says ("this file is FAKE, made from that one") into
 ``VideoRecord`` objects through one ``Collector``, so every format gets the same guarantees:
 
-- a path that escapes the dataset root (``../``, an absolute path elsewhere, a symlink that resolves
-  outside) is refused, never opened;
-- a missing file, a directory/FIFO/device in place of a video, a symlink loop, an unknown label, a
-  malformed entry or a second mention of the same file is one ``RecordProblem`` line, never fatal;
+- lists the user wrote (a CSV, the legacy pickled list, a text list) may name any regular file:
+  absolute paths and ``..`` are theirs to use, and symlinks to regular files are followed everywhere
+  (clusters keep datasets as links). Metadata that ships with a downloaded dataset (``confine=True``:
+  DFDC ``metadata.json``) may not name a path lexically outside its root; such an entry is refused,
+  never opened, with the flag that widens the root;
+- only regular files become records: a directory, FIFO, device or socket in place of a video, and any
+  file under the ``/proc`` and ``/sys`` pseudo-filesystems, is refused wherever it comes from;
+- a missing file, a symlink loop, an unknown label, a malformed entry or a second mention of the same
+  file is one ``RecordProblem`` line, never fatal, and every refusal names its fix;
 - numeric labels are refused unless the user gave an explicit mapping (the known reference maps
   FAKE=0, REAL=1 while DFDC-derived CSVs use 1=FAKE), reported once for all rows, not per row.
 
@@ -26,7 +31,7 @@ from typing import Any, Optional
 
 from ...constants import VIDEO_EXTENSIONS
 from ...errors import UserError
-from ..records import FAKE, LABELS, REAL, LoadResult, RecordProblem, VideoRecord
+from ..records import FAKE, LABELS, PER_VIDEO, REAL, LoadResult, RecordProblem, VideoRecord
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,8 @@ def read_file_bytes(path: str | os.PathLike,
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
-            raise UserError(f"{shown}: not a regular file (pipe, device or socket); refused")
+            raise UserError(f"{shown}: not a regular file (pipe, device or socket); refused (save the "
+                            "metadata to a regular file and give that)")
         if limit is not None and st.st_size > limit[0]:
             raise limit[1](shown, st.st_size)
         with open(path, "rb") as fh:
@@ -210,6 +216,17 @@ def to_posix(rel: str) -> str:
     return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
 
+# Pseudo-filesystems whose "regular files" are kernel interfaces, never videos (``/proc/self/environ``
+# stats as a regular file). ``/dev`` is not listed: its devices are refused as special files, and its
+# regular files (``/dev/shm``) are real files people stage data in.
+SYSTEM_DIRS = ("/proc", "/sys") if os.name == "posix" else ()
+
+
+def system_dir(path: str) -> Optional[str]:
+    """The pseudo-filesystem (``/proc``, ``/sys``) ``path`` lies in, or None."""
+    return next((d for d in SYSTEM_DIRS if lexically_within(path, d)), None)
+
+
 def lexically_within(path: str, root: str) -> bool:
     """``path`` (absolute, normalised) is ``root`` or below it, without touching the disk."""
     if path == root:
@@ -221,19 +238,26 @@ def lexically_within(path: str, root: str) -> bool:
 class Collector:
     """Builds records for one source, checking every path and collecting problems.
 
-    ``root`` is the dataset root: every record must live under it (after resolving symlinks) and its
-    ``rel_path`` (the manifest key) is relative to it, with ``/`` separators.
+    ``root`` is the dataset root: a record's ``rel_path`` (the manifest key) is relative to it, with
+    ``/`` separators; a file outside it (named by a user's list) keeps its absolute path as
+    ``rel_path``. ``confine=True`` (metadata shipped with a downloaded dataset) refuses entries that
+    lexically leave the root, naming ``escape_fix`` as the way out. ``missing_hint`` is appended to
+    "file not found" lines (e.g. which folder relative paths were read from, and the flag to change it).
     """
 
     def __init__(self, root: str | os.PathLike, source: str,
-                 label_map: Optional[Mapping[str, str]] = None) -> None:
+                 label_map: Optional[Mapping[str, str]] = None, *, confine: bool = True,
+                 escape_fix: str = "", missing_hint: str = "") -> None:
         self.root = os.path.normpath(os.path.abspath(os.fsdecode(root)))
-        self.real_root = os.path.realpath(self.root)
         self._prefix = self.root if self.root.endswith(os.sep) else self.root + os.sep
         self.source = source
         self.label_map = label_map
+        self.confine = confine
+        self.escape_fix = escape_fix or "move the file under the dataset root, or list it in a CSV"
+        self.missing_hint = missing_hint
         self.records: list[VideoRecord] = []
         self.problems: list[RecordProblem] = []
+        self.grouping = PER_VIDEO  # what the records' groups come from; sources that know say so
         self._seen: dict[str, str] = {}  # resolved path -> where it was first listed
         self._dir_real: dict[str, str] = {}
         self._numeric: list[str] = []  # wheres of numeric labels without a map
@@ -261,20 +285,20 @@ class Collector:
         return os.path.normpath(os.path.join(base, raw))
 
     def rel(self, lexical: str) -> str:
-        """``lexical`` (absolute, normalised) relative to the root, with ``/`` separators."""
+        """``lexical`` (absolute, normalised) relative to the root with ``/`` separators; a path
+        outside the root stays absolute (``os.path.join(root, rel)`` still names it)."""
         if lexical != self.root and lexically_within(lexical, self.root):
             return to_posix(lexical[len(self._prefix):])
-        return to_posix(os.path.relpath(lexical, self.root))
+        return to_posix(lexical)
 
     def group_key(self, raw: object, base_dir: Optional[str] = None) -> Optional[str]:
-        """Dataset-relative name of a file another entry refers to (e.g. DFDC ``original``).
+        """The group name of a file another entry refers to (e.g. DFDC ``original``): its ``rel``.
 
         Purely lexical: the file need not exist; it only names a group.
         """
         if not isinstance(raw, str) or not raw.strip():
             return None
-        lex = self.lexical(raw.strip(), base_dir)
-        return self.rel(lex) if lexically_within(lex, self.root) else to_posix(raw.strip())
+        return self.rel(self.lexical(raw.strip(), base_dir))
 
     def _resolved(self, lex: str) -> str:
         """``os.path.realpath`` with the directory part cached (a dataset has few folders)."""
@@ -286,9 +310,8 @@ class Collector:
             return os.path.realpath(lex)
         return os.path.join(rd, name)
 
-    def check_path(self, raw: object, where: str, base_dir: Optional[str] = None
-                   ) -> Optional[tuple[str, str, str]]:
-        """Return ``(path, rel_path, resolved)`` for a safe, existing regular file, else a problem."""
+    def _text(self, raw: object, where: str) -> Optional[str]:
+        """The entry as a usable path string, or None after reporting why it is not one."""
         if isinstance(raw, bytes):
             raw = os.fsdecode(raw)
         if not isinstance(raw, str):
@@ -301,46 +324,50 @@ class Collector:
         if "\x00" in text:
             self.problem(where, "file name contains a NUL byte", MALFORMED, _clip(repr(text)))
             return None
-        lex = self.lexical(text, base_dir)
-        if lex == self.root:
-            self.problem(where, f"refused: {_clip(text)!r} is the dataset root folder, not a video", REFUSED,
-                         text)
-            return None
-        if not lexically_within(lex, self.root):
-            self.problem(where, f"refused: {_clip(text)!r} points outside the dataset root {self.root}",
-                         REFUSED, text)
-            return None
-        rel = self.rel(lex)
+        return text
+
+    def _stat(self, text: str, lex: str, rel: str, where: str) -> Optional[os.stat_result]:
+        """``os.stat`` of an entry, or None after reporting a missing or unreadable file."""
         try:
-            st = os.stat(lex)
-        except FileNotFoundError:
-            if "\\" in text and os.sep == "/":  # a list written on Windows: try / separators
-                return self.check_path(text.replace("\\", "/"), where, base_dir)
-            self.problem(where, f"file not found: {rel}", MISSING, lex)
-            return None
+            return os.stat(lex)
         except OSError as exc:
-            if exc.errno == errno.ENOTDIR:
-                self.problem(where, f"file not found: {rel}", MISSING, lex)
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                self.problem(where, f"file not found: {rel}{self.missing_hint}", MISSING, lex)
             elif exc.errno == errno.ELOOP:
-                self.problem(where, f"symlink loop: {rel}", UNREADABLE, lex)
+                self.problem(where, f"symlink loop: {rel} (fix or remove the link)", UNREADABLE, lex)
             else:
                 self.problem(where, f"cannot access {rel}: {exc.strerror or exc}", UNREADABLE, lex)
-            return None
         except ValueError as exc:  # e.g. a name the OS cannot represent
             self.problem(where, f"bad file name {_clip(repr(text))}: {exc}", MALFORMED)
+        return None
+
+    def check_path(self, raw: object, where: str, base_dir: Optional[str] = None
+                   ) -> Optional[tuple[str, str, str]]:
+        """Return ``(path, rel_path, resolved)`` for an existing regular file, else report a problem."""
+        text = self._text(raw, where)
+        if text is None:
             return None
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            self.problem(where, f"refused: {rel} is {kind}", REFUSED, lex)
+        lex = self.lexical(text, base_dir)
+        if lex == self.root:
+            self.problem(where, f"refused: {_clip(text)!r} is the dataset root folder, not a video (list "
+                         "the video files themselves)", REFUSED, text)
+            return None
+        if self.confine and not lexically_within(lex, self.root):
+            self.problem(where, f"refused: {_clip(text)!r} points outside the dataset root {self.root}; "
+                         f"{self.escape_fix}", REFUSED, text)
+            return None
+        rel = self.rel(lex)
+        if "\\" in text and os.sep == "/" and not os.path.lexists(lex):  # a list written on Windows
+            return self.check_path(text.replace("\\", "/"), where, base_dir)
+        st = self._stat(text, lex, rel, where)
+        if st is None:
             return None
         try:
             resolved = self._resolved(lex)
         except OSError as exc:
             self.problem(where, f"cannot resolve {rel}: {exc.strerror or exc}", UNREADABLE, lex)
             return None
-        if not lexically_within(resolved, self.real_root):
-            self.problem(where, f"refused: {rel} is a symlink that resolves outside the dataset root",
-                         REFUSED, lex)
+        if not self._regular(st, rel, lex, resolved, where):
             return None
         first = self._seen.get(resolved)
         if first is not None:
@@ -349,6 +376,23 @@ class Collector:
             return None
         self._seen[resolved] = where
         return lex, rel, resolved
+
+    def _regular(self, st: os.stat_result, rel: str, lex: str, resolved: str, where: str) -> bool:
+        """True for a regular file outside the pseudo-filesystems; else report the refusal and its fix."""
+        if stat.S_ISDIR(st.st_mode):
+            reason = (f"refused: {rel} is a directory, not a video file (list the videos in it, or read "
+                      "the folder with --format folders)")
+        elif not stat.S_ISREG(st.st_mode):
+            reason = (f"refused: {rel} is not a regular file (a pipe, device or socket); copy the video "
+                      "to a regular file and list that")
+        elif system_dir(lex) or system_dir(resolved):
+            top = system_dir(lex) or system_dir(resolved)
+            reason = (f"refused: {rel} is in {top}, a system pseudo-filesystem, not a video file (list "
+                      "the video file itself)")
+        else:
+            return True
+        self.problem(where, reason, REFUSED, lex)
+        return False
 
     # -- records ------------------------------------------------------------------------------
     def add(self, raw: object, label: object, where: str, *, base_dir: Optional[str] = None,
@@ -386,7 +430,7 @@ class Collector:
                 reason=f"{n} record(s) skipped: {_NUMERIC_EXPLANATION}", kind=BAD_LABEL))
             self._numeric = []
         return LoadResult(records=self.records, problems=self.problems, format=fmt or self.source,
-                          root=self.root)
+                          root=self.root, grouping=self.grouping)
 
 
 def walk_files(top: str, collector: Optional[Collector] = None,

@@ -6,7 +6,9 @@
     ROOT/List_of_testing_videos.txt       "<1 real|0 fake> <folder>/<file>.mp4" per line: the test split
 
 Listed videos get split ``test``; the others split None (training data; the trainer carves its
-validation set out of them). ``test_list`` overrides the list's location.
+validation set out of them). ``test_list`` overrides the list's location. List paths are relative to
+the dataset root; absolute paths and ``..`` are taken as written, and a listed video outside the three
+folders is added with the list's label.
 
 Groups: by the target identity, the celebrity whose video was manipulated: ``celebdf:id0`` for
 ``id0_0003.mp4`` and for every ``id0_<src>_<n>.mp4`` made from id0's videos, so a fake and its
@@ -23,7 +25,7 @@ from collections.abc import Mapping
 from typing import Optional
 
 from ...errors import UserError
-from ..records import FAKE, REAL, LoadResult
+from ..records import FAKE, GROUP_DATASET, REAL, LoadResult
 from .base import MALFORMED, MISSING, Collector, find_child, read_file_bytes, text_limit, walk_files
 
 log = logging.getLogger(__name__)
@@ -35,24 +37,43 @@ _REAL = re.compile(r"^(id\d+)_(\d+)$", re.IGNORECASE)
 _FAKE = re.compile(r"^(id\d+)_(id\d+)_(\d+)$", re.IGNORECASE)
 
 
-def _read_test_list(path: str, col: Collector) -> dict[str, tuple[str, str]]:
-    """dataset-relative path (lower case) -> (label, where) of the testing videos."""
+def parse_test_line(line: str) -> Optional[tuple[str, str]]:
+    """``(label, path)`` of one ``List_of_testing_videos.txt`` line (``1`` = real, ``0`` = fake in
+    Celeb-DF's own convention), or None when the line is not of that form."""
+    parts = line.strip().split(None, 1)
+    if len(parts) != 2 or parts[0] not in ("0", "1") or not parts[1].strip():
+        return None
+    return (REAL if parts[0] == "1" else FAKE), parts[1].strip()
+
+
+def read_test_list(path: str) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """``([(label, path as written, where)], [(where, bad line)])`` of a Celeb-DF list of testing videos."""
     data = read_file_bytes(path, text_limit("a list of testing videos"))
     lines = data.decode("utf-8-sig", errors="surrogateescape").splitlines()
     name = os.path.basename(path)
-    out = {}
+    entries, bad = [], []
     for i, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
+        if not line.strip():
             continue
-        where = f"{name}:{i}"
-        parts = line.split(None, 1)
-        if len(parts) != 2 or parts[0] not in ("0", "1"):
-            col.problem(where, f"expected '<1 real|0 fake> <folder>/<file>.mp4', got {line[:80]!r}",
-                        MALFORMED)
-            continue
-        rel = os.path.normpath(parts[1].strip().replace("\\", "/")).replace(os.sep, "/")
-        out[rel.lower()] = (REAL if parts[0] == "1" else FAKE, where)
+        parsed = parse_test_line(line)
+        if parsed is None:
+            bad.append((f"{name}:{i}", line.strip()[:80]))
+        else:
+            entries.append((*parsed, f"{name}:{i}"))
+    return entries, bad
+
+
+def _read_test_list(path: str, col: Collector) -> dict[str, tuple[str, str, str]]:
+    """Absolute path (case-folded) -> (label, where, path as written) of the testing videos. Paths are
+    relative to the dataset root; absolute paths and ``..`` are taken as written (the list may be the
+    user's own)."""
+    entries, bad = read_test_list(path)
+    for where, line in bad:
+        col.problem(where, f"expected '<1 real|0 fake> <folder>/<file>.mp4', got {line!r}", MALFORMED)
+    out = {}
+    for label, raw, where in entries:
+        text = raw.replace("\\", "/") if os.sep == "/" else raw  # a list edited on Windows
+        out.setdefault(os.path.normcase(col.lexical(text, col.root)).lower(), (label, where, text))
     return out
 
 
@@ -63,35 +84,48 @@ def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
     folders = [(f, label) for f, label in folders if f and os.path.isdir(f)]
     if not folders:
         raise UserError(f"{root}: no Celeb-real/, YouTube-real/ or Celeb-synthesis/ folder (Celeb-DF format)")
-    col = Collector(root, FORMAT)
+    col = Collector(root, FORMAT, confine=False)
+    col.grouping = GROUP_DATASET  # target identities from Celeb-DF's own names
     list_path = os.fsdecode(test_list) if test_list is not None else find_child(root, TEST_LIST)
     if test_list is not None and not os.path.isfile(list_path):
-        raise UserError(f"test list {list_path} not found")
+        raise UserError(f"test list {list_path} not found (check --test-list)")
     tests = _read_test_list(list_path, col) if list_path and os.path.isfile(list_path) else {}
-    used = set()
+    used: set[str] = set()
     for folder, label in folders:
         youtube = os.path.basename(folder).lower() == "youtube-real"
         for path in walk_files(folder, col):
-            rel = col.rel(path)
-            stem = os.path.splitext(os.path.basename(path))[0]
-            listed = tests.get(rel.lower())
+            key = os.path.normcase(path).lower()
+            listed = tests.get(key)
             split = None
             if listed is not None:
-                used.add(rel.lower())
+                used.add(key)
                 split = "test"
                 if listed[0] != label:
                     log.warning("Celeb-DF: %s says %s is %s; its folder says %s (kept %s)",
-                                listed[1], rel, listed[0], label, label)
-            if youtube:
-                group = f"celebdf:youtube/{stem}"
-            else:
-                m = (_FAKE if label == FAKE else _REAL).match(stem)
-                group = f"celebdf:{m.group(1).lower()}" if m else None
-            extra = {}
-            if label == FAKE and (m := _FAKE.match(stem)):
-                extra["original"] = f"Celeb-real/{m.group(1)}_{m.group(3)}.mp4"
-            col.add(path, label, rel, split=split, group=group, extra=extra, label_is_final=True)
-    for rel, (_, where) in sorted(tests.items()):
-        if rel not in used:
-            col.problem(where, f"testing video {rel} not found under {root}", MISSING)
+                                listed[1], col.rel(path), listed[0], label, label)
+            _add(col, path, label, split, youtube)
+    for key, (label, where, raw) in sorted(tests.items()):
+        if key in used:
+            continue
+        lex = col.lexical(raw, col.root)
+        if os.path.lexists(lex):  # listed, but outside the three folders: the list's label stands
+            _add(col, lex, label, "test", False, where)
+        else:
+            col.problem(where, f"testing video {raw} not found under {root} (check --test-list and DATA)",
+                        MISSING)
     return col.result(FORMAT)
+
+
+def _add(col: Collector, path: str, label: str, split: Optional[str], youtube: bool,
+         where: Optional[str] = None) -> None:
+    """One Celeb-DF video, grouped by its target identity (see the module docstring)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if youtube:
+        group = f"celebdf:youtube/{stem}"
+    else:
+        m = (_FAKE if label == FAKE else _REAL).match(stem)
+        group = f"celebdf:{m.group(1).lower()}" if m else None
+    extra = {}
+    if label == FAKE and (m := _FAKE.match(stem)):
+        extra["original"] = f"Celeb-real/{m.group(1)}_{m.group(3)}.mp4"
+    col.add(path, label, where or col.rel(path), split=split, group=group, extra=extra, label_is_final=True)

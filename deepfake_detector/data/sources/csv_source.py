@@ -5,8 +5,11 @@
   Header names are matched loosely (``file``/``path``/``video``..., ``label``/``class``...); optional
   ``split`` and ``group`` or ``original`` columns are used when present, other columns are ignored.
 - Numbers as labels need an explicit ``label_map`` (``--label-map 1=FAKE,0=REAL``).
-- Paths are relative to the CSV's folder unless ``data_root`` is given; both are the dataset root
-  that paths must stay inside.
+- Paths are relative to the CSV's folder unless ``data_root`` is given (the dataset root that
+  manifest keys are relative to). The list is the user's own: absolute paths and ``..`` are used as
+  written (a file outside the root keeps its absolute path as its key); only regular files are taken.
+- Without a ``group``/``original`` value in any row, groups come from FF++/Celeb-DF style file names
+  when they link videos (``sources.grouping``), else one per video.
 - UTF-8 with or without BOM, CRLF, blank lines, quoted fields, ``,`` ``;`` or tab delimiters. Bytes
   that are not UTF-8 are kept (surrogateescape) so non-UTF-8 file names on disk still match.
 """
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ...errors import UserError
-from ..records import LoadResult
+from ..records import GROUP_DATASET, LoadResult
 from .base import MALFORMED, Collector, normalize_split, read_file_bytes, resolve_label, text_limit
 
 FORMAT = "csv"
@@ -156,9 +159,13 @@ def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
     base = os.path.dirname(os.path.abspath(csv_path))
     dataset_root = os.fsdecode(data_root) if data_root is not None else base
     if not os.path.isdir(dataset_root):
-        raise UserError(f"dataset root {dataset_root} is not a folder")
-    col = Collector(dataset_root, FORMAT, label_map)
-    for row in read_table(csv_path, label_map):
+        raise UserError(f"dataset root {dataset_root} is not a folder (check --data-root)")
+    hint = "" if data_root is not None else f" (relative paths are read from {base}; change with --data-root)"
+    col = Collector(dataset_root, FORMAT, label_map, confine=False, missing_hint=hint)
+    rows = read_table(csv_path, label_map)
+    if any(row.group or row.original for row in rows):
+        col.grouping = GROUP_DATASET  # else names may still tell (sources.grouping)
+    for row in rows:
         if row.fields:
             col.problem(row.where, f"row has {row.fields} field(s), expected a file and a label", MALFORMED)
             continue

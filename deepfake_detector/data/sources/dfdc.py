@@ -8,6 +8,9 @@ validation set out of them (group-aware).
 Group: a fake's group is the dataset-relative path of its ``original`` (resolved from the same
 folder), a real's group is its own path, so a fake and its original always fall on the same side
 of any split. ``root`` may also be a single JSON file (its folder is then the dataset root).
+
+The metadata ships with a downloaded dataset, so its entries must stay inside the dataset root
+(``data_root`` widens it); the files there may be symlinks to anywhere.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Mapping
 from typing import Optional
 
 from ...errors import UserError
-from ..records import FAKE, LoadResult
+from ..records import FAKE, GROUP_DATASET, LoadResult
 from .base import MALFORMED, MAX_JSON_BYTES, Collector, normalize_split, read_file_bytes, size_limit
 
 log = logging.getLogger(__name__)
@@ -74,9 +77,13 @@ def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
         raise UserError(f"{root}: no such file or folder")
     if data_root is not None:
         dataset_root = os.path.abspath(os.fsdecode(data_root))
-    col = Collector(dataset_root, FORMAT, label_map)
+    col = Collector(dataset_root, FORMAT, label_map, confine=True, escape_fix=(
+        "a downloaded dataset's metadata.json may only name files inside it (pass --data-root with a "
+        "folder that holds them all, or list such files in a CSV)"))
     for meta in files:
         _load_one(meta, col)
+    if any("original" in r.extra for r in col.records):
+        col.grouping = GROUP_DATASET  # each fake with the original its metadata names
     return col.result(FORMAT)
 
 

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping
 from typing import Optional, Union
 
 from ...errors import UserError
-from ..records import FAKE, REAL, LoadResult, VideoRecord
+from ..records import FAKE, GROUP_DATASET, REAL, LoadResult, VideoRecord
 from .base import MALFORMED, Collector, find_child, normalize_split, walk_files
 from .dfdc import read_json
+from .grouping import DFD_FAKE, DFD_REAL, FFPP_FAKE, FFPP_REAL
+from .grouping import UnionFind as _UnionFind
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,7 @@ DFD = "DeepFakeDetection"
 _COMP_DIRS = {"raw": "raw", "c0": "raw", "c23": "c23", "c40": "c40"}
 _COMP_PREFERENCE = ("c23", "c40", "raw")
 
-_YT_REAL = re.compile(r"^(\d+)$")
-_YT_FAKE = re.compile(r"^(\d+)_(\d+)$")
-_DFD_REAL = re.compile(r"^(\d+)__(.+)$")
-_DFD_FAKE = re.compile(r"^(\d+)_(\d+)__(.+)$")
+_YT_REAL, _YT_FAKE, _DFD_REAL, _DFD_FAKE = FFPP_REAL, FFPP_FAKE, DFD_REAL, DFD_FAKE
 
 
 def _comp_dirs(seq_dir: str) -> dict[str, str]:
@@ -69,24 +67,6 @@ def _subdirs(folder: str) -> list[str]:
         return sorted(e for e in os.listdir(folder) if os.path.isdir(os.path.join(folder, e)))
     except OSError:
         return []
-
-
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:  # the smaller id names the group, so names do not depend on order
-            lo, hi = sorted((ra, rb))
-            self.parent[hi] = lo
 
 
 def _split_files(root: str, splits: Union[str, os.PathLike, Iterable, None]) -> dict[str, str]:
@@ -194,6 +174,7 @@ def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
                         os.path.relpath(folder, root), comp, have)
 
     col = Collector(root, FORMAT)
+    col.grouping = GROUP_DATASET  # the ids in FF++'s own names, joined as the dataset defines them
     uf = _UnionFind()
     split_of = _read_splits(_split_files(root, splits), col, uf)
     keyed: list[tuple[VideoRecord, Optional[str], Optional[str]]] = []  # record, yt id, dfd group

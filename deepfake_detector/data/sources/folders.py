@@ -3,8 +3,10 @@
     ROOT/real/**.mp4   ROOT/fake/**.mp4            (folder names in any case: Real, FAKE, ...)
     ROOT/train/real/...  ROOT/val/fake/...  ROOT/test/...   (optional split level above the labels)
 
-Videos are found recursively by extension; symlinked folders are not followed. Each video is its
-own group (the layout says nothing about which fake came from which real).
+Videos are found recursively by extension. Symlinked files are followed wherever they point (a folder
+of links into shared storage is common on clusters); symlinked folders below the label folders are
+not (no loops). The layout says nothing about which fake came from which real: FF++/Celeb-DF style
+names group them (``sources.grouping``), else each video is its own group.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None)
     dirs = layout(root)
     if not dirs:
         raise UserError(f"{root}: no real/ or fake/ folder found (folders format)")
-    col = Collector(root, FORMAT)
+    col = Collector(root, FORMAT, confine=False)
     for folder, label, split in dirs:
         for path in walk_files(folder, col):
             col.add(path, label, col.rel(path), split=split, label_is_final=True)

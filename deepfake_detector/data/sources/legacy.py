@@ -4,10 +4,13 @@
                                     that made it, e.g. /content/dataset/xyz.mp4)
     ROOT/Data/Gobal_metadata.csv    no header, ``file,label`` with a bare file name (sic: "Gobal")
 
-Entries are matched to the metadata by file name. A path that exists under the dataset root is used
-as is; otherwise the file is looked up by name under the root (an index built once), so a pickle made
-on Colab works on the user's machine. ``metadata``, ``video_list`` and ``video_dir`` override the three
-locations (``video_dir`` is then the dataset root every video must stay inside).
+Entries are matched to the metadata by file name. A path that exists (absolute, or relative to the
+dataset root, ``..`` included: the list is the user's own) is used as is; otherwise the file is looked
+up by name under the root (an index built once), so a pickle made on Colab works on the user's
+machine. ``metadata``, ``video_list`` and ``video_dir`` override the three locations (``video_dir``
+is then the folder searched by name). Groups: an ``original`` column in the metadata when it has a
+header with one, else FF++/Celeb-DF style names (the reference's data is mostly FF++: ``000.mp4``,
+``000_003.mp4``), else one per video (``sources.grouping``).
 
 The pickle is untrusted input: ``SafeListUnpickler`` refuses every global and persistent id, so a
 payload can never import or call anything, and the result must be a flat list/tuple of strings.
@@ -23,7 +26,7 @@ from collections.abc import Mapping
 from typing import Optional
 
 from ...errors import UnsafeFileError, UserError
-from ..records import LoadResult
+from ..records import GROUP_DATASET, LoadResult
 from .base import (
     BAD_LABEL,
     MALFORMED,
@@ -31,7 +34,6 @@ from .base import (
     MISSING,
     Collector,
     find_child,
-    lexically_within,
     read_file_bytes,
     resolve_label,
     size_limit,
@@ -91,6 +93,13 @@ def load_video_list(path: str | os.PathLike) -> list[str]:
     return out
 
 
+def _exists(path: str) -> bool:
+    try:
+        return os.path.lexists(path)
+    except (OSError, ValueError):
+        return False
+
+
 def _parts(path: str) -> list[str]:
     """Path components, accepting the ``/`` and ``\\`` of whichever machine wrote the pickle."""
     return [p for p in path.replace("\\", "/").split("/") if p]
@@ -111,7 +120,8 @@ class _NameIndex:
         parts = _parts(entry)
         cands = self._index.get(parts[-1], []) if parts else []
         if not cands:
-            return None, "no file of that name under the dataset root"
+            return None, (f"no file of that name under {self.root} (point --video-dir at the folder "
+                          "that holds the videos)")
         if len(cands) == 1:
             return cands[0], ""
 
@@ -125,13 +135,17 @@ class _NameIndex:
         scores = sorted(((common_suffix(c), c) for c in cands), reverse=True)
         if scores[0][0] > scores[1][0]:
             return scores[0][1], ""
-        return None, f"{len(cands)} files of that name under the dataset root; cannot tell which"
+        return None, (f"{len(cands)} files of that name under {self.root}; cannot tell which (point "
+                      "--video-dir at the folder that holds the right one)")
 
 
-def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
-         metadata: Optional[str | os.PathLike] = None, video_list: Optional[str | os.PathLike] = None,
-         video_dir: Optional[str | os.PathLike] = None) -> LoadResult:
-    root = os.path.abspath(os.fsdecode(root))
+_Labels = dict[str, tuple[str, str, Optional[str]]]  # file name -> (label, where, original)
+
+
+def _locate(root: str, metadata: Optional[str | os.PathLike], video_list: Optional[str | os.PathLike],
+            video_dir: Optional[str | os.PathLike]) -> tuple[str, str, str]:
+    """``(video list, metadata CSV, folder the videos are searched in)``; a missing one is a UserError
+    naming the flag that gives it."""
     list_path = os.fsdecode(video_list) if video_list is not None else os.path.join(root, VIDEO_LIST)
     if metadata is not None:
         meta_path = os.fsdecode(metadata)
@@ -144,12 +158,13 @@ def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
             raise UserError(f"legacy layout: {what} {p} not found (give it with {flag})")
     data_root = os.path.abspath(os.fsdecode(video_dir)) if video_dir is not None else root
     if not os.path.isdir(data_root):
-        raise UserError(f"video folder {data_root} is not a folder")
+        raise UserError(f"video folder {data_root} is not a folder (check --video-dir)")
+    return list_path, meta_path, data_root
 
-    entries = load_video_list(list_path)
-    col = Collector(data_root, FORMAT, label_map)
-    meta_name = os.path.basename(meta_path)
-    labels: dict[str, tuple[str, str, Optional[str]]] = {}  # name -> (label, where, original)
+
+def _read_labels(meta_path: str, label_map: Optional[Mapping[str, str]], col: Collector) -> _Labels:
+    """Labels (and originals) by file name from the metadata CSV; bad rows become problems."""
+    labels: _Labels = {}
     for row in read_table(meta_path, label_map):
         if row.fields:
             col.problem(row.where, "metadata row needs a file and a label", MALFORMED)
@@ -169,9 +184,14 @@ def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
             continue
         # numeric labels are stored raw and reported once (summarised) when a video uses them
         labels.setdefault(name, (label or row.label, row.where, row.original))
+    return labels
 
+
+def _match(entries: list[str], labels: _Labels, list_name: str, meta_name: str, data_root: str,
+           col: Collector) -> list[tuple[str, tuple[str, str, Optional[str]], str]]:
+    """``(path, label entry, where)`` per usable list entry: the path as written when it exists (the
+    list is the user's own), else the file of that name under ``data_root``."""
     index = _NameIndex(data_root, col)
-    list_name = os.path.basename(list_path)
     pending = []
     for i, entry in enumerate(entries):
         where = f"{list_name}[{i}]"
@@ -179,21 +199,32 @@ def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
         if not parts:
             col.problem(where, "empty path in the video list", MALFORMED)
             continue
-        name = parts[-1]
-        meta = labels.get(name)
+        meta = labels.get(parts[-1])
         if meta is None:
-            col.problem(where, f"{name}: no label for it in {meta_name}", BAD_LABEL, entry)
+            col.problem(where, f"{parts[-1]}: no label for it in {meta_name}", BAD_LABEL, entry)
             continue
         direct = col.lexical(entry, data_root) if "\x00" not in entry else None
-        if direct is not None and lexically_within(direct, col.root) and os.path.isfile(direct):
-            path = direct
+        if direct is not None and _exists(direct):
+            path = direct  # regular or not: ``col.add`` refuses what is no regular file
         else:
             path, why = index.find(entry)
             if path is None:
                 col.problem(where, f"{entry}: {why}", MISSING, entry)
                 continue
         pending.append((path, meta, where))
+    return pending
 
+
+def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
+         metadata: Optional[str | os.PathLike] = None, video_list: Optional[str | os.PathLike] = None,
+         video_dir: Optional[str | os.PathLike] = None) -> LoadResult:
+    root = os.path.abspath(os.fsdecode(root))
+    list_path, meta_path, data_root = _locate(root, metadata, video_list, video_dir)
+    entries = load_video_list(list_path)
+    col = Collector(data_root, FORMAT, label_map, confine=False)
+    labels = _read_labels(meta_path, label_map, col)
+    pending = _match(entries, labels, os.path.basename(list_path), os.path.basename(meta_path), data_root,
+                     col)
     by_name: dict[str, str] = {}
     added = []
     for path, (label, _, original), where in pending:
@@ -201,6 +232,8 @@ def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
         if rec is not None:
             by_name.setdefault(os.path.basename(rec.rel_path), rec.rel_path)
             added.append((rec, original))
+    if any(original for _, original in added):
+        col.grouping = GROUP_DATASET
     for rec, original in added:
         if original:
             oname = _parts(original)[-1] if _parts(original) else original
