@@ -106,4 +106,5 @@ RUN_FILES = {
     "confusion_matrix.png",
     "roc.png",
     "val_predictions.csv",
+    "splits.csv",
 }
