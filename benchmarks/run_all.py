@@ -15,6 +15,8 @@ its floor (see each script's docstring):
   decode-only time of the frames ours decodes.
 * predict, model stage (``bench_predict.py``): frames/s without decoding; reference = fp32 NCHW batch 4;
   at 112 px (and 224 px on a GPU).
+* faces (``bench_faces.py``): frames/s of each face detector over rotated, dark, turned, small, two-person
+  and faceless frames; reference = dlib HOG (today's default); the note gives its lowest recall.
 
 Every script runs in its own process (fresh CUDA state, no allocator carry-over). The table's ratio
 columns: ``x ref`` = ours / reference-style throughput (higher is better) and ``x floor`` = floor /
@@ -103,6 +105,8 @@ def collect(out: Path) -> dict:
             note += f"; one video end to end {e2e['one_video_s']:.2f} s"
         table.append(_row("predict end to end (10 s 720p)", "videos/s", ref and ref["videos_s"],
                           ours and ours["videos_s"], floor and floor["videos_s"], note))
+    for fc in _each(out, "faces*.json"):
+        table.extend(_face_rows(fc))
     for pm in _each(out, "predict_model*.json"):
         device = device or pm.get("device")
         rows = pm["rows"]
@@ -115,6 +119,21 @@ def collect(out: Path) -> dict:
                               ref and ref["frames_s"], r["frames_s"], fl and fl["frames_s"],
                               f"{r.get('precision', '')} {r.get('layout', '')} b{r.get('batch', '')}"))
     return {"device": device or "CPU", "rows": table}
+
+
+def _face_rows(report: dict) -> list[dict]:
+    """``bench_faces`` JSON: one row per detector, frames/s next to dlib HOG's; the note is its recall."""
+    summary = report.get("summary") or {}
+    ref = (summary.get("dlib") or {}).get("frames_s")
+    rows = []
+    for name, s in summary.items():
+        fp = s.get("faceless_fp_per_frame")
+        note = (f"min recall {100 * s['min_recall']:.0f} % ({s['min_recall_condition']})"
+                + (f", {fp:.2f} false positives per faceless frame" if fp is not None else ""))
+        rows.append(_row(f"faces {name} ({report.get('frames_per_condition', '?')} fr x "
+                         f"{len(report.get('conditions', []))} conditions)", "frames/s", ref, s["frames_s"],
+                         None, note))
+    return rows
 
 
 def _fmt(v: Optional[float], ratio: bool = False) -> str:
@@ -145,8 +164,8 @@ def main(argv=None) -> int:
                     help="short runs: one repeat, long-GOP clip only, small predict runs")
     ap.add_argument("--out", default=None, help="folder for the stage JSON files and summary.json")
     ap.add_argument("--summarize", default=None, metavar="DIR", help="only summarise the JSON files in DIR")
-    ap.add_argument("--stages", default="preprocess,train,predict",
-                    help="comma list of preprocess, train, predict")
+    ap.add_argument("--stages", default="preprocess,train,predict,faces",
+                    help="comma list of preprocess, train, predict, faces")
     args = ap.parse_args(argv)
     if args.summarize:
         out = Path(args.summarize)
@@ -161,7 +180,7 @@ def main(argv=None) -> int:
             return 2
         if not summary["rows"]:
             print(f"error: no benchmark results in {out} (expected preprocess.json, train*.json, "
-                  "predict_e2e*.json or predict_model*.json)", file=sys.stderr)
+                  "predict_e2e*.json, predict_model*.json or faces*.json)", file=sys.stderr)
             return 1
         print_table(summary)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -185,6 +204,9 @@ def main(argv=None) -> int:
         runs.append(("predict model stage", ["-m", "benchmarks.bench_predict", "--json",
                                              out / "predict_model_112.json"]
                      + (["--backbone", "tiny", "--clips", "16"] if q else [])))
+    if "faces" in stages:
+        runs.append(("faces", ["-m", "benchmarks.bench_faces", "--json", out / "faces.json"]
+                     + (["--frames", "8"] if q else [])))
     failed = []
     for name, cmd in runs:
         print(f"\n=== {name} ===", flush=True)

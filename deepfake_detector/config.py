@@ -1,13 +1,16 @@
 """Typed configuration for every stage, validated in ``__post_init__``.
 
 The resolved config is written to the cache / run folder and into every checkpoint, so a model can
-be rebuilt and its preprocessing repeated exactly at predict time.
+be rebuilt and its preprocessing repeated exactly at predict time. A run's ``config.yaml`` is written
+and read here (:func:`write_run_config`, :func:`read_run_config`): it carries a ``schema`` version
+(files without one are schema 1) and older files are upgraded on read, like checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
@@ -41,7 +44,7 @@ class PreprocessConfig:
     frames: int = 20  # frames sampled evenly across the whole video
     size: int = 112  # side of the square face crop, pixels
     margin: float = 0.3  # extra context around the detected face box (fraction of its side)
-    detector: str = "dlib"  # face detector backend by name: dlib | haar | center
+    detector: str = "dlib"  # face detector backend by name: dlib | haar | center | mtcnn
     detect_max_side: int = 640  # frames are down-scaled to this longest side before detection
     upsample: int = 1  # dlib HOG up-sampling passes (finds small faces)
     max_decode_side: int = 1920  # cap on decoded resolution (larger videos are refused / scaled)
@@ -50,6 +53,8 @@ class PreprocessConfig:
     no_face: str = "center"  # when no face is found: center (crop the centre, status no_face) | skip
     timeout_s: float = 300.0  # wall-time limit per video (decode); 0 = none. Slower videos get status error
     smooth: int = 3  # median window (in sampled frames) for smoothing the face track; 1 = off
+    align: bool = False  # turn each crop so the eyes are level (needs landmarks: detector mtcnn)
+    mtcnn_weights: Optional[str] = None  # folder with MTCNN's pnet.pt/rnet.pt/onet.pt (None: torch hub cache)
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -72,8 +77,10 @@ class PreprocessConfig:
             raise ValueError("timeout_s must be >= 0 (0 = no limit)")
         if self.smooth < 1:
             raise ValueError("smooth must be >= 1")
-        if self.detector not in ("dlib", "haar", "center"):
-            raise ValueError("detector must be dlib, haar or center")
+        if self.detector not in ("dlib", "haar", "center", "mtcnn"):
+            raise ValueError("detector must be dlib, haar, center or mtcnn")
+        if self.align and self.detector != "mtcnn":
+            raise ValueError("align needs eye positions, which only the mtcnn detector finds")
 
 
 @dataclass
@@ -191,3 +198,68 @@ class TrainConfig:
 
 
 _NESTED = {"ModelConfig": ModelConfig, "PreprocessConfig": PreprocessConfig}
+
+
+# --------------------------------------------------------------------------------------------------
+# A run's config.yaml: {"schema", "train", "model", "preprocess", "runtime"}
+# --------------------------------------------------------------------------------------------------
+
+#: version of config.yaml's layout. Extending it is one change here: bump this and add an upgrader to
+#: _RUN_CONFIG_UPGRADERS that turns a file of the previous version into the new layout.
+RUN_CONFIG_SCHEMA = 1
+
+#: schema N -> the function that turns a schema-N config.yaml dict into a schema-(N+1) one
+_RUN_CONFIG_UPGRADERS: dict[int, Callable[[dict], dict]] = {}
+
+
+def upgrade_run_config(data: dict, path: Any = "config.yaml") -> dict:
+    """A config.yaml dict of any known schema brought to :data:`RUN_CONFIG_SCHEMA` (in place)."""
+    schema = data.get("schema", 1)
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+        raise ValueError(f"{path}: invalid config schema {schema!r}")
+    if schema > RUN_CONFIG_SCHEMA:
+        raise ValueError(f"{path}: config schema {schema} is newer than this version of deepfake-detector "
+                         f"reads ({RUN_CONFIG_SCHEMA}); upgrade the package")
+    while schema < RUN_CONFIG_SCHEMA:
+        data = _RUN_CONFIG_UPGRADERS[schema](data)
+        schema += 1
+    data["schema"] = RUN_CONFIG_SCHEMA
+    return data
+
+
+def write_run_config(path: str | os.PathLike, config: dict) -> None:
+    """Write a run's config (``{"train", "model", "preprocess", "runtime"}`` builtins) as YAML, atomically,
+    with the schema version first."""
+    import yaml
+
+    from .utils import atomic_write_text
+
+    body = {k: v for k, v in config.items() if k != "schema"}
+    atomic_write_text(path, yaml.safe_dump({"schema": RUN_CONFIG_SCHEMA, **body}, sort_keys=False))
+
+
+def read_run_config_dict(path: str | os.PathLike) -> dict:
+    """THE reader of a run's config file (YAML; JSON reads too), upgraded to the current schema.
+
+    Raises ``OSError`` when it cannot be read and ``ValueError`` when it is not a config."""
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        try:
+            data = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a run config (a mapping expected)")
+    return upgrade_run_config(data, path)
+
+
+def read_run_config(path: str | os.PathLike) -> TrainConfig:
+    """The ``TrainConfig`` a run's config.yaml records (what :func:`write_run_config` was given)."""
+    data = read_run_config_dict(path)
+    train = dict(data.get("train") or {})
+    if isinstance(data.get("model"), dict):
+        train["model"] = data["model"]
+    return from_dict(TrainConfig, train)

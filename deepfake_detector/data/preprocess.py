@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 # settings whose change makes existing clips incompatible
-CLIP_KEYS = ("frames", "size", "margin", "detector", "upsample", "no_face", "detect_max_side", "smooth")
+CLIP_KEYS = ("frames", "size", "margin", "detector", "upsample", "no_face", "detect_max_side", "smooth",
+             "align")
 _FLUSH_EVERY_S = 5.0
 HARD_TIMEOUT_GRACE_S = 60.0  # a video still running after 2 * timeout_s + this is killed with its worker
 # write errors that no later video can escape: the run stops at the first one
@@ -108,12 +109,12 @@ _DETECTOR_CACHE: dict[tuple, object] = {}
 
 def _detector_for(cfg: PreprocessConfig):
     """One detector per process and setting (building dlib's detector costs ~0.5 s)."""
-    from .faces import get_detector
+    from .faces import detector_from_config
 
-    key = (cfg.detector, cfg.detect_max_side, cfg.upsample)
+    key = (cfg.detector, cfg.detect_max_side, cfg.upsample, cfg.mtcnn_weights)
     det = _DETECTOR_CACHE.get(key)
     if det is None:
-        det = get_detector(cfg.detector, detect_max_side=cfg.detect_max_side, upsample=cfg.upsample)
+        det = detector_from_config(cfg)
         _DETECTOR_CACHE[key] = det
     return det
 
@@ -178,7 +179,7 @@ def extract_clip(
         res.width, res.height = (int(v) for v in info.display_size)
         res.indices = list(sampled.indices)
         det = detector if detector is not None else _detector_for(cfg)
-        cropper = FaceCropper(det, size=cfg.size, margin=cfg.margin, smooth=cfg.smooth)
+        cropper = FaceCropper(det, size=cfg.size, margin=cfg.margin, smooth=cfg.smooth, align=cfg.align)
         crop = cropper.crop(sampled.frames)
         res.frames = len(sampled.frames)
         res.face_ratio = crop.face_ratio
@@ -264,7 +265,8 @@ def select_shard(records: list[VideoRecord], shard: Optional[tuple[int, int]]) -
     return [r for r in records if shard_of(r.rel_path or r.path, n) == k]
 
 
-def _cache_meta(cfg: PreprocessConfig, dataset_root: Optional[str], fmt: str) -> dict:
+def _cache_meta(cfg: PreprocessConfig, dataset_root: Optional[str], fmt: str,
+                dataset: Optional[dict] = None) -> dict:
     from .. import __version__
 
     return {
@@ -273,6 +275,9 @@ def _cache_meta(cfg: PreprocessConfig, dataset_root: Optional[str], fmt: str) ->
         "preprocess": to_dict(cfg),
         "dataset_root": os.fspath(dataset_root) if dataset_root else "",
         "format": fmt,
+        # where the groups that keep a fake with its original came from (train warns on per-video) and
+        # the dataset's compression, for the model card
+        **{k: str((dataset or {}).get(k) or "") for k in ("grouping", "grouping_note", "compression")},
         "version": __version__,
         "clip_layout": "uint8 [T,S,S,3] RGB .npy under clips/, T <= frames (short videos), see manifest",
     }
@@ -329,14 +334,14 @@ def _init_worker(cfg_dict: dict, out_dir: str, threads: int) -> None:
     _WORKER["threads"] = threads
 
 
-def _process_one(rec: tuple[str, str, str, str, str]) -> cache.ManifestRow:
+def _process_one(rec: tuple[str, str, str, str, str, str]) -> cache.ManifestRow:
     """Make one video's clip, write it, and return its manifest row. Never raises."""
-    path, rel, label, split, group = rec
+    path, rel, label, split, group, method = rec
     cfg: PreprocessConfig = _WORKER["cfg"]
     signature = cache.file_signature(path)
     res = extract_clip(path, cfg, threads=_WORKER.get("threads", 0))
     row = cache.ManifestRow(
-        path=rel, label=label, split=split, group=group, status=res.status, frames=res.frames,
+        path=rel, label=label, split=split, group=group, method=method, status=res.status, frames=res.frames,
         face_ratio=round(res.face_ratio, 4), error=res.error, source_frames=res.source_frames,
         fps=round(res.fps, 4), duration=round(res.duration, 3), width=res.width, height=res.height,
         seconds=round(res.seconds, 3), source_stat=signature,
@@ -357,8 +362,9 @@ _TASK = _process_one  # what the pool runs per video (tests swap in a misbehavin
 
 
 def _error_row(rec: tuple, msg: str) -> cache.ManifestRow:
-    path, rel, label, split, group = rec
-    return cache.ManifestRow(path=rel, label=label, split=split, group=group, status=cache.ERROR, error=msg)
+    path, rel, label, split, group, method = rec
+    return cache.ManifestRow(path=rel, label=label, split=split, group=group, method=method,
+                             status=cache.ERROR, error=msg)
 
 
 # --- pool driver -------------------------------------------------------------------------------
@@ -387,16 +393,18 @@ def run_preprocess(
     dataset_root: Optional[str | os.PathLike] = None,
     fmt: str = "",
     force: bool = False,
+    dataset: Optional[dict] = None,
 ) -> PreprocessSummary:
     """Preprocess ``records`` into the cache ``out_dir`` (see the module docstring).
 
     ``workers``: processes (None = one per CPU up to 8; 0 = in this process, for debugging);
     ``shard``: (K, N) to do only the K-th of N hash slices; ``force``: redo everything even when the
-    cache was made with other settings.
+    cache was made with other settings; ``dataset``: what the source said about the dataset
+    (``grouping``, ``grouping_note``, ``compression``), recorded in preprocess.json.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    redo_all = _prepare_cache(out_dir, cfg, force, dataset_root, fmt)
+    redo_all = _prepare_cache(out_dir, cfg, force, dataset_root, fmt, dataset)
     mine = select_shard(records, shard)
     writer = cache.ManifestWriter(out_dir, shard)
     summary = PreprocessSummary(out_dir=str(out_dir), manifest=str(writer.path), total=len(mine))
@@ -424,13 +432,14 @@ def run_preprocess(
 
 
 def _prepare_cache(out_dir: Path, cfg: PreprocessConfig, force: bool,
-                   dataset_root: Optional[str | os.PathLike], fmt: str) -> bool:
+                   dataset_root: Optional[str | os.PathLike], fmt: str,
+                   dataset: Optional[dict] = None) -> bool:
     """Create the cache folder and record its settings before any clip is written, so an
     incompatible rerun is refused up front. Returns True when old results must be redone."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         redo_all = _check_cache(out_dir, cfg, force)
-        meta = _cache_meta(cfg, dataset_root and str(dataset_root), fmt)
+        meta = _cache_meta(cfg, dataset_root and str(dataset_root), fmt, dataset)
         meta[cache.MANIFEST_SCHEMA_KEY] = cache.manifest_schema_to_record(out_dir)
         atomic_write_json(out_dir / cache.CONFIG_NAME, meta)
     except OSError as exc:
@@ -441,7 +450,8 @@ def _prepare_cache(out_dir: Path, cfg: PreprocessConfig, force: bool,
 def _plan(mine: list[VideoRecord], writer: cache.ManifestWriter, redo_all: bool,
           summary: PreprocessSummary) -> list[tuple]:
     """The videos this run must (re)do, one task tuple each. Finished ones are skipped (counted in
-    ``summary``) but their labels are refreshed: the metadata may have been corrected since."""
+    ``summary``) but their labels, groups and methods are refreshed: the metadata may have been
+    corrected since, and a cache made before the ``method`` column gains it without new clips."""
     todo: list[tuple] = []
     seen: set[str] = set()
     for r in mine:
@@ -452,9 +462,10 @@ def _plan(mine: list[VideoRecord], writer: cache.ManifestWriter, redo_all: bool,
         if not redo_all and writer.is_done(rel, r.path):
             done = writer.rows[rel]  # metadata may have been corrected since: keep the row current
             done.label, done.split, done.group = r.label or "", r.split or "", r.group or ""
+            done.method = r.method or ""
             summary.skipped += 1
             continue
-        todo.append((r.path, rel, r.label or "", r.split or "", r.group or ""))
+        todo.append((r.path, rel, r.label or "", r.split or "", r.group or "", r.method or ""))
     if redo_all:
         writer.rows.clear()
     summary.todo = len(todo)

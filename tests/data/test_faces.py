@@ -34,7 +34,7 @@ def test_registry():
     assert get_detector("haar").name == "haar"
     assert isinstance(get_detector("center"), CenterDetector)
     with pytest.raises(ValueError, match="unknown face detector"):
-        get_detector("mtcnn")
+        get_detector("retinaface")  # mtcnn is registered (tests/data/test_mtcnn.py)
     assert detector_available("haar") is None
     assert detector_available("nope") is not None
 
