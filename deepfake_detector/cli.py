@@ -24,8 +24,10 @@ COMMANDS = {
     "preprocess": "deepfake_detector.commands.preprocess",
     "train": "deepfake_detector.commands.train",
     "evaluate": "deepfake_detector.commands.evaluate",
+    "calibrate": "deepfake_detector.commands.calibrate",
     "predict": "deepfake_detector.commands.predict",
     "serve": "deepfake_detector.commands.serve",
+    "export": "deepfake_detector.commands.export",
     "demo": "deepfake_detector.commands.demo",
     "make-demo-data": "deepfake_detector.commands.make_demo_data",
 }

@@ -12,10 +12,11 @@ from ..errors import UserError
 
 HELP = "serve an HTTP API and an upload page for a trained checkpoint"
 DESCRIPTION = (
-    "Load CHECKPOINT once and serve POST /api/v1/predict (multipart field 'file'), GET /api/v1/model, "
-    "GET /healthz, the OpenAPI docs at /docs and an upload page at /. Binds to 127.0.0.1 unless --host "
-    "says otherwise. Set a bearer token with --token or the DEEPFAKE_DETECTOR_TOKEN environment variable "
-    "(preferred: command-line arguments are visible to other users in 'ps')."
+    "Load CHECKPOINT once and serve POST /api/v1/predict (multipart field 'file'), POST /api/v1/jobs + "
+    "GET /api/v1/jobs/ID (asynchronous), GET /api/v1/model, GET /healthz, GET /metrics (Prometheus), the "
+    "OpenAPI docs at /docs and an upload page at /. Binds to 127.0.0.1 unless --host says otherwise. Set a "
+    "bearer token with --token or the DEEPFAKE_DETECTOR_TOKEN environment variable (preferred: "
+    "command-line arguments are visible to other users in 'ps')."
 )
 
 
@@ -25,7 +26,8 @@ _DEFAULT_SAID = "%(default).0s"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="trained checkpoint (.pt)")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="trained checkpoint (.pt), or a model.onnx written by 'export' (ONNX Runtime)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind; 0.0.0.0 exposes the server to the network")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
@@ -58,7 +60,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the start-up run of a tiny synthetic video (the first request is then "
                              "slower; default: warm up)" + _DEFAULT_SAID)
     parser.add_argument("--log-level", default="info",
-                        choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
+                        choices=["critical", "error", "warning", "info", "debug"],
+                        help="log level; 'info' includes one access-log line per request")
+    _add_legacy_arguments(parser)
+    _add_connection_arguments(parser)
+    _add_job_arguments(parser)
+
+
+def _add_legacy_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("reference-implementation checkpoints (as for predict; see docs/legacy.md)")
+    g.add_argument("--legacy", action="store_true",
+                   help="the checkpoint is a reference-implementation state dict (auto-detected with a "
+                        "warning)")
+    g.add_argument("--legacy-mode", choices=["fixed", "exact"], default="fixed",
+                   help="'exact' reproduces the reference's numbers (use it for scoring), 'fixed' maps the "
+                        "weights onto our model")
+    g.add_argument("--legacy-frames", type=int, default=None,
+                   help="frames per video it was trained with (default: from the file name, else 20)"
+                        + _DEFAULT_SAID)
+    g.add_argument("--legacy-preprocess", choices=["reference", "ours"], default=None,
+                   help="'reference' (first frames, tight dlib crops; default with exact) or 'ours' "
+                        "(default with fixed)" + _DEFAULT_SAID)
+
+
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("connections and uploads (what an idle or slow client can hold)")
+    g.add_argument("--max-connections", type=int, default=512,
+                   help="open connections at once; more are answered 503")
+    g.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection has to send complete request headers (idle ones are closed)")
+    g.add_argument("--keep-alive-timeout", type=float, default=5.0,
+                   help="seconds an idle keep-alive connection stays open after a response")
+    g.add_argument("--body-idle-timeout", type=float, default=30.0,
+                   help="seconds without a byte of the upload before it is cut off (408)")
+    g.add_argument("--min-upload-rate", type=float, default=1.0, metavar="KIB_PER_S",
+                   help="slowest average upload rate accepted after the first 10 s, KiB/s (408; 0 = off)")
+    g.add_argument("--max-bodies", type=int, default=64,
+                   help="uploads being received at once (before a worker is needed); more get 503")
+    g.add_argument("--body-budget-mb", type=float, default=None,
+                   help="total MB of uploads being received at once (default: max(1024, 2 x --max-upload-mb))"
+                        + _DEFAULT_SAID)
+
+
+def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("asynchronous jobs and the result cache")
+    g.add_argument("--max-jobs", type=int, default=1000,
+                   help="jobs kept (queued, running and finished); more get 503")
+    g.add_argument("--jobs-mb", type=float, default=256.0,
+                   help="memory for finished jobs' results (MB); the oldest finished jobs are forgotten "
+                        "first")
+    g.add_argument("--job-ttl", type=float, default=3600.0,
+                   help="seconds a finished job's result (and a cached verdict) is kept")
+    g.add_argument("--cache-entries", type=int, default=1024,
+                   help="verdicts kept by the upload's SHA-256, so the same video is analysed once (0 = off)")
+    g.add_argument("--cache-mb", type=float, default=64.0, help="memory for those verdicts (MB)")
 
 
 def _settings(args: argparse.Namespace):
@@ -77,7 +132,12 @@ def _settings(args: argparse.Namespace):
             host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, workers=args.workers,
             token=token, queue_size=args.queue_size, request_timeout_s=args.timeout,
             upload_timeout_s=args.upload_timeout, cors_origins=tuple(args.cors_origin), tmp_dir=args.tmp_dir,
-            warmup=not args.no_warmup,
+            warmup=not args.no_warmup, max_connections=args.max_connections,
+            header_timeout_s=args.header_timeout, keep_alive_s=args.keep_alive_timeout,
+            body_idle_timeout_s=args.body_idle_timeout, min_upload_rate_kbs=args.min_upload_rate,
+            max_bodies=args.max_bodies, body_budget_mb=args.body_budget_mb, max_jobs=args.max_jobs,
+            jobs_mb=args.jobs_mb,
+            job_ttl_s=args.job_ttl, cache_entries=args.cache_entries, cache_mb=args.cache_mb,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -122,27 +182,65 @@ def check_can_listen(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {where}: {why}") from None
 
 
+def _detector_options(args: argparse.Namespace) -> dict:
+    """``Detector.from_checkpoint`` keywords from the flags, as ``predict`` passes them."""
+    opts: dict = {"device": args.device, "compile": args.compile}
+    if args.threshold is not None:
+        if not 0.0 <= args.threshold <= 1.0:
+            raise UserError("--threshold must be between 0 and 1")
+        opts["threshold"] = args.threshold
+    if args.legacy_frames is not None and args.legacy_frames < 1:
+        raise UserError("--legacy-frames must be >= 1")
+    opts.update(legacy=True if args.legacy else None, legacy_mode=args.legacy_mode,
+                legacy_frames=args.legacy_frames, legacy_preprocess=args.legacy_preprocess)
+    return opts
+
+
+def _raise_open_files_limit(settings) -> None:
+    """Let the process hold ``max_connections`` sockets plus files (the soft limit is often 1024)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    want = int(settings.max_connections) * 2 + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            new = soft
+        if new < want:
+            print(f"warning: the open-files limit ({new}) is low for --max-connections "
+                  f"{settings.max_connections}; raise it (ulimit -n) or lower --max-connections",
+                  file=sys.stderr)
+
+
+def _configure_logging(level: str) -> None:
+    """The server's own loggers (access log included) at ``--log-level``; uvicorn's are set by uvicorn."""
+    import logging
+
+    logging.getLogger("deepfake_detector.serve").setLevel(level.upper())
+
+
 def run(args: argparse.Namespace) -> int:
     settings, generated = _settings(args)
-    if not os.path.isfile(args.checkpoint):
+    if not os.path.exists(args.checkpoint):
         raise UserError(f"checkpoint not found: {args.checkpoint}")
     try:
         import uvicorn
 
         from ..inference import Detector
         from ..serve.app import create_app
+        from ..serve.timeouts import uvicorn_config
     except ImportError as exc:  # pragma: no cover - broken install
         raise UserError(f"cannot start the server: {exc}") from exc
 
-    opts = {}
-    if args.threshold is not None:
-        if not 0.0 <= args.threshold <= 1.0:
-            raise UserError("--threshold must be between 0 and 1")
-        opts["threshold"] = args.threshold
+    opts = _detector_options(args)
     check_can_listen(settings.host, settings.port)  # before the (slow) model load, not after it
     print(f"loading {args.checkpoint} ...", file=sys.stderr)
     # UserError on bad files
-    detector = Detector.from_checkpoint(args.checkpoint, device=args.device, compile=args.compile, **opts)
+    detector = Detector.from_checkpoint(args.checkpoint, **opts)
     app = create_app(detector, settings)
 
     host = settings.host
@@ -156,12 +254,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: listening on {host}, reachable from the network{auth}; "
               "put TLS (a reverse proxy) in front of it", file=sys.stderr)
     sys.stdout.flush()
-    config = uvicorn.Config(
-        app, host=host, port=settings.port, log_level=args.log_level, workers=1,
-        server_header=False, proxy_headers=False, timeout_keep_alive=5,
-        # bound open connections well above the request queue so /healthz still answers when busy
-        limit_concurrency=max(64, 8 * settings.capacity),
-    )
-    server = uvicorn.Server(config)
+    _raise_open_files_limit(settings)
+    _configure_logging(args.log_level)
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level=args.log_level))
     server.run()
     return 0 if server.started else 1

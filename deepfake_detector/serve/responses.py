@@ -11,7 +11,9 @@ import dataclasses
 import json
 import logging
 import math
+import ntpath
 import os
+import re
 from typing import Any, Optional
 
 from fastapi import FastAPI, Request
@@ -67,16 +69,51 @@ def _error(status: int, detail: str, headers: Optional[dict] = None) -> JSONResp
 
 
 class ErrorReply(Exception):
-    """An error answer raised from a step deep inside a handler; the handler returns ``response()``."""
+    """An error answer raised from a step deep inside a handler; the handler returns ``response()``.
 
-    def __init__(self, status: int, detail: str, headers: Optional[dict] = None) -> None:
+    ``reason`` names a refused upload for the ``uploads_rejected_total`` metric (empty: not counted).
+    """
+
+    def __init__(self, status: int, detail: str, headers: Optional[dict] = None, reason: str = "") -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = headers
+        self.reason = reason
 
     def response(self) -> JSONResponse:
         return _error(self.status, self.detail, self.headers)
+
+
+#: Keys whose values are file-system locations: only their base name is shown to clients.
+_PATH_KEYS = frozenset({
+    "checkpoint", "path", "cache", "cache_dir", "root", "dataset_root", "data", "data_dir", "out", "out_dir",
+    "output", "runs", "runs_dir", "run_dir", "weights_file", "torch_home", "tmp_dir", "explain", "dir",
+})
+_ABSOLUTE = re.compile(r"^(?:/|~|[A-Za-z]:[\\/]|\\\\)")
+_EMBEDDED_PATH = re.compile(r"(?<![\w:/.~-])(?:~|[A-Za-z]:)?[/\\][^\s'\"]*")
+
+
+def _base_name(value: str) -> str:
+    return ntpath.basename(value.rstrip("/\\")) if value.strip("/\\") else ""
+
+
+def _without_paths(value: Any, key: str = "") -> Any:
+    """``value`` with every server path reduced to its base name: clients learn no directory layout.
+
+    Values under path-like keys (``checkpoint``, ``cache_dir``, ``dataset_root``...), strings that are
+    absolute paths, and absolute paths inside longer strings (an error message) become base names.
+    """
+    if isinstance(value, dict):
+        return {k: _without_paths(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v, key) for v in value]
+    if not isinstance(value, str):
+        return value
+    if key.lower() in _PATH_KEYS or key.lower().endswith(("_path", "_dir", "_file", "_root")) \
+            or _ABSOLUTE.match(value):
+        return _base_name(value)
+    return _EMBEDDED_PATH.sub(lambda m: _base_name(m.group(0)), value)
 
 
 _PARAMETER_KINDS = {"query": "query parameter", "path": "path parameter", "header": "header",

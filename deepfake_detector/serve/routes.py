@@ -1,41 +1,35 @@
-"""The route handlers: the upload page, the docs page, /healthz, /api/v1/model and /api/v1/predict.
+"""The route handlers: pages, /healthz, /metrics, /api/v1/model, /api/v1/predict and /api/v1/jobs.
 
 Each handler gets the :class:`ServerState` injected (``Depends(server_state)``), so none hides state
-in a closure. ``predict`` is a sequence of named steps: check the headers, admit, receive the upload,
-run probe + model in a worker thread, shape the verdict; a step that refuses raises
-:class:`ErrorReply`, which the handler turns into the answer.
+in a closure. The upload handlers are thin: :mod:`.analysis` receives the upload and produces the
+verdict in named steps; a step that refuses raises :class:`ErrorReply`, which the handler turns into
+the answer (and counts in ``uploads_rejected_total``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import functools
 import logging
-import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
-from starlette.requests import ClientDisconnect
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from .. import __version__
-from ..utils import is_within
-from .admission import Admission, _Job
-from .responses import ErrorReply, _error, _jsonable, _model_summary, _prediction_dict
+from . import analysis
+from .jobs import Job, cache_key
+from .responses import ErrorReply, _error, _jsonable, _model_summary
 from .security import check_bearer
 from .settings import ServeSettings
 from .state import ServerState
-from .upload import NotAVideo, _stream_upload, _suffix_for, multipart_boundary, probe_video
 
 # the server's one logger name, as before it was split into modules
 log = logging.getLogger("deepfake_detector.serve.app")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-_FINAL_STATUSES_WITH_SCORE = ("ok", "no_face")
 
 _NOT_LOADED = "The model is not loaded (the server is starting or stopping); see Retry-After"
 
@@ -49,17 +43,26 @@ _PREDICT_REQUEST_BODY = {
     }
 }
 
-_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The video was processed; its `status` says how (a verdict, or why none)"},
+_UPLOAD_REFUSALS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Missing `file` field, malformed or empty upload, or an invalid parameter "
                          "value (such as `explain=maybe`)"},
     401: {"description": "Missing or wrong bearer token"},
-    408: {"description": "The upload took longer than the upload time limit"},
+    408: {"description": "The upload was too slow (stalled, below the minimum rate, or over the upload "
+                         "time limit)"},
     413: {"description": "The file is larger than the upload limit"},
     415: {"description": "Not multipart, or the file is not a decodable video"},
-    503: {"description": "Queue full or model not loaded (see Retry-After)"},
-    504: {"description": "The analysis took longer than the request time limit"},
+    503: {"description": "Queue full, too many uploads being received, or model not loaded (see "
+                         "Retry-After)"},
     507: {"description": "The server has no room to store the upload right now"},
+}
+_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The video was processed; its `status` says how (a verdict, or why none)"},
+    **_UPLOAD_REFUSALS,
+    504: {"description": "The analysis took longer than the request time limit"},
+}
+_JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "The job was created; poll `GET /api/v1/jobs/{id}` (also in `Location`)"},
+    **_UPLOAD_REFUSALS,
 }
 
 router = APIRouter()
@@ -87,6 +90,13 @@ def _ready(state: ServerState) -> None:
                             headers=_retry_after(state.settings))
 
 
+def _refused(state: ServerState, exc: ErrorReply) -> JSONResponse:
+    """The answer for a refused upload, counted by reason."""
+    if state.metrics is not None:
+        state.metrics.reject(exc.reason)
+    return exc.response()
+
+
 # --------------------------------------------------------------------------------------------------
 # Pages and status
 # --------------------------------------------------------------------------------------------------
@@ -110,18 +120,34 @@ async def api_docs() -> FileResponse:
     503: {"description": _NOT_LOADED},
 })
 async def healthz(state: ServerState = Depends(server_state)) -> JSONResponse:
-    """200 when the model is loaded and requests are accepted; 503 otherwise. No authentication."""
+    """200 when the model is loaded and requests are accepted; 503 otherwise. No authentication.
+
+    Never waits on an analysis: it only reads counters, so it answers while every worker is busy.
+    """
     settings = state.settings
     if not state.is_ready:
         return _error(503, "the model is not loaded", _retry_after(settings))
-    assert state.admission is not None
+    assert state.admission is not None and state.bodies is not None and state.jobs is not None
     return JSONResponse({
         "status": "ok",
         "version": __version__,
         "uptime_s": round(time.time() - state.started, 3),
         "queue": state.admission.snapshot(),
+        "uploads": state.bodies.snapshot(),
+        "jobs": state.jobs.counts(),
         "limits": settings.public_dict(),
     })
+
+
+@router.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)],
+            response_class=Response, responses={
+                200: {"description": "Metrics in Prometheus text format", "content": {"text/plain": {}}},
+                401: {"description": "Missing or wrong bearer token (when the server has one)"}})
+async def metrics(state: ServerState = Depends(server_state)) -> Response:
+    """Requests, latency, analysis time, queue depth, bodies in flight, rejected uploads, model info."""
+    assert state.metrics is not None
+    data, content_type = state.metrics.exposition()
+    return Response(data, media_type=content_type, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/api/v1/model", summary="The loaded checkpoint", dependencies=[Depends(require_token)],
@@ -129,210 +155,127 @@ async def healthz(state: ServerState = Depends(server_state)) -> JSONResponse:
                        401: {"description": "Missing or wrong bearer token"},
                        503: {"description": _NOT_LOADED}})
 async def model_info(state: ServerState = Depends(server_state)) -> JSONResponse:
-    """Name, checkpoint sha256, config, metrics and threshold of the loaded model, plus server limits."""
+    """Name, checkpoint sha256, config, metrics and threshold of the loaded model, plus server limits.
+
+    File-system paths are reduced to base names (the server's layout is nobody's business).
+    """
     _ready(state)
     body = dict(state.info)
     body.setdefault("model", _model_summary(state.info))
+    body["calibrated"] = state.calibrated
     body["server"] = {**state.settings.public_dict(), **_jsonable(state.settings.extra)}
     return JSONResponse(body)
 
 
 # --------------------------------------------------------------------------------------------------
-# Predict
+# Predict and jobs
 # --------------------------------------------------------------------------------------------------
+
+_EXPLAIN = Query(False, description="also return the heat-map strip as base64 PNG")
 
 
 @router.post("/api/v1/predict", summary="Screen one video", dependencies=[Depends(require_token)],
              openapi_extra=_PREDICT_REQUEST_BODY, responses=_PREDICT_RESPONSES)
-async def predict(
-    request: Request,
-    explain: bool = Query(False, description="also return the heat-map strip as base64 PNG"),
-    state: ServerState = Depends(server_state),
-) -> JSONResponse:
+async def predict(request: Request, explain: bool = _EXPLAIN,
+                  state: ServerState = Depends(server_state)) -> JSONResponse:
     """Upload a video as multipart field `file`; get the verdict as JSON.
 
     `status` says what happened to the video (`ok`, `no_face` = no face found and the centre of the
     frame was scored, `unreadable`, ...); `label` and `p_fake` are empty when it could not be scored.
+    `cached` is true when the same bytes were analysed before (the verdict is reused, not recomputed).
     """
-    t0 = time.perf_counter()
-    _ready(state)
     try:
-        boundary = multipart_boundary(request.headers, state.settings)
-        job = _admit(state)
+        upload = await analysis.receive(state, request)
     except ErrorReply as exc:
-        return exc.response()
+        return _refused(state, exc)
     try:
-        return await _handle_predict(state, request, job, boundary, explain, t0)
+        return JSONResponse(await analysis.analyse(state, upload, explain))
     except ErrorReply as exc:
-        return exc.response()
-    except ClientDisconnect:
-        log.info("client disconnected during upload")
-        return _error(400, "client disconnected")
+        return _refused(state, exc)
     finally:
-        job.drop()
+        upload.files.drop()
 
 
-def _admit(state: ServerState) -> _Job:
-    """Take an admission slot and a private folder for this request, or refuse (503 busy, 500)."""
-    admission = state.admission
-    assert admission is not None and state.private_dir is not None and state.executor is not None
-    if not admission.try_acquire():
-        raise ErrorReply(503, "the server is busy (queue full); retry later", _retry_after(state.settings))
-    try:
-        return _Job(admission, state.private_dir)
-    except OSError:
-        admission.release()
-        log.exception("cannot create an upload folder in %s", state.private_dir)
-        raise ErrorReply(500, "the server cannot store uploads right now") from None
+@router.post("/api/v1/jobs", summary="Screen one video asynchronously", status_code=202,
+             dependencies=[Depends(require_token)], openapi_extra=_PREDICT_REQUEST_BODY,
+             responses=_JOB_RESPONSES)
+async def create_job(request: Request, explain: bool = _EXPLAIN,
+                     state: ServerState = Depends(server_state)) -> JSONResponse:
+    """Upload a video as for `/api/v1/predict`; get a job id at once (202) and poll it.
 
-
-async def _handle_predict(state: ServerState, request: Request, job: _Job, boundary: bytes,
-                          explain: bool, t0: float) -> JSONResponse:
-    """Receive, analyse and answer one admitted request; the caller releases ``job``."""
-    upload = await _receive_upload(request, job, boundary, state.settings)
-    t_uploaded = time.perf_counter()
-    if upload["filename"]:
-        _rename_upload(job, upload["filename"])
-    explain_dir: Optional[Path] = None
-    if explain:
-        job.explain_dir.mkdir(mode=0o700)
-        explain_dir = job.explain_dir
-    result = await _run_inference(state, job, explain_dir, t_uploaded, t0)
-    if "not_video" in result:
-        raise ErrorReply(415, f"not a video: {result['not_video']}")
-    pred = _jsonable(_prediction_dict(result["pred"]))
-    body = _verdict_body(state, job, upload, pred, result, _timing(pred, result, t0, t_uploaded))
-    if explain:
-        body["explanation_png"] = _read_explanation(pred.get("explanation"), explain_dir, state.settings)
-    return JSONResponse(body)
-
-
-async def _receive_upload(request: Request, job: _Job, boundary: bytes, settings: ServeSettings) -> dict:
-    """Stream the upload within the upload time limit; refuse with 400/413 (bad body), 408 or 507."""
-    try:
-        return await asyncio.wait_for(_stream_upload(request, job, boundary, settings),
-                                      timeout=settings.upload_timeout_s)
-    except asyncio.TimeoutError:
-        raise ErrorReply(408, f"the upload took longer than {settings.upload_timeout_s:g} s") from None
-    except OSError as exc:  # disk full, quota, read-only temp dir
-        log.error("cannot store an upload: %s", exc)
-        raise ErrorReply(507, "the server has no room to store this upload right now") from None
-
-
-def _rename_upload(job: _Job, filename: str) -> None:
-    """Give the stored file the client's video extension: readers like a familiar one; the content decides."""
-    suffix = _suffix_for(filename)
-    if suffix != job.upload.suffix:
-        renamed = job.upload.with_name("upload" + suffix)
-        os.replace(job.upload, renamed)
-        job.upload = renamed
-
-
-def _infer(detector: Any, admission: Admission, job: _Job, explain_dir: Optional[Path],
-           settings: ServeSettings, t_uploaded: float) -> dict:
-    """In a worker thread: check the content by decoding, then run the model; with the step times."""
-    t_start = time.perf_counter()
-    admission.started()
-    try:
-        try:
-            probe = probe_video(job.upload, settings.probe_max_packets, settings.max_video_side)
-        except NotAVideo as exc:
-            return {"not_video": str(exc), "queued": t_start - t_uploaded}
-        t_probed = time.perf_counter()
-        out = str(explain_dir) if explain_dir else None
-        pred = detector.predict_one(str(job.upload), explain_dir=out)
-        return {"pred": pred, "probe": probe, "queued": t_start - t_uploaded,
-                "probe_s": t_probed - t_start, "predict_s": time.perf_counter() - t_probed}
-    finally:
-        admission.finished()
-
-
-async def _run_inference(state: ServerState, job: _Job, explain_dir: Optional[Path], t_uploaded: float,
-                         t0: float) -> dict:
-    """Queue :func:`_infer` and wait within the request time limit (503 stopping, 504 late, 500 failed).
-
-    The worker holds ``job`` too, so a timed-out analysis keeps its admission slot until it really ends.
+    The job's `state` goes `queued` -> `processing` -> `done` (with `result`, the body
+    `/api/v1/predict` would have answered) or `error` (with `error.status` and `error.detail`). A video
+    analysed before is `done` at once. Finished jobs are kept for the server's job time-to-live.
     """
-    settings = state.settings
-    admission = state.admission
-    assert admission is not None and state.executor is not None
-    work = functools.partial(_infer, state.detector, admission, job, explain_dir, settings, t_uploaded)
-    job.hold()
     try:
-        future = state.executor.submit(work)
-    except RuntimeError:  # executor shut down
-        job.drop(cleanup=False)
-        raise ErrorReply(503, "the server is shutting down", _retry_after(settings)) from None
-    future.add_done_callback(lambda _f: job.drop(cleanup=False))
-    remaining = max(0.001, settings.request_timeout_s - (time.perf_counter() - t_uploaded))
+        upload = await analysis.receive(state, request)
+    except ErrorReply as exc:
+        return _refused(state, exc)
     try:
-        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout=remaining)
-    except asyncio.TimeoutError:
-        future.cancel()
-        log.warning("request timed out after %.1f s", time.perf_counter() - t0)
-        raise ErrorReply(504, f"the analysis took longer than the limit of {settings.request_timeout_s:g} s; "
-                              "try a shorter video or retry later") from None
+        job = _start_job(state, upload, explain)
+    except ErrorReply as exc:
+        upload.files.drop()
+        return _refused(state, exc)
+    return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
+
+
+def _start_job(state: ServerState, upload: analysis.Upload, explain: bool) -> Job:
+    """A job for ``upload``: done at once from the cache, else analysed by a task that owns the files."""
+    assert state.jobs is not None and state.results is not None and state.admission is not None
+    key = cache_key(upload.sha256, explain, upload.filename)
+    cached = state.results.get(key)
+    shared = cached is None and state.results.pending(key) is not None
+    if cached is None and not shared and not upload.files.take_slot(state.admission):
+        raise analysis._busy(state)
+    job = state.jobs.create(upload.filename, upload.size, explain)
+    if job is None:
+        raise ErrorReply(503, "too many jobs are kept right now; retry later", _retry_after(state.settings),
+                         reason="jobs_full")
+    if cached is not None:
+        assert state.metrics is not None
+        state.metrics.cache.labels(outcome="hit").inc()
+        state.jobs.finish(job, result=analysis.render(cached, upload, cached=True))
+        upload.files.drop()
+        return job
+    if shared:
+        job.set_state("processing")  # someone is analysing the same bytes right now
+    job.task = asyncio.get_running_loop().create_task(_run_job(state, job, upload, explain))
+    return job
+
+
+async def _run_job(state: ServerState, job: Job, upload: analysis.Upload, explain: bool) -> None:
+    """The job's analysis; its outcome is stored in the job, its files removed at the end."""
+    assert state.jobs is not None
+    loop = asyncio.get_running_loop()
+
+    def started() -> None:  # in the worker thread
+        loop.call_soon_threadsafe(job.set_state, "processing")
+
+    try:
+        state.jobs.finish(job, result=await analysis.analyse(state, upload, explain, on_start=started))
+    except ErrorReply as exc:
+        if state.metrics is not None:
+            state.metrics.reject(exc.reason)
+        state.jobs.finish(job, error=exc)
+    except asyncio.CancelledError:
+        state.jobs.finish(job, error=ErrorReply(503, "the server stopped before the analysis ended"))
+        raise
     except Exception:
-        log.exception("the detector failed")
-        raise ErrorReply(500, "the detector failed on this video (see the server log)") from None
+        log.exception("job failed")
+        state.jobs.finish(job, error=ErrorReply(500, "internal server error"))
+    finally:
+        upload.files.drop()
 
 
-def _timing(pred: dict, result: dict, t0: float, t_uploaded: float) -> dict:
-    """Seconds per step of this request, plus the detector's own decode/infer timings when it reports them."""
-    timing = {
-        "seconds": round(time.perf_counter() - t0, 4),
-        "upload": round(t_uploaded - t0, 4),
-        "queue": round(result["queued"], 4),
-        "probe": round(result["probe_s"], 4),
-        "predict": round(result["predict_s"], 4),
-    }
-    for key, value in pred.items():
-        if key.endswith("seconds") and isinstance(value, (int, float)) and key != "seconds":
-            timing[key.replace("_seconds", "")] = round(float(value), 4)
-    if isinstance(pred.get("seconds"), (int, float)):
-        timing["detector"] = round(float(pred["seconds"]), 4)
-    return timing
-
-
-def _verdict_body(state: ServerState, job: _Job, upload: dict, pred: dict, result: dict,
-                  timing: dict) -> dict[str, Any]:
-    """The 200 body: a label and score only when the video was really scored, no server paths."""
-    status = str(pred.get("status") or "")
-    threshold = pred.get("threshold")
-    if threshold is None:
-        threshold = state.info.get("threshold")
-    scored = status in _FINAL_STATUSES_WITH_SCORE and pred.get("p_fake") is not None
-    # the server's own paths are nobody's business: show the client's file name instead
-    error = str(pred.get("error") or "").replace(str(job.upload), upload["filename"] or "the upload")
-    error = error.replace(str(job.dir), "").replace(str(state.private_dir), "")
-    return {
-        "filename": upload["filename"],
-        "size": upload["size"],
-        "label": (pred.get("label") or "") if scored else "",
-        "p_fake": pred.get("p_fake") if scored else None,
-        "threshold": threshold,
-        "status": status,
-        "error": error,
-        "frames": pred.get("frames"),
-        "face_ratio": pred.get("face_ratio"),
-        "video": result["probe"],
-        "model": _model_summary(state.info),
-        "timing": timing,
-    }
-
-
-def _read_explanation(path: Any, explain_dir: Optional[Path], settings: ServeSettings) -> Optional[str]:
-    """The heat-map PNG as base64, only if it is a PNG of sane size inside this request's folder."""
-    if not path or explain_dir is None:
-        return None
-    p = Path(str(path))
-    if not is_within(p, explain_dir) or not p.is_file():
-        log.warning("explanation %s is not inside the request's folder; not returned", p)
-        return None
-    if p.stat().st_size > settings.max_explain_mb * 1024 * 1024:
-        log.warning("explanation %s is too large to return inline", p)
-        return None
-    data = p.read_bytes()
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None
-    return base64.b64encode(data).decode("ascii")
+@router.get("/api/v1/jobs/{job_id}", summary="A job's state and result",
+            dependencies=[Depends(require_token)],
+            responses={200: {"description": "The job: `state`, and `result` or `error` once finished"},
+                       401: {"description": "Missing or wrong bearer token"},
+                       404: {"description": "No such job (never created, or expired)"}})
+async def get_job(job_id: str = PathParam(..., description="the id from `POST /api/v1/jobs`", max_length=64),
+                  state: ServerState = Depends(server_state)) -> JSONResponse:
+    """The job's state (`queued`, `processing`, `done`, `error`) and, once finished, its result or error."""
+    job = state.jobs.get(job_id) if state.jobs is not None else None
+    if job is None:
+        return _error(404, "no such job (unknown id, or its result has expired)")
+    return JSONResponse(_jsonable(job.to_dict()))

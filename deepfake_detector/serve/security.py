@@ -1,7 +1,8 @@
-"""Security headers on every response, the bearer-token check and ``--token generate``.
+"""Security headers on every response, the bearer-token check, tokens in URLs, ``--token generate``.
 
 Kept apart from the routes because none of it depends on what a route does: the headers are chosen
-by path alone, and the token check only compares two strings in constant time.
+by path alone, the token check only compares two strings in constant time, and a credential in a
+query string is refused before any route (or log line) sees it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,41 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+#: Query parameters that look like credentials: refused on every path, because URLs end up in proxy
+#: logs, browser history and Referer headers (the server's own access log never writes query strings).
+SECRET_QUERY_PARAMS = frozenset({"token", "access_token", "api_key", "apikey", "key", "auth", "authorization",
+                                 "bearer", "password", "secret"})
+
+
+class _RefuseSecretsInUrl:
+    """Pure ASGI middleware: a request with a credential-like query parameter is answered 401, unread."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and _has_secret_param(scope.get("query_string", b"")):
+            body = (b'{"detail":"send the token in the Authorization header (Authorization: Bearer ...), '
+                    b'never in the URL"}')
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="deepfake-detector", error="invalid_request"'),
+                (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+def _has_secret_param(query: bytes) -> bool:
+    from urllib.parse import parse_qsl
+
+    try:
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, max_num_fields=100)
+    except ValueError:  # more fields than anyone needs: treat as suspicious
+        return True
+    return any(name.strip().lower() in SECRET_QUERY_PARAMS for name, _ in pairs)
 
 
 def check_bearer(authorization: str, token: str) -> None:

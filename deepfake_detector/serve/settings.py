@@ -39,6 +39,22 @@ class ServeSettings:
     max_video_side: int = 8192  # uploads whose video claims a larger width/height are refused (415)
     warmup: bool = True  # run one tiny synthetic video through the model at start-up (fast first request)
     extra: dict = field(default_factory=dict)  # free-form values shown by /api/v1/model
+    # connections: what an idle or slow client can hold (see timeouts.py)
+    max_connections: int = 512  # open connections (uvicorn's limit_concurrency); more get 503
+    header_timeout_s: float = 10.0  # a new connection must send complete request headers within this
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    body_idle_timeout_s: float = 30.0  # no body byte for this long: 408
+    min_upload_rate_kbs: float = 1.0  # KiB/s on average after ``upload_grace_s``; slower: 408 (0 = off)
+    upload_grace_s: float = 10.0  # the average upload rate is only judged after this many seconds
+    # bodies being received (before an analysis slot is taken), and what they may occupy on disk
+    max_bodies: int = 64  # request bodies received at the same time; more get 503
+    body_budget_mb: Optional[float] = None  # their total size (default: max(1024, 2 x max_upload_mb))
+    # asynchronous jobs and the result cache (by the upload's SHA-256)
+    max_jobs: int = 1000  # job records kept (queued, processing and finished); more get 503
+    jobs_mb: float = 256.0  # memory for finished jobs' results (oldest finished jobs go first)
+    job_ttl_s: float = 3600.0  # a finished job (and a cached result) is forgotten after this
+    cache_entries: int = 1024  # verdicts kept by SHA-256 (0 = no cache)
+    cache_mb: float = 64.0  # their total size in memory (heat-map PNGs included)
 
     def __post_init__(self) -> None:
         if isinstance(self.cors_origins, (list, str)):
@@ -58,6 +74,7 @@ class ServeSettings:
             raise ValueError("retry_after_s must be >= 1")
         if int(self.max_parts) < 1:
             raise ValueError("max_parts must be >= 1")
+        self._check_connection_limits()
         if self.token is not None:
             self.token = self.token.strip()
             if not self.token:
@@ -67,6 +84,36 @@ class ServeSettings:
         for origin in self.cors_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"CORS origin must be '*' or start with http:// or https://: {origin!r}")
+
+    def _check_connection_limits(self) -> None:
+        if int(self.max_connections) < 8:
+            raise ValueError("max_connections must be >= 8")
+        for name in ("header_timeout_s", "keep_alive_s", "body_idle_timeout_s", "job_ttl_s"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0 seconds")
+        if float(self.min_upload_rate_kbs) < 0 or float(self.upload_grace_s) < 0:
+            raise ValueError("min_upload_rate_kbs and upload_grace_s must be >= 0")
+        if int(self.max_bodies) < 1 or int(self.max_jobs) < 1:
+            raise ValueError("max_bodies and max_jobs must be >= 1")
+        if int(self.cache_entries) < 0 or float(self.cache_mb) < 0:
+            raise ValueError("cache_entries and cache_mb must be >= 0")
+        if not float(self.jobs_mb) > 0:
+            raise ValueError("jobs_mb must be > 0")
+        if self.body_budget_mb is not None and float(self.body_budget_mb) < float(self.max_upload_mb) + 1:
+            raise ValueError("the body budget must be at least --max-upload-mb + 1 MB (the multipart "
+                             "envelope), or the largest upload could never be received")
+
+    @property
+    def body_budget_bytes(self) -> int:
+        """Bytes of request bodies being received at once (reserved from Content-Length or as they come)."""
+        if self.body_budget_mb is not None:
+            return int(float(self.body_budget_mb) * MIB)
+        return int(max(1024.0, 2 * float(self.max_upload_mb)) * MIB)
+
+    @property
+    def min_upload_rate(self) -> float:
+        """Bytes per second a body must average once ``upload_grace_s`` has passed (0: not checked)."""
+        return float(self.min_upload_rate_kbs) * 1024.0
 
     @property
     def max_upload_bytes(self) -> int:
@@ -88,7 +135,9 @@ class ServeSettings:
             "workers": int(self.workers),
             "queue_size": int(self.queue_size),
             "request_timeout_s": float(self.request_timeout_s),
+            "upload_timeout_s": float(self.upload_timeout_s),
             "auth": self.token is not None,
+            "job_ttl_s": float(self.job_ttl_s),
         }
 
 

@@ -5,11 +5,15 @@
   is refused (413) long before it is read in full and nothing is ever buffered in memory.
 - The content is checked by decoding (PyAV with a demuxer allow-list, one frame decoded), never by the
   file name: images, playlists, audio-only files and random bytes get 415.
-- The file is stored under a fixed name (``upload.<known video extension>``), never the client's.
+- The body is hashed (SHA-256) while it streams, so the result cache costs no second read.
+- The file is stored inside the request's random 0700 folder under a name WE make (:func:`stored_name`:
+  printable characters of the client's base name, no separators, a known video extension or ``.bin``),
+  so the heat map can show the real name; the folder is never chosen by the client.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +22,7 @@ from typing import Any, Callable, Optional
 from starlette.requests import Request
 
 from ..constants import VIDEO_EXTENSIONS
-from .admission import _Job
+from .admission import BodyReservation, RequestFiles
 from .responses import ErrorReply
 from .settings import ServeSettings
 
@@ -36,11 +40,14 @@ class NotAVideo(Exception):
     """The upload could not be decoded as a video (answered 415)."""
 
 
+_REASONS = {400: "bad_request", 413: "too_large", 415: "not_multipart"}
+
+
 class _UploadError(ErrorReply):
     """A request body the server will not take (400, 413, 415), refused while or before reading it."""
 
     def __init__(self, status: int, detail: str) -> None:
-        super().__init__(status, detail)
+        super().__init__(status, detail, reason=_REASONS.get(status, ""))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,12 +130,32 @@ def _safe_display_name(name: Optional[str]) -> str:
         return ""
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if ch.isprintable())
-    return name[:200]
+    if len(name) > 200:  # shortened, keeping a short extension
+        stem, ext = os.path.splitext(name)
+        name = stem[: 200 - len(ext)] + ext if len(ext) <= 16 else name[:200]
+    return name
 
 
 def _suffix_for(name: str) -> str:
     suffix = os.path.splitext(name)[1].lower()
     return suffix if suffix in VIDEO_EXTENSIONS else ".bin"
+
+
+def stored_name(display_name: str) -> str:
+    """The name an upload is stored under: the client's base name made harmless, with our suffix.
+
+    ``display_name`` is already a printable base name (:func:`_safe_display_name`); here separators,
+    leading dots and over-long or unencodable names are removed, and the extension is replaced by a
+    known video extension or ``.bin``. Empty results become ``upload``.
+    """
+    stem = os.path.splitext(display_name)[0]
+    stem = "".join("_" if ch in "/\\\0:" else ch for ch in stem).strip().lstrip(".")[:80].strip()
+    try:
+        if len(os.fsencode(stem)) > 200:
+            stem = ""
+    except UnicodeError:  # not representable in the file system's encoding
+        stem = ""
+    return (stem or "upload") + _suffix_for(display_name)
 
 
 def _body_limit(settings: ServeSettings) -> int:
@@ -184,6 +211,7 @@ class _FilePartWriter:
         self.file_done = False
         self.size = 0
         self.filename = ""
+        self.sha256 = hashlib.sha256()
 
     def callbacks(self) -> dict[str, Callable]:
         return {
@@ -226,7 +254,9 @@ class _FilePartWriter:
         n = end - start
         if self.size + n > self.settings.max_upload_bytes:
             raise _UploadError(413, _file_too_large(self.settings))
-        self.target.write(data[start:end])
+        chunk = data[start:end]
+        self.target.write(chunk)
+        self.sha256.update(chunk)
         self.size += n
 
     def on_part_end(self) -> None:
@@ -247,20 +277,27 @@ class _FilePartWriter:
             raise _UploadError(400, "the multipart body ended before the file was complete")
         if self.size == 0:
             raise _UploadError(400, "the uploaded file is empty")
-        return {"filename": self.filename, "size": self.size}
+        return {"filename": self.filename, "size": self.size, "sha256": self.sha256.hexdigest()}
 
 
-async def _stream_upload(request: Request, job: _Job, boundary: bytes, settings: ServeSettings) -> dict:
-    """Stream the multipart body; write the ``file`` part to ``job.upload``; return name and size.
+def _budget_full(settings: ServeSettings) -> ErrorReply:
+    return ErrorReply(503, "too many uploads are being received right now; retry later",
+                      {"Retry-After": str(settings.retry_after_s)}, reason="body_budget")
 
-    Raises :class:`_UploadError` (400/413) on a bad or too-large body; partial files are removed by
-    the caller's ``job.drop()``.
+
+async def _stream_upload(request: Request, files: RequestFiles, boundary: bytes, settings: ServeSettings,
+                         reservation: Optional[BodyReservation] = None) -> dict:
+    """Stream the multipart body; write the ``file`` part to ``files.upload``; return name, size, sha256.
+
+    Raises :class:`_UploadError` (400/413) on a bad or too-large body, and a 503 when the bytes that
+    really arrive do not fit the ``reservation`` of the body budget; partial files are removed by the
+    caller's ``files.drop()``.
     """
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser
 
     body_limit = _body_limit(settings)
-    writer = _FilePartWriter(job.upload, settings)
+    writer = _FilePartWriter(files.upload, settings)
     parser = MultipartParser(boundary, callbacks=writer.callbacks())  # type: ignore[arg-type]
     received = 0
     try:
@@ -271,6 +308,8 @@ async def _stream_upload(request: Request, job: _Job, boundary: bytes, settings:
             if received > body_limit:
                 raise _UploadError(413, f"the request body is larger than the limit of "
                                         f"{settings.max_upload_mb:g} MB")
+            if reservation is not None and not reservation.cover(received):
+                raise _budget_full(settings)
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:

@@ -163,3 +163,43 @@ def test_iou():
 def test_carphone_frames_helper_is_real_footage():
     frames = carphone_frames(5)
     assert len(frames) == 5 and frames[0].shape == (144, 176, 3)
+
+
+def test_native_detectors_are_per_thread_and_agree_in_parallel():
+    """dlib's and OpenCV's detectors keep scratch buffers: one shared by threads corrupted the heap
+    (``serve --workers 2`` died with SIGSEGV). Each thread now gets its own; results are unchanged."""
+    import threading
+
+    import cv2
+
+    frames = carphone_frames(4)
+    sizes = [(176, 144), (240, 196), (128, 104), (320, 262)]  # dlib rebuilds its pyramid per size
+    images = [cv2.resize(f, s) for f, s in zip(frames, sizes)]
+    for name in ("dlib", "haar"):
+        det = get_detector(name)
+        expected = [[b.as_array().tolist() for b in det.detect(img)] for img in images]
+        natives: dict[int, set] = {}
+        results: list = []
+        errors: list = []
+
+        def work(k: int, det=det, natives=natives, results=results, errors=errors) -> None:
+            try:
+                ids = {id(det.native), id(det.native)}
+                natives[threading.get_ident()] = ids
+                for i in range(12):
+                    j = (k + i) % len(images)
+                    results.append((j, [b.as_array().tolist() for b in det.detect(images[j])]))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert all(len(ids) == 1 for ids in natives.values())  # one native per thread, reused
+        assert len(set().union(*natives.values())) == 4  # and not shared between threads
+        assert all(boxes == expected[j] for j, boxes in results), name
+        clone = pickle.loads(pickle.dumps(det))  # still picklable, and builds its own native
+        assert [b.as_array().tolist() for b in clone.detect(images[0])] == expected[0]

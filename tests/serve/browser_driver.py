@@ -71,6 +71,18 @@ def verdict(p, args: dict) -> dict:
     seen["message_hidden"] = page.is_hidden("#message")
     seen["progress_seen"] = page.evaluate("window.__seen")
     page.screenshot(path=args["screenshot"], full_page=True)
+    # the heat-map strip: captioned with the uploaded file's name, opens at full size in a dialog
+    seen["explain_name"] = page.inner_text("#explain-name")
+    seen["explain_links"] = [page.get_attribute(sel, "href") for sel in ("#explain-full", "#explain-save")]
+    page.click("#explain-open")
+    page.wait_for_selector("#explain-dialog[open]")
+    seen["dialog_name"] = page.inner_text("#explain-dialog-name")
+    seen["dialog_img"] = page.evaluate(
+        "(() => { const i = document.getElementById('explain-full-img');"
+        " return [i.naturalWidth, i.getBoundingClientRect().width]; })()")
+    page.click("#explain-close")
+    page.wait_for_selector("#explain-dialog", state="hidden")
+    seen["dialog_closed"] = not page.evaluate("document.getElementById('explain-dialog').open")
 
     # a non-video gets a clear message, not a verdict
     page.click("#again")

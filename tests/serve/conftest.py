@@ -173,16 +173,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(app: Any, timeout: float = 30.0) -> Iterator[str]:
-    """Run ``app`` under a real uvicorn server on a free loopback port in a thread; yield its base URL."""
+def live_server(app: Any, timeout: float = 30.0, **overrides: Any) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn server on a free loopback port in a thread; yield its base URL.
+
+    The uvicorn settings are the ones ``serve`` uses (``serve.timeouts.uvicorn_config``: header
+    timeout protocol, connection limit, keep-alive) for the app's own ``ServeSettings``.
+    """
     import uvicorn
+
+    from deepfake_detector.serve.timeouts import uvicorn_config
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_keep_alive=2,
-                            server_header=False)
+    config = uvicorn_config(app, app.state.serve.settings, log_level="warning", **overrides)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

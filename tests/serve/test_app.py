@@ -65,12 +65,14 @@ def test_predict_ok_with_stub(face_video: Path, serve_tmp: Path) -> None:
         assert body["video"]["width"] == 96 and body["video"]["height"] == 80
         assert body["timing"]["seconds"] >= body["timing"]["predict"] >= 0
         assert "explanation_png" not in body
-        # the detector saw a private copy: random name, 0600 file in a 0700 folder, same bytes
+        # the detector saw a private copy: random folder, 0600 file in a 0700 folder, same bytes; the
+        # client's base name (so the heat map shows it) with OUR suffix
         call = det.calls[0]
         assert call["mode"] == 0o600 and call["dir_mode"] == 0o700
         assert call["size"] == face_video.stat().st_size
         assert Path(call["path"]).parent.parent == private_dir(client)
-        assert Path(call["path"]).name == "upload.mp4"
+        assert Path(call["path"]).name == "face.mp4"
+        assert body["cached"] is False and body["calibrated"] is False
         assert upload_dir_files(serve_tmp) == []
 
 
@@ -87,13 +89,24 @@ def test_predict_explain_returns_png(face_video: Path, serve_tmp: Path) -> None:
 
 def test_client_file_name_is_never_a_path(face_video: Path, serve_tmp: Path) -> None:
     det = StubDetector()
-    with client_for(det, serve_tmp) as client:
+    with client_for(det, serve_tmp, cache_entries=0) as client:  # every upload reaches the detector
         r = post_video(client, face_video, name="../../etc/evil name.exe")
         assert r.status_code == 200, r.text
         assert r.json()["filename"] == "evil name.exe"
         written = Path(det.calls[0]["path"])
-        assert written.parent.parent == private_dir(client) and written.name == "upload.bin"
+        assert written.parent.parent == private_dir(client) and written.name == "evil name.bin"
         assert not (serve_tmp.parent / "etc").exists()
+        names = [("..", "upload.bin"), (".hidden.mp4", "hidden.mp4"), ("a\x00b\x1b[31m.mkv", None),
+                 ("C:\\Users\\x\\clip.MOV", "clip.mov"), ("é" * 300 + ".mp4", "é" * 80 + ".mp4"),
+                 ("con:tent.webm", "con_tent.webm")]
+        for name, stored in names:
+            det.calls.clear()
+            r = post_video(client, face_video, name=name)
+            assert r.status_code == 200, (name, r.text)
+            written = Path(det.calls[0]["path"])
+            assert written.parent.parent == private_dir(client), name
+            assert written.name.isprintable() and written.suffix in (".mkv", ".mp4", ".mov", ".webm", ".bin")
+            assert stored is None or written.name == stored, (name, written.name)
 
 
 def test_unscored_status_is_reported(face_video: Path, serve_tmp: Path) -> None:
@@ -366,7 +379,8 @@ def _post_in_thread(client: TestClient, path: Path, results: list) -> threading.
 def test_queue_full_is_503_with_retry_after(face_video: Path, serve_tmp: Path) -> None:
     gate = threading.Event()
     det = StubDetector(gate=gate)
-    with client_for(det, serve_tmp, workers=1, queue_size=1, retry_after_s=7) as client:
+    # no result cache: the same bytes sent three times must each need a slot (sharing is tested below)
+    with client_for(det, serve_tmp, workers=1, queue_size=1, retry_after_s=7, cache_entries=0) as client:
         admission = client.app.state.serve.admission
         results: list = []
         try:
@@ -392,7 +406,7 @@ def test_queue_full_is_503_with_retry_after(face_video: Path, serve_tmp: Path) -
 def test_workers_run_in_parallel(face_video: Path, serve_tmp: Path) -> None:
     gate = threading.Event()
     det = StubDetector(gate=gate)
-    with client_for(det, serve_tmp, workers=2, queue_size=0) as client:
+    with client_for(det, serve_tmp, workers=2, queue_size=0, cache_entries=0) as client:
         results: list = []
         try:
             threads = [_post_in_thread(client, face_video, results) for _ in range(2)]
@@ -409,7 +423,8 @@ def test_workers_run_in_parallel(face_video: Path, serve_tmp: Path) -> None:
 def test_timeout_is_504_and_slot_held_until_worker_ends(face_video: Path, serve_tmp: Path) -> None:
     gate = threading.Event()
     det = StubDetector(gate=gate)
-    with client_for(det, serve_tmp, workers=1, queue_size=0, request_timeout_s=0.5) as client:
+    with client_for(det, serve_tmp, workers=1, queue_size=0, request_timeout_s=0.5,
+                    cache_entries=0) as client:
         admission = client.app.state.serve.admission
         try:
             r = post_video(client, face_video)
@@ -644,3 +659,19 @@ def test_validation_detail_helper() -> None:
             "input": "a\nb"}, {"type": "missing", "loc": ["header", "x"], "msg": "Field required"}]
     assert _validation_detail(two) == ("invalid value 'ab' for query parameter 'n': input should be a valid "
                                        "integer (and 1 more problem(s))")
+
+
+def test_warm_up_runs_in_every_worker_thread(serve_tmp: Path) -> None:
+    """Each worker thread builds its own face detector on first use: the warm-up pays that, not users."""
+
+    class ThreadRecorder(StubDetector):
+        def predict_one(self, path: str, explain_dir=None):
+            self.threads = getattr(self, "threads", set()) | {threading.get_ident()}
+            return super().predict_one(path, explain_dir)
+
+    det = ThreadRecorder()
+    with client_for(det, serve_tmp, warmup=True, workers=3) as client:
+        assert len(det.calls) == 3 and len(det.threads) == 3
+        assert all(c["path"].endswith("warmup.mp4") for c in det.calls)
+        assert client.get("/healthz").status_code == 200
+        assert upload_dir_files(serve_tmp) == []

@@ -78,8 +78,17 @@ def test_upload_page_shows_verdict(chromium: str, real_detector, tmp_path: Path,
     assert seen["focused_after_two_tabs"] == "file"  # keyboard reaches the file picker
     # the verdict, its explanation and the facts are shown; progress went to 100 % with a spinner
     assert seen["verdict"] in ("REAL", "FAKE")
-    assert "probability of a deepfake" in seen["verdict_text"]
+    # an uncalibrated checkpoint: a P(FAKE) score, never "probability of a deepfake"
+    assert "P(FAKE) score" in seen["verdict_text"] and "probability of a deepfake" not in seen["verdict_text"]
     assert "carphone_pristine.mp4" in seen["file_line"]
+    # the page used the jobs API and polled it
+    assert any("/api/v1/jobs/" in u for u in seen["requests"])
+    # the heat maps: the real file name, full size in a dialog (and as a link to open or save)
+    assert seen["explain_name"] == seen["dialog_name"] == "carphone_pristine.mp4"
+    assert all(str(h).startswith("blob:") for h in seen["explain_links"])
+    natural, shown = seen["dialog_img"]
+    assert natural > 0 and abs(shown - natural) <= 1, seen["dialog_img"]
+    assert seen["dialog_closed"]
     assert 0.0 <= float(seen["meter"]) <= 100.0
     assert seen["explain_visible"] and seen["explain_width"] > 0
     assert seen["frames"].isdigit()
@@ -88,8 +97,8 @@ def test_upload_page_shows_verdict(chromium: str, real_detector, tmp_path: Path,
     # a non-video gets a clear message
     assert seen["bad_title"] == "Not a video we can read"
     assert seen["bad_text"].startswith("holiday.mp4: Not a readable video file")
-    # nothing outside the server was requested (no CDN), and no script errors
-    assert seen["requests"] and all(u.startswith(base) or u.startswith("data:") for u in seen["requests"])
+    # nothing outside the server was requested (no CDN), and no script errors (blob: the heat map's own URL)
+    assert seen["requests"] and all(u.startswith((base, "data:", "blob:" + base)) for u in seen["requests"])
     assert seen["errors"] == []
     assert shot.stat().st_size > 10_000 and shot_bad.stat().st_size > 5_000
     extra = os.environ.get("DEEPFAKE_DETECTOR_SCREENSHOT")

@@ -23,8 +23,12 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     for opt in ("--host", "--port", "--max-upload-mb", "--workers", "--token", "--queue-size", "--timeout",
-                "--cors-origin", "127.0.0.1"):
-        assert opt in out
+                "--cors-origin", "127.0.0.1", "--legacy", "--legacy-mode", "--legacy-frames",
+                "--legacy-preprocess",
+                "--max-connections", "--header-timeout", "--keep-alive-timeout", "--body-idle-timeout",
+                "--min-upload-rate", "--max-bodies", "--body-budget-mb", "--max-jobs", "--job-ttl",
+                "--cache-entries", "--cache-mb", "/metrics", "/api/v1/jobs"):
+        assert opt in out, opt
 
 
 def test_help_states_true_defaults(capsys: pytest.CaptureFixture) -> None:
@@ -90,6 +94,39 @@ def test_bad_limits_are_user_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "workers" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "x.pt"), "--cors-origin", "example.com"]) == 2
     assert "CORS" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "x.pt"), "--max-upload-mb", "500", "--body-budget-mb", "100"]) == 2
+    assert "body budget" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "x.pt"), "--header-timeout", "0"]) == 2
+    assert "header_timeout" in capsys.readouterr().err
+    ckpt = tmp_path / "x.pt"
+    ckpt.write_bytes(b"x")
+    assert main(["serve", str(ckpt), "--legacy", "--legacy-frames", "0", "--port", str(free_port())]) == 2
+    assert "--legacy-frames must be >= 1" in capsys.readouterr().err
+
+
+def test_legacy_options_reach_the_detector_like_predict(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepfake_detector.errors import UserError
+    from deepfake_detector.inference import Detector
+
+    seen: list[dict] = []
+
+    def record(path, **kwargs):
+        seen.append(kwargs)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(Detector, "from_checkpoint", record)
+    ckpt = tmp_path / "reference_10frames.pt"
+    ckpt.write_bytes(b"x")
+    port = str(free_port())
+    assert main(["serve", str(ckpt), "--port", port, "--legacy", "--legacy-mode", "exact",
+                 "--legacy-frames", "10", "--legacy-preprocess", "ours", "--device", "cpu"]) == 2
+    assert main(["serve", str(ckpt), "--port", port, "--threshold", "0.7"]) == 2
+    assert "stop here" in capsys.readouterr().err
+    assert seen[0] == {"device": "cpu", "compile": False, "legacy": True, "legacy_mode": "exact",
+                       "legacy_frames": 10, "legacy_preprocess": "ours"}
+    # without --legacy: auto-detected (None) in the default 'fixed' mode, as predict does
+    assert seen[1]["legacy"] is None and seen[1]["legacy_mode"] == "fixed" and seen[1]["threshold"] == 0.7
 
 
 @pytest.mark.slow
@@ -100,7 +137,7 @@ def test_serve_subprocess_with_env_token(tiny_checkpoint: Path, face_video: Path
     env = {**os.environ, "DEEPFAKE_DETECTOR_TOKEN": "env-token-123", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "deepfake_detector", "serve", str(tiny_checkpoint), "--port", str(port),
-         "--tmp-dir", str(tmp_parent), "--device", "cpu", "--log-level", "warning"],
+         "--tmp-dir", str(tmp_parent), "--device", "cpu", "--log-level", "info"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -121,6 +158,12 @@ def test_serve_subprocess_with_env_token(tiny_checkpoint: Path, face_video: Path
         r = httpx.post(base + "/api/v1/predict", files=files, timeout=60,
                        headers={"Authorization": "Bearer env-token-123"})
         assert r.status_code == 200 and r.json()["model"]["name"] == "tiny-serve"
+        # a token in the URL is refused, even a right one, and written to no log (the access log included)
+        r = httpx.get(base + "/api/v1/model?token=env-token-123", timeout=10,
+                      headers={"Authorization": "Bearer env-token-123"})
+        assert r.status_code == 401 and "Authorization header" in r.json()["detail"]
+        metrics = httpx.get(base + "/metrics", timeout=10, headers={"Authorization": "Bearer env-token-123"})
+        assert metrics.status_code == 200 and 'route="/api/v1/model",status="401"' in metrics.text
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -129,6 +172,9 @@ def test_serve_subprocess_with_env_token(tiny_checkpoint: Path, face_video: Path
             proc.kill()
             out, _ = proc.communicate()
     assert f"at http://127.0.0.1:{port}/" in out
-    assert "env-token-123" not in out  # the token is never printed
+    assert "env-token-123" not in out  # the token is never printed, nor logged
+    # one access-log line per request at --log-level info: the route, never the query string
+    assert "method=POST route=/api/v1/predict status=200" in out
+    assert "method=GET route=/api/v1/model status=401" in out and "?token" not in out
     time.sleep(0.1)
     assert list(tmp_parent.iterdir()) == []  # the private upload folder was removed on shutdown

@@ -28,8 +28,10 @@ N_BAD = 2
 def test_concurrent_uploads_get_answer_or_503(real_detector, face_video: Path, tmp_path: Path,
                                               serve_tmp: Path) -> None:
     bad = make_bad_file(tmp_path / "image.mp4", "png")
+    # no result cache: identical uploads would otherwise share one analysis and never fill the queue
+    # (that sharing is tested in test_jobs.py)
     settings = ServeSettings(tmp_dir=str(serve_tmp), workers=1, queue_size=2, request_timeout_s=120,
-                             retry_after_s=3)
+                             retry_after_s=3, cache_entries=0)
     app = create_app(real_detector, settings)
     jobs = [("video", face_video)] * (N_VIDEOS // 2) + [("video", carphone_path())] * (N_VIDEOS // 2) \
         + [("bad", bad)] * N_BAD

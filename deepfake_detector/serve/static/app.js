@@ -1,5 +1,7 @@
 // Upload page of deepfake-detector: plain JavaScript, no external resources, no inline script.
 // Everything shown from the server or the user's file name goes through textContent, never innerHTML.
+// Uploads go to the jobs API (POST /api/v1/jobs, then GET /api/v1/jobs/{id} until done), so a long
+// video never hits a browser or proxy time limit while it is analysed.
 "use strict";
 
 (function () {
@@ -12,14 +14,20 @@
     file: $("file"), dropzone: $("dropzone"), explain: $("explain"), token: $("token"), tokenBox: $("token-box"),
     modelLine: $("model-line"), limit: $("limit-mb"),
     progress: $("progress"), progressLabel: $("progress-label"), bar: $("upload-bar"), pct: $("upload-pct"),
-    analysing: $("analysing"),
+    analysing: $("analysing"), analysingText: $("analysing-text"), scoreKind: $("score-kind"),
     message: $("message"), messageTitle: $("message-title"), messageText: $("message-text"),
     result: $("result"), verdict: $("verdict"), verdictText: $("verdict-text"), fileLine: $("file-line"),
     meter: $("meter"), meterFill: $("meter-fill"), meterThreshold: $("meter-threshold"),
     thresholdValue: $("threshold-value"), note: $("note"),
     frames: $("fact-frames"), faces: $("fact-faces"), video: $("fact-video"), time: $("fact-time"),
-    explainFig: $("explain-fig"), explainImg: $("explain-img"),
+    explainFig: $("explain-fig"), explainImg: $("explain-img"), explainOpen: $("explain-open"),
+    explainName: $("explain-name"), explainFull: $("explain-full"), explainSave: $("explain-save"),
+    dialog: $("explain-dialog"), dialogName: $("explain-dialog-name"), dialogImg: $("explain-full-img"),
+    dialogClose: $("explain-close"),
   };
+  const POLL_FIRST_MS = 500;
+  const POLL_MAX_MS = 2000;
+  let explainUrl = null;
 
   function token() {
     return els.token.value.trim();
@@ -114,7 +122,7 @@
     const form = new FormData();
     form.append("file", file, file.name);
     const xhr = new XMLHttpRequest();
-    const url = "/api/v1/predict" + (els.explain.checked ? "?explain=true" : "");
+    const url = "/api/v1/jobs" + (els.explain.checked ? "?explain=true" : "");
     xhr.open("POST", url);
     const headers = authHeaders();
     for (const k in headers) xhr.setRequestHeader(k, headers[k]);
@@ -131,22 +139,73 @@
       els.bar.value = 100;
       els.pct.textContent = "100\u00a0%";
       els.progressLabel.textContent = "Uploaded " + file.name + ".";
+      els.analysingText.textContent = "Waiting for the server\u2026";
       els.analysing.hidden = false;
     };
     xhr.onerror = () => showMessage("Connection problem",
       "The upload did not reach the server (network error, or the server closed the connection, " +
       "which it does for files over the size limit). Check the file and try again.");
     xhr.onload = () => {
-      els.progress.setAttribute("aria-busy", "false");
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch (e) { body = null; }
-      if (xhr.status === 200 && body) {
-        render(body, file);
+      if (xhr.status === 202 && body && body.id) {
+        els.analysing.hidden = false;
+        followJob(body, file, POLL_FIRST_MS, 0);
       } else {
-        httpError(xhr, body, file);
+        els.progress.setAttribute("aria-busy", "false");
+        httpError(xhr.status, body, xhr.getResponseHeader("Retry-After"), file);
       }
     };
     xhr.send(form);
+  }
+
+  // ---------------------------------------------------------------- job polling
+
+  const STATE_TEXT = {
+    queued: "Waiting for a free worker\u2026",
+    processing: "Analysing the video: sampling frames, finding the face, running the model\u2026",
+  };
+
+  function followJob(job, file, delay, failures) {
+    if (job.state === "done" && job.result) {
+      els.progress.setAttribute("aria-busy", "false");
+      render(job.result, file);
+      return;
+    }
+    if (job.state === "error") {
+      els.progress.setAttribute("aria-busy", "false");
+      const err = job.error || {};
+      httpError(err.status || 500, { detail: err.detail || "" }, null, file);
+      return;
+    }
+    els.analysingText.textContent = STATE_TEXT[job.state] || STATE_TEXT.processing;
+    setTimeout(() => poll(job.id, file, Math.min(POLL_MAX_MS, delay * 1.5), failures), delay);
+  }
+
+  async function poll(id, file, delay, failures) {
+    let r = null;
+    let body = null;
+    try {
+      r = await fetch("/api/v1/jobs/" + encodeURIComponent(id), { headers: authHeaders(), cache: "no-store" });
+      body = await r.json();
+    } catch (e) {
+      if (failures < 5) {  // a brief network problem: keep asking
+        setTimeout(() => poll(id, file, POLL_MAX_MS, failures + 1), POLL_MAX_MS);
+      } else {
+        showMessage("Connection problem", "The server stopped answering while " + file.name +
+          " was being analysed. Try again in a moment.");
+      }
+      return;
+    }
+    if (r.ok && body) {
+      followJob(body, file, delay, 0);
+    } else if (r.status === 404) {
+      showMessage("Result not found", "The server no longer knows this analysis (it restarted, or the " +
+        "result expired). Upload " + file.name + " again.");
+    } else {
+      els.progress.setAttribute("aria-busy", "false");
+      httpError(r.status, body, r.headers.get("Retry-After"), file);
+    }
   }
 
   function detailText(body) {
@@ -162,10 +221,9 @@
     return /[.!?]$/.test(text) ? text : text + ".";
   }
 
-  function httpError(xhr, body, file) {
+  function httpError(status, body, retry, file) {
     const detail = detailText(body);
-    const retry = xhr.getResponseHeader("Retry-After");
-    switch (xhr.status) {
+    switch (status) {
       case 401:
         els.tokenBox.open = true;
         els.token.focus();
@@ -183,8 +241,8 @@
           "images, audio-only files and damaged videos cannot be analysed.");
         return;
       case 503:
-        showMessage("Server busy",
-          "The server is analysing other videos right now" + (retry ? "; try again in " + retry + " s." : "; try again shortly."));
+        showMessage("Server busy", (sentence(detail) || "The server is analysing other videos right now.") +
+          (retry ? " Try again in " + retry + " s." : " Try again shortly."));
         return;
       case 504:
         showMessage("Took too long", sentence(detail) || "The analysis took longer than the server allows.");
@@ -196,7 +254,7 @@
         showMessage("Upload problem", sentence(detail) || "The server could not read the upload.");
         return;
       default:
-        showMessage("Server error " + xhr.status, sentence(detail) || "The server could not analyse this video.");
+        showMessage("Server error " + status, sentence(detail) || "The server could not analyse this video.");
     }
   }
 
@@ -224,16 +282,23 @@
     els.verdict.className = "verdict " + (fake ? "fake" : "real");
     els.result.classList.toggle("is-fake", fake);
     els.result.classList.toggle("is-real", !fake);
-    els.verdictText.textContent = fake
-      ? "Likely manipulated: " + pct(r.p_fake, 1) + " probability of a deepfake."
-      : "No manipulation detected: " + pct(r.p_fake, 1) + " probability of a deepfake.";
-    els.fileLine.textContent = (r.filename || file.name) + " \u00b7 " + formatBytes(r.size || file.size);
+    // only a calibrated model's score may be read as a probability; otherwise say "score"
+    const calibrated = r.calibrated === true;
+    const score = calibrated ? pct(r.p_fake, 1) + " probability of a deepfake"
+      : "P(FAKE) score " + r.p_fake.toFixed(3) + " (a model score from 0 to 1, not a probability)";
+    els.verdictText.textContent = (fake ? "Likely manipulated: " : "No manipulation detected: ") + score + ".";
+    els.scoreKind.textContent = calibrated
+      ? "the calibrated probability that the video is fake"
+      : "the model's P(FAKE) score, from 0 (real) to 1 (fake); a score, not a calibrated probability";
+    els.fileLine.textContent = (r.filename || file.name) + " \u00b7 " + formatBytes(r.size || file.size) +
+      (r.cached ? " \u00b7 analysed before: the earlier verdict was reused" : "");
 
     const p = Math.max(0, Math.min(1, r.p_fake));
     els.meterFill.style.width = (100 * p).toFixed(1) + "%";
     els.meterFill.className = "meter-fill " + (fake ? "fake" : "real");
     els.meter.setAttribute("aria-valuenow", (100 * p).toFixed(1));
-    els.meter.setAttribute("aria-valuetext", pct(p, 1) + " probability of fake");
+    els.meter.setAttribute("aria-valuetext", calibrated ? pct(p, 1) + " probability of fake"
+      : "P(FAKE) score " + p.toFixed(3));
     if (typeof r.threshold === "number") {
       els.meterThreshold.hidden = false;
       els.meterThreshold.style.left = (100 * r.threshold).toFixed(1) + "%";
@@ -265,19 +330,53 @@
     const t = r.timing || {};
     els.time.textContent = typeof t.seconds === "number" ? t.seconds.toFixed(2) + " s" : "\u2013";
 
-    if (r.explanation_png) {
-      els.explainImg.src = "data:image/png;base64," + r.explanation_png;
-      els.explainFig.hidden = false;
-    } else {
-      els.explainImg.removeAttribute("src");
-      els.explainFig.hidden = true;
-    }
+    showExplanation(r.explanation_png, r.filename || file.name);
     show(els.result);
     els.verdict.focus();
   }
 
+  // ---------------------------------------------------------------- heat maps at full size
+
+  function dropExplanation() {
+    if (explainUrl) URL.revokeObjectURL(explainUrl);
+    explainUrl = null;
+    els.explainImg.removeAttribute("src");
+    els.dialogImg.removeAttribute("src");
+    els.explainFull.href = "#";
+    els.explainSave.href = "#";
+  }
+
+  function showExplanation(b64, name) {
+    dropExplanation();
+    if (!b64) {
+      els.explainFig.hidden = true;
+      return;
+    }
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    explainUrl = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
+    els.explainImg.src = explainUrl;
+    els.dialogImg.src = explainUrl;
+    els.explainFull.href = explainUrl;
+    els.explainSave.href = explainUrl;
+    els.explainSave.download = String(name || "video").replace(/\.[^.]*$/, "") + "-heatmaps.png";
+    els.explainName.textContent = name;
+    els.dialogName.textContent = name;
+    els.explainFig.hidden = false;
+  }
+
+  function openDialog() {
+    if (!els.dialogImg.getAttribute("src")) return;
+    if (typeof els.dialog.showModal === "function") {
+      els.dialog.showModal();
+      els.dialogClose.focus();
+    } else {
+      window.open(explainUrl, "_blank", "noopener");
+    }
+  }
+
   function reset() {
     els.file.value = "";
+    dropExplanation();
     show(null);
     els.file.focus();
   }
@@ -305,6 +404,9 @@
   // a file dropped outside the zone must not make the browser navigate away from the page
   window.addEventListener("dragover", (ev) => ev.preventDefault());
   window.addEventListener("drop", (ev) => ev.preventDefault());
+  els.explainOpen.addEventListener("click", openDialog);
+  els.dialogClose.addEventListener("click", () => els.dialog.close());
+  els.dialog.addEventListener("click", (ev) => { if (ev.target === els.dialog) els.dialog.close(); });
   $("again").addEventListener("click", reset);
   $("message-again").addEventListener("click", reset);
 
