@@ -41,7 +41,7 @@ import numpy as np
 
 from .config import ModelConfig, PreprocessConfig, TrainConfig, from_dict
 from .errors import UnsafeFileError, UserError
-from .utils import atomic_torch_save
+from .utils import atomic_torch_save, upgrade_schema
 
 log = logging.getLogger(__name__)
 
@@ -183,15 +183,8 @@ _UPGRADERS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
 
 def upgrade_checkpoint(obj: dict, path: str | os.PathLike = "checkpoint") -> dict:
     """Bring a checkpoint dict of any known schema to :data:`SCHEMA_VERSION` (in place)."""
-    schema = obj.get("schema", 1)
-    if not isinstance(schema, int) or schema < 1:
-        raise UserError(f"{path}: invalid checkpoint schema {schema!r}")
-    if schema > SCHEMA_VERSION:
-        raise UserError(f"{path}: checkpoint schema {schema} is newer than this version of deepfake-detector "
-                        f"reads ({SCHEMA_VERSION}); upgrade the package")
-    while schema < SCHEMA_VERSION:
-        obj = _UPGRADERS[schema](obj)
-        schema += 1
+    obj = upgrade_schema(obj, obj.get("schema", 1), current=SCHEMA_VERSION, upgraders=_UPGRADERS,
+                         what="checkpoint", where=path, error=UserError)
     obj["schema"] = SCHEMA_VERSION
     return obj
 

@@ -11,7 +11,7 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -142,6 +142,22 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def upgrade_schema(data: Any, schema: Any, *, current: int, upgraders: Mapping[int, Callable[[Any], Any]],
+                   what: str, where: Any, error: type[Exception] = ValueError) -> Any:
+    """``data`` written in layout ``schema`` brought to layout ``current`` through ``upgraders`` (schema N
+    -> N+1 each): the one rule for every versioned file (checkpoint, manifest, config.yaml). A file from a
+    newer version of the package is refused, not misread."""
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+        raise error(f"{where}: invalid {what} schema {schema!r}")
+    if schema > current:
+        raise error(f"{where}: {what} schema {schema} is newer than this version of deepfake-detector "
+                    f"reads ({current}); upgrade the package")
+    while schema < current:
+        data = upgraders[schema](data)
+        schema += 1
+    return data
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
