@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
+from .utils import upgrade_schema
+
 T = TypeVar("T")
 
 
@@ -147,7 +149,7 @@ class TrainConfig:
     workers: int = field(default_factory=lambda: default_loader_workers())
     device: str = "auto"
     resume: bool = False
-    threshold_method: str = "eer"  # eer | f1 | fixed
+    threshold_method: str = "eer"  # eer | f1 | fixed | fpr:X (the threshold at false-positive rate X)
     limit_train_batches: int = 0  # 0 = all (debugging and tests)
     # --- added by the train stage ---
     overwrite: bool = False  # replace an existing run folder of the same name
@@ -159,6 +161,7 @@ class TrainConfig:
     step_gamma: float = 0.1  # step scheduler: decay factor
     pin_memory: bool = True  # pinned host memory for CUDA transfers
     feature_cache: bool = True  # with model.freeze_backbone: train the head on cached per-frame features
+    tensorboard: bool = True  # TensorBoard event files in the run folder (tensorboard/)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -181,8 +184,7 @@ class TrainConfig:
             raise ValueError("optimizer must be adam or adamw")
         if self.scheduler not in ("cosine", "step", "none"):
             raise ValueError("scheduler must be cosine, step or none")
-        if self.threshold_method not in ("eer", "f1", "fixed"):
-            raise ValueError("threshold_method must be eer, f1 or fixed")
+        _check_threshold_method(self.threshold_method)
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be >= 0")
         if self.patience < 0 or self.stop_after < 0 or self.limit_train_batches < 0:
@@ -197,6 +199,20 @@ class TrainConfig:
             raise ValueError("warmup_epochs >= 0, min_lr_ratio in [0, 1] and step_gamma in (0, 1] required")
 
 
+def _check_threshold_method(method: str) -> None:
+    """``eer``, ``f1``, ``fixed`` or ``fpr:X`` with 0 < X < 1 (see ``metrics.choose_threshold``)."""
+    text = str(method).strip().lower()
+    if text in ("eer", "f1", "fixed"):
+        return
+    try:
+        ok = text.startswith("fpr:") and 0.0 < float(text[4:]) < 1.0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"threshold_method must be eer, f1, fixed or fpr:X with 0 < X < 1 (e.g. fpr:0.01), "
+                         f"got {method!r}")
+
+
 _NESTED = {"ModelConfig": ModelConfig, "PreprocessConfig": PreprocessConfig}
 
 
@@ -206,23 +222,27 @@ _NESTED = {"ModelConfig": ModelConfig, "PreprocessConfig": PreprocessConfig}
 
 #: version of config.yaml's layout. Extending it is one change here: bump this and add an upgrader to
 #: _RUN_CONFIG_UPGRADERS that turns a file of the previous version into the new layout.
-RUN_CONFIG_SCHEMA = 1
+#: 2: ``train.tensorboard``
+RUN_CONFIG_SCHEMA = 2
+
+
+def _run_config_v1_to_v2(data: dict) -> dict:
+    """Schema 1 had no ``tensorboard``: on, the default (it records a run, it does not change it)."""
+    if isinstance(data.get("train"), dict):
+        data["train"].setdefault("tensorboard", True)
+    return data
+
 
 #: schema N -> the function that turns a schema-N config.yaml dict into a schema-(N+1) one
-_RUN_CONFIG_UPGRADERS: dict[int, Callable[[dict], dict]] = {}
+_RUN_CONFIG_UPGRADERS: dict[int, Callable[[dict], dict]] = {1: _run_config_v1_to_v2}
+#: sections of config.yaml that only record what happened (not settings ``train --config`` takes)
+RUN_CONFIG_RECORDS = ("preprocess", "runtime")
 
 
 def upgrade_run_config(data: dict, path: Any = "config.yaml") -> dict:
     """A config.yaml dict of any known schema brought to :data:`RUN_CONFIG_SCHEMA` (in place)."""
-    schema = data.get("schema", 1)
-    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
-        raise ValueError(f"{path}: invalid config schema {schema!r}")
-    if schema > RUN_CONFIG_SCHEMA:
-        raise ValueError(f"{path}: config schema {schema} is newer than this version of deepfake-detector "
-                         f"reads ({RUN_CONFIG_SCHEMA}); upgrade the package")
-    while schema < RUN_CONFIG_SCHEMA:
-        data = _RUN_CONFIG_UPGRADERS[schema](data)
-        schema += 1
+    data = upgrade_schema(data, data.get("schema", 1), current=RUN_CONFIG_SCHEMA,
+                          upgraders=_RUN_CONFIG_UPGRADERS, what="config", where=path)
     data["schema"] = RUN_CONFIG_SCHEMA
     return data
 

@@ -174,37 +174,6 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _plot_roc_by_manipulation(labels: list[str], manipulations: list[str], p_fake: list[Optional[float]],
-                              path: Path, title: str) -> None:
-    """One ROC curve per manipulation (all REAL videos vs that manipulation's FAKEs), Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
-    real = [p for lab, p in zip(labels, p_fake) if lab == "REAL" and p is not None]
-    for m in sorted({m for lab, m in zip(labels, manipulations) if lab == "FAKE"}):
-        fake = [p for lab, mm, p in zip(labels, manipulations, p_fake)
-                if lab == "FAKE" and mm == m and p is not None]
-        if not real or not fake:
-            continue
-        y = [0] * len(real) + [1] * len(fake)
-        fpr, tpr, _ = roc_curve(y, real + fake)
-        ax.plot(fpr, tpr, label=f"{m} (AUC {roc_auc_score(y, real + fake):.3f})")
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set_xlabel("false positive rate (REAL flagged)")
-    ax.set_ylabel("true positive rate (FAKE caught)")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 @dataclass
 class _DemoRun:
     """What the stages of one demo share: its settings, where it writes, how it reports, and results."""
@@ -303,7 +272,7 @@ def _stage_preprocess(d: _DemoRun) -> None:
     from .config import PreprocessConfig
     from .data.cache import Cache
     from .data.preprocess import run_preprocess
-    from .data.sources import count_by_split, load_records
+    from .data.sources import count_by_split, dataset_summary, load_records
 
     s = d.s
     d.header(2, f"preprocess: {s.clip_frames} frames per video, dlib face tracking, {s.size}px crops")
@@ -319,7 +288,8 @@ def _stage_preprocess(d: _DemoRun) -> None:
     pcfg = PreprocessConfig(frames=s.clip_frames, size=s.size, detector=s.detector)
     cache_dir = d.out / "cache"
     summary = run_preprocess(loaded.records, cache_dir, pcfg, workers=s.workers, progress=d.progress,
-                             dataset_root=data_dir, fmt="dfdc", force=_stale_cache(cache_dir, pcfg))
+                             dataset_root=data_dir, fmt="dfdc", force=_stale_cache(cache_dir, pcfg),
+                             dataset=dataset_summary(loaded))
     d.res.cache_dir = str(cache_dir)
     d.cache = Cache(cache_dir)
     took = d.done("preprocess", t0)
@@ -359,6 +329,7 @@ def _stage_evaluate(d: _DemoRun) -> None:
     """4. ``evaluate_checkpoint`` on the cache's held-out test split, with ROC curves per manipulation."""
     from .checkpoint import to_builtin
     from .engine.evaluate import NoClipsError, evaluate_checkpoint
+    from .plots import plot_roc_by_manipulation
 
     s, res = d.s, d.res
     d.header(4, "evaluate: held-out test split (face clips from the cache)")
@@ -383,8 +354,8 @@ def _stage_evaluate(d: _DemoRun) -> None:
     ev.write_predictions(eval_dir / "predictions.csv")
     ev.write_plots(eval_dir, cm_title=f"Demo test split, threshold {ev.threshold:.3f}",
                    roc_title="Demo test split ROC")
-    _plot_roc_by_manipulation(labels, manips, p_list, eval_dir / "roc_by_manipulation.png",
-                              "Demo test split: ROC per manipulation")
+    plot_roc_by_manipulation(ev.y_true, ev.p_fake, manips, eval_dir / "roc_by_manipulation.png",
+                             title="Demo test split: ROC per manipulation")
     atomic_write_json(eval_dir / "auc_by_manipulation.json", _finite(res.eval_auc_by_manipulation))
     res.evaluate_dir = str(eval_dir)
     d.done("evaluate", t0)

@@ -65,3 +65,34 @@ def test_card_states_the_real_backbone_initialisation(tmp_path):
     assert init_line(backbone="mobilenet_v2", pretrained=False) == "random weights."
     assert init_line(backbone="resnext50_32x4d", weights_file="w.pth") == "weights file (`w.pth`)."
     assert init_line(backbone="resnext50_32x4d", pretrained=True) == "ImageNet weights."
+
+
+def test_card_states_dataset_split_policy_results_calibration_and_takes_later_rows(tmp_path):
+    from deepfake_detector.data.cache import Cache
+    from deepfake_detector.model_card import record_calibration, record_cross_dataset
+
+    test = {"n_total": 10, "n_scored": 9, "auc": 0.9, "frame_auc": 0.8, "tpr_at_fpr": {"0.01": 0.4},
+            "threshold": 0.61, "threshold_method": "eer on validation, mapped by the calibration",
+            "by_manipulation": {"swap": {"auc": 0.95, "n_fake": 3, "n_real": 5, "tpr_at_fpr": {"0.01": 0.5}}}}
+    cal = {"temperature": 1.3, "threshold": 0.61, "raw_threshold": 0.58, "ece_before": 0.2, "ece_after": 0.05,
+           "fitted_on": {"split": "val", "cache": "cache", "n": 30, "n_real": 15, "n_fake": 15}}
+    cache = Cache(make_synthetic_cache(tmp_path / "cache", n_real=2, n_fake=2))
+    config = _config(str(tmp_path / "cache"))
+    config["model"]["weights_file"] = str(tmp_path / "weights" / "w.pth")
+    card = write_model_card(tmp_path, config, None, threshold=0.58, test_metrics=test, calibration=cal,
+                            cache=cache)
+    text = card.read_text()
+    assert "| test | 10 (9 scored) | 0.9000 | 0.8000 |" in text
+    assert "| test | swap | 0.9500 | 0.5000 | 3 | 5 |" in text
+    assert "calibrated P(FAKE) >= **0.6100**" in text and "T = 1.3000" in text
+    assert "Split policy: validation:" in text and "`w.pth`" in text and str(tmp_path) not in text
+    celeb = {"cross_dataset": {"evaluated_on": "celeb (celebdf)"}, "n_total": 50}
+    record_cross_dataset(card, dict(celeb, auc=0.7), "all")
+    record_cross_dataset(card, dict(celeb, auc=0.71), "all")  # the same evaluation again: its row replaced
+    text = card.read_text()
+    assert text.count("| celeb (celebdf) | all | 50 |") == 1 and "0.7100" in text and "None yet." not in text
+    assert record_calibration(card, dict(cal, temperature=2.5)) and "T = 2.5000" in card.read_text()
+    old = tmp_path / "old.md"  # a card written before the cross-dataset section existed
+    old.write_text("# Model card: x\n\n## Calibration\n\nNone.\n")
+    record_cross_dataset(old, {"cross_dataset": {"evaluated_on": "b"}, "auc": 0.6}, "test")
+    assert "| b | test |" in old.read_text()

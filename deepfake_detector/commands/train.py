@@ -12,11 +12,14 @@ import sys
 HELP = "train the detector on a preprocessed face-clip cache (writes runs/NAME/)"
 DESCRIPTION = (
     "Train the CNN-per-frame + LSTM detector on the cache made by 'preprocess'. Writes runs/NAME/ with "
-    "config.yaml, metrics.csv, best.pt, last.pt, val_predictions.csv and PNG plots. Multi-GPU / multi-node: "
+    "config.yaml, metrics.csv, best.pt (with a temperature calibration fitted on validation), last.pt, "
+    "val_predictions.csv, val_metrics.json, PNG plots, TensorBoard event files (tensorboard/) and "
+    "MODEL_CARD.md. --config runs/X/config.yaml repeats run X's settings (flags given here override them). "
+    "Multi-GPU / multi-node: "
     "torchrun --nproc-per-node N -m deepfake_detector train ... (DDP; NCCL on GPU, gloo on CPU). "
     "--resume continues runs/NAME/last.pt with its saved settings and cache (only --epochs, --workers, "
-    "--device, --patience, --no-amp, --compile and --stop-after may change; other flags are ignored with "
-    "a warning)."
+    "--device, --patience, --no-amp, --compile, --no-tensorboard and --stop-after may change; other flags "
+    "are ignored with a warning)."
 )
 
 
@@ -49,6 +52,7 @@ _TRAIN_FIELDS = [
     "compile",
     "amp",
     "feature_cache",
+    "tensorboard",
 ]
 _MODEL_FIELDS = [
     "backbone",
@@ -66,8 +70,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..config import ModelConfig, TrainConfig
 
     t, m = TrainConfig(), ModelConfig()
-    p.add_argument("cache", help="face-clip cache folder (made by 'preprocess')")
-    p.add_argument("--name", required=True, help="run name: results go to RUNS_DIR/NAME")
+    p.add_argument("cache", nargs="?", default=None,
+                   help="face-clip cache folder (made by 'preprocess'; with --config: default the file's)")
+    p.add_argument("--name", default=None,
+                   help="run name: results go to RUNS_DIR/NAME (required unless --config names one)")
+    p.add_argument("--config", default=None, metavar="CONFIG_YAML",
+                   help="start from a run's config.yaml (e.g. runs/X/config.yaml) to reproduce it; flags "
+                        "given here override its values; unknown keys in it are an error")
     p.add_argument("--runs-dir", default=None, help=f"folder of runs (default {t.runs_dir})")
     g = p.add_argument_group("model")
     g.add_argument(
@@ -184,9 +193,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--threshold-method",
-        choices=["eer", "f1", "fixed"],
         default=None,
-        help=f"how the decision threshold is chosen on validation (default {t.threshold_method})",
+        metavar="eer|f1|fixed|fpr:X",
+        help="how the decision threshold is chosen on validation: equal error rate, best F1, 0.5, or the "
+        "threshold at false-positive rate X on the REAL videos, e.g. fpr:0.01 "
+        f"(default {t.threshold_method})",
     )
     g = p.add_argument_group("hardware and run control")
     g.add_argument(
@@ -198,6 +209,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA"
     )
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="write no TensorBoard event files (default: RUNS_DIR/NAME/tensorboard/)")
     g.add_argument(
         "--resume",
         action="store_true",
@@ -221,7 +234,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """TrainConfig from the parsed flags (unset flags keep defaults); also the set of flags given."""
+    """TrainConfig from the parsed flags (unset flags keep defaults, or ``--config``'s values); also the
+    set of flags given."""
     from ..config import ModelConfig, TrainConfig
     from ..errors import UserError
 
@@ -229,14 +243,63 @@ def build_config(args: argparse.Namespace):
         # 0 means "the device's default" inside TrainConfig; on the command line that is leaving it out
         raise UserError("--batch-size must be >= 1 (leave it out for the default: 16 on CUDA, 4 on CPU)")
     given = {k for k in _TRAIN_FIELDS + _MODEL_FIELDS if getattr(args, k, None) is not None}
-    model_kwargs = {k: getattr(args, k) for k in _MODEL_FIELDS if k in given}
-    train_kwargs = {k: getattr(args, k) for k in _TRAIN_FIELDS if k in given}
+    base_train, base_model = _config_file(args.config) if getattr(args, "config", None) else ({}, {})
+    model_kwargs = {**base_model, **{k: getattr(args, k) for k in _MODEL_FIELDS if k in given}}
+    train_kwargs = {**base_train, **{k: getattr(args, k) for k in _TRAIN_FIELDS if k in given}}
+    train_kwargs["cache"] = args.cache if args.cache is not None else train_kwargs.get("cache", "")
+    train_kwargs["name"] = args.name if args.name is not None else train_kwargs.get("name", "")
+    for what, flag in (("cache", "CACHE"), ("name", "--name")):
+        if not train_kwargs[what]:
+            raise UserError(f"train needs {flag} (or a --config file that names it)")
     try:
         model_cfg = ModelConfig(**model_kwargs)
-        cfg = TrainConfig(cache=args.cache, name=args.name, model=model_cfg, **train_kwargs)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+        cfg = TrainConfig(model=model_cfg, **train_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{args.config}: {exc}" if getattr(args, "config", None) else str(exc)) from exc
     return cfg, given
+
+
+# settings of one invocation, never taken from a --config file (a resumed run's file says resume: true)
+_NOT_FROM_FILE = ("resume", "overwrite", "stop_after")
+
+
+def _config_file(path: str) -> tuple[dict, dict]:
+    """``(train settings, model settings)`` of a run's config.yaml for ``--config``; a missing or unreadable
+    file, or a key this version does not know, is one ``UserError`` line."""
+    import dataclasses
+
+    from ..config import RUN_CONFIG_RECORDS, ModelConfig, TrainConfig, read_run_config_dict
+    from ..errors import UserError
+
+    try:
+        data = read_run_config_dict(path)
+    except OSError as exc:
+        raise UserError(f"--config {path}: cannot read: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise UserError(f"--config {exc}") from exc
+    train = data.get("train") or {}
+    model = data.get("model") or (train.get("model") if isinstance(train, dict) else None) or {}
+    if not isinstance(train, dict) or not isinstance(model, dict):
+        raise UserError(f"--config {path}: 'train' and 'model' must be mappings")
+    known = {"": {"schema", "train", "model", *RUN_CONFIG_RECORDS},
+             "train.": {f.name for f in dataclasses.fields(TrainConfig)},
+             "model.": {f.name for f in dataclasses.fields(ModelConfig)}}
+    unknown = [_unknown(prefix, k, known[prefix]) for prefix, section in (("", data), ("train.", train),
+                                                                           ("model.", model))
+               for k in section if k not in known[prefix]]
+    if unknown:
+        raise UserError(f"--config {path}: unknown key(s) {', '.join(unknown)} (not a setting of this "
+                        "version of deepfake-detector; remove or correct them)")
+    train = {k: v for k, v in train.items() if k not in ("model", *_NOT_FROM_FILE)}
+    return train, dict(model)
+
+
+def _unknown(prefix: str, key: object, known: set) -> str:
+    """``train.lr_rate (did you mean train.lr?)``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(key), sorted(known), n=1)
+    return f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else "")
 
 
 def _resume_command(cfg) -> str:
@@ -277,26 +340,47 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if summary.get("rank", 0) != 0:  # only rank 0 reports under torchrun
         return 0
-    run_dir = summary["run_dir"]
     if summary.get("interrupted"):
         print(
             f"stopped after {summary['epochs_run']} epoch(s) as asked; continue with: "
             f"{_resume_command(summary.get('config') or cfg)}"
         )
         return 0
+    _print_summary(summary, summary.get("config") or cfg)
+    return 0
+
+
+def _print_summary(summary: dict, cfg) -> None:
+    """The best epoch, its threshold (and the rule), the calibration, the metrics and where things are."""
+    from pathlib import Path
+
+    from ..metrics import format_metrics_table
+
+    run_dir = summary["run_dir"]
     best = summary.get("best")
     best_txt = f"{best:.4f}" if isinstance(best, float) and not math.isnan(best) else str(best)
     print(f"run folder: {run_dir}")
+    method = cfg.threshold_method
     print(
         f"best epoch {summary['best_epoch']} ({summary['monitor']} = {best_txt}), "
-        f"threshold {summary.get('threshold', 0.5):.4f}"
+        f"threshold {summary.get('threshold', 0.5):.4f} ({method} on validation, uncalibrated score)"
         + (" (early stop)" if summary["stopped_early"] else "")
     )
-    from ..metrics import format_metrics_table
-
+    cal = summary.get("calibration")
+    if cal:
+        print(f"calibration: temperature {cal['temperature']:.4g} fitted on validation (ECE "
+              f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}); threshold on calibrated scores "
+              f"{cal['threshold']:.4f}")
+    else:
+        why = summary.get("calibration_note") or "not fitted"
+        print(f"calibration: none ({why}); scores are uncalibrated (fit one later on your own videos: "
+              "deepfake-detector calibrate CHECKPOINT CACHE)")
     if summary.get("val_metrics"):
-        print(format_metrics_table(summary["val_metrics"], "validation (best epoch, at the threshold):"))
+        print(format_metrics_table(summary["val_metrics"], "validation (best epoch):"))
     if summary.get("test_metrics"):
         print(format_metrics_table(summary["test_metrics"], "test split:"))
-    print(f"checkpoint: {run_dir}/best.pt   plots: loss.png accuracy.png confusion_matrix.png roc.png")
-    return 0
+    test = " test_metrics.json" if summary.get("test_metrics") else ""
+    print(f"checkpoint: {run_dir}/best.pt   metrics: val_metrics.json{test}   plots: loss.png accuracy.png "
+          "confusion_matrix.png roc.png pr.png scores.png calibration.png")
+    if (Path(run_dir) / "tensorboard").is_dir():
+        print(f"TensorBoard: tensorboard --logdir {run_dir}")

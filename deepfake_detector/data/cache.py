@@ -66,8 +66,9 @@ CONFIG_NAME = "preprocess.json"
 CLIPS_DIR = "clips"
 FEATURES_DIR = "features"
 
-#: version of the manifest's layout (see the module docstring); recorded in preprocess.json
-MANIFEST_SCHEMA = 1
+#: version of the manifest's layout (see the module docstring); recorded in preprocess.json.
+#: 2: ``method`` (a FAKE's manipulation method, "" when unknown and for REAL videos)
+MANIFEST_SCHEMA = 2
 MANIFEST_SCHEMA_KEY = "manifest_schema"
 
 
@@ -79,6 +80,7 @@ class ManifestRow:
     label: str = ""
     split: str = ""
     group: str = ""
+    method: str = ""  # a FAKE's manipulation method as the dataset names it ("" for REAL / unknown)
     status: str = ""
     frames: int = 0  # frames in the clip
     face_ratio: float = 0.0  # fraction of sampled frames where a face was detected
@@ -150,9 +152,16 @@ def manifest_name(shard: Optional[tuple[int, int]] = None) -> str:
     return f"manifest-{shard[0]}-of-{shard[1]}.csv"
 
 
+def _manifest_v1_to_v2(raw: dict) -> dict:
+    """Schema 1 had no ``method``: unknown (a rerun of ``preprocess`` fills it in without redoing clips)."""
+    if raw.get("method") is None:
+        raw["method"] = ""
+    return raw
+
+
 #: schema N -> the function that turns one raw schema-N row (column -> text) into a schema-(N+1) row.
 #: Upgraders fill in what older rows lack (``setdefault``), so they are harmless on newer rows.
-_MANIFEST_UPGRADERS: dict[int, Callable[[dict], dict]] = {}
+_MANIFEST_UPGRADERS: dict[int, Callable[[dict], dict]] = {1: _manifest_v1_to_v2}
 
 
 def _check_manifest_schema(schema: Any, where: Any) -> int:
@@ -435,6 +444,20 @@ class Cache:
         """The dataset folder the manifest's paths are relative to ("" when unknown)."""
         root = self.meta.get("dataset_root")
         return root if isinstance(root, str) else ""
+
+    def dataset_info(self) -> dict:
+        """What ``preprocess`` recorded about the dataset: ``format``, ``grouping`` (where the groups that
+        keep a fake with its original came from: dataset | names | group-by | per-video), its
+        ``grouping_note`` and ``compression`` ("" when not recorded). An older cache without a recorded
+        ``grouping`` whose every group is its own path reads as ``per-video``."""
+        meta = self.meta
+        info = {k: meta.get(k) if isinstance(meta.get(k), str) else ""
+                for k in ("format", "grouping", "grouping_note", "compression")}
+        if not info["grouping"] and self.has_manifest():
+            rows = self.rows()
+            if rows and all((r.group or r.path) == r.path for r in rows):
+                info["grouping"] = "per-video"
+        return info
 
     # --- clips and features -----------------------------------------------------------------------
 

@@ -41,6 +41,19 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
+def fit_length_indices(t: int, seq_len: int) -> np.ndarray:
+    """The frame indices ``fit_length`` takes from a clip of ``t`` frames (evaluation uses them to score
+    each distinct frame once)."""
+    if t == seq_len:
+        return np.arange(t, dtype=np.int64)
+    idx = (
+        np.floor(np.linspace(0, t, seq_len, endpoint=False) + 1e-9).astype(np.int64)
+        if t < seq_len
+        else np.round(np.linspace(0, t - 1, seq_len)).astype(np.int64)
+    )
+    return np.clip(idx, 0, t - 1)
+
+
 def fit_length(clip: np.ndarray, seq_len: int) -> np.ndarray:
     """Exactly ``seq_len`` frames: evenly subsample a long clip, stretch a short one by repetition.
 
@@ -52,12 +65,7 @@ def fit_length(clip: np.ndarray, seq_len: int) -> np.ndarray:
         raise ValueError("empty clip")
     if t == seq_len:
         return clip
-    idx = (
-        np.floor(np.linspace(0, t, seq_len, endpoint=False) + 1e-9).astype(np.int64)
-        if t < seq_len
-        else np.round(np.linspace(0, t - 1, seq_len)).astype(np.int64)
-    )
-    return clip[np.clip(idx, 0, t - 1)]
+    return clip[fit_length_indices(t, seq_len)]
 
 
 def uint8_tensor(clip: np.ndarray) -> torch.Tensor:

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -394,16 +394,23 @@ def run_preprocess(
     fmt: str = "",
     force: bool = False,
     dataset: Optional[dict] = None,
+    engine: Any = None,
 ) -> PreprocessSummary:
     """Preprocess ``records`` into the cache ``out_dir`` (see the module docstring).
 
     ``workers``: processes (None = one per CPU up to 8; 0 = in this process, for debugging);
     ``shard``: (K, N) to do only the K-th of N hash slices; ``force``: redo everything even when the
     cache was made with other settings; ``dataset``: what the source said about the dataset
-    (``grouping``, ``grouping_note``, ``compression``), recorded in preprocess.json.
+    (``grouping``, ``grouping_note``, ``compression``), recorded in preprocess.json; ``engine``: None or
+    ``"local"`` (this machine's process pool), ``"ray"`` or a ``cluster.preprocess.RayEngine`` (the same
+    per-video task in Ray actors, for datasets larger than one machine: same clips and manifest).
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    if engine is not None and engine != "local":
+        from ..cluster.preprocess import make_engine
+
+        engine = make_engine(engine, workers)
     redo_all = _prepare_cache(out_dir, cfg, force, dataset_root, fmt, dataset)
     mine = select_shard(records, shard)
     writer = cache.ManifestWriter(out_dir, shard)
@@ -414,7 +421,7 @@ def run_preprocess(
     stop: Optional[CacheWriteError] = None
     ran = False  # the loop ended without an exception (other than a stop)
     try:
-        _run_todo(todo, workers, cfg, out_dir, threads, sink.add)
+        _run_todo(todo, workers, cfg, out_dir, threads, sink.add, engine)
         ran = True
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -484,9 +491,13 @@ def _worker_split(workers: Optional[int], n_todo: int) -> tuple[int, int]:
 
 
 def _run_todo(todo: list[tuple], workers: int, cfg: PreprocessConfig, out_dir: Path, threads: int,
-              on_row: Callable[[cache.ManifestRow], None]) -> None:
-    """Make every clip of ``todo``, in a pool or (``workers == 0``) in this process, for debugging."""
+              on_row: Callable[[cache.ManifestRow], None], engine: Any = None) -> None:
+    """Make every clip of ``todo``, in a pool, on a cluster ``engine``, or (``workers == 0``) in this
+    process, for debugging."""
     if not todo:
+        return
+    if engine is not None and engine != "local":
+        engine.run(todo, cfg, out_dir, on_row)
         return
     if workers == 0:
         _init_worker(to_dict(cfg), str(out_dir), 0)

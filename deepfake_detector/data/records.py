@@ -51,7 +51,8 @@ class VideoRecord:
     ``path`` is absolute (resolved against the dataset root); ``rel_path`` is the path relative to the
     root, used as the stable key in the cache manifest. ``group`` ties every fake to the original it
     was made from, so splits never put an identity on both sides. ``label`` may be None for unlabelled
-    inputs (predict).
+    inputs (predict). ``method`` names a FAKE's manipulation method where the dataset says it (FF++'s
+    method folder, a ``method`` column...), so evaluation can score each method; "" for REAL videos.
     """
 
     path: str
@@ -61,6 +62,7 @@ class VideoRecord:
     rel_path: Optional[str] = None
     source: str = ""
     extra: dict = field(default_factory=dict)
+    method: str = ""
 
     def __post_init__(self) -> None:
         if self.label is not None and self.label not in LABELS:
@@ -71,6 +73,7 @@ class VideoRecord:
             self.rel_path = self.path
         if self.group is None:
             self.group = self.rel_path
+        self.method = str(self.method or "").strip()[:80] if self.label == FAKE else ""
 
 
 @dataclass

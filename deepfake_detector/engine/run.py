@@ -8,7 +8,10 @@ Layout::
     last.pt                everything needed to resume (model, optimizer, scheduler, scaler, RNG states...)
     best.pt                the best epoch, with the validation-chosen threshold
     val_predictions.csv    the best epoch's validation predictions (path,label,p_fake,predicted)
-    loss.png, accuracy.png, confusion_matrix.png, roc.png; test_metrics.json, test_predictions.csv
+    val_metrics.json       the best weights on the validation split (every metric of ``evaluate``)
+    loss.png, accuracy.png (best epoch marked), confusion_matrix.png, roc.png, pr.png, scores.png,
+    calibration.png, roc_by_manipulation.png; test_metrics.json, test_predictions.csv
+    tensorboard/           TensorBoard event files (scalars per epoch, plots at the end)
     MODEL_CARD.md
 
 Why ``splits.csv``: the split membership is a fact of the run. ``evaluate --split val`` and ``--resume``
@@ -82,14 +85,18 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def write_predictions_csv(
-    path: str | os.PathLike, paths: list[str], y_true: Any, p_fake: Any, threshold: float
+    path: str | os.PathLike, paths: list[str], y_true: Any, p_fake: Any, threshold: float,
+    extra: Optional[dict[str, list]] = None,
 ) -> None:
-    """``path,label,p_fake,predicted`` per video; p_fake as ``repr`` so it reads back bit for bit."""
+    """``path,label,p_fake,predicted`` per video (then the ``extra`` columns, e.g. status and method);
+    p_fake as ``repr`` so it reads back bit for bit."""
+    extra = extra or {}
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "label", "p_fake", "predicted"])
-    for pth, y, p in zip(paths, y_true, p_fake):
-        w.writerow([pth, index_to_label(int(y)), repr(float(p)), "FAKE" if p >= threshold else "REAL"])
+    w.writerow(["path", "label", "p_fake", "predicted", *extra])
+    for i, (pth, y, p) in enumerate(zip(paths, y_true, p_fake)):
+        w.writerow([pth, index_to_label(int(y)), repr(float(p)), "FAKE" if p >= threshold else "REAL",
+                    *(col[i] for col in extra.values())])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -196,6 +203,10 @@ class RunFolder:
     @property
     def splits_csv(self) -> Path:
         return self.root / "splits.csv"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.root / "tensorboard"
 
     # --- metrics.csv ------------------------------------------------------------------------------
 
@@ -367,12 +378,13 @@ RESUME_OVERRIDES = (
     "patience",
     "pin_memory",
     "limit_train_batches",
+    "tensorboard",  # tracking records a run, it does not change it
 )
 # Settings never reported as "ignored with --resume": they locate the run (name, runs_dir), are checked
 # separately (cache) or are the resume request itself.
 _NOT_COMPARED = frozenset({"name", "runs_dir", "cache", "resume", "overwrite", "model"})
 _FLAG_NAMES = {"num_layers": "--lstm-layers"}  # config field -> CLI flag, where they differ
-_NEGATABLE = frozenset({"pretrained", "amp", "feature_cache"})  # booleans with a --no-X flag
+_NEGATABLE = frozenset({"pretrained", "amp", "feature_cache", "tensorboard"})  # booleans with a --no-X flag
 
 
 def _flag_text(field: str, value: Any) -> str:
@@ -443,6 +455,7 @@ def _warn_ignored(cfg: TrainConfig, old: TrainConfig, overrides: set) -> None:
     if ignored:
         log.warning(
             "ignored with --resume: %s (a resumed run keeps its saved settings; only --epochs, "
-            "--workers, --device, --patience, --no-amp, --compile and --stop-after may change)",
+            "--workers, --device, --patience, --no-amp, --compile, --no-tensorboard and --stop-after may "
+            "change)",
             ", ".join(ignored),
         )

@@ -115,6 +115,8 @@ class TrainingSession:
     epochs_run: int = 0
     stopped_early: bool = False
     interrupted: bool = False
+    tb: Any = None  # TensorBoard writer (rank 0, when enabled and installed)
+    calibration_note: str = ""  # the temperature fitted at the end, or why none was
 
     def checkpoint(self, epoch: int, **fields: Any) -> Checkpoint:
         """This run's checkpoint of ``epoch``: the current weights, the config, and ``fields``."""
@@ -163,10 +165,14 @@ def _fit(cfg: TrainConfig, info: DistInfo, resume_overrides: Optional[set], prog
     _build_optimiser(s)
     _restore(s)
     _write_run_files(s)
-    _run_epochs(s)
-    summary = s.summary()
-    if not s.interrupted:
-        _finish(s, summary)
+    try:
+        _run_epochs(s)
+        summary = s.summary()
+        if not s.interrupted:
+            _finish(s, summary)
+    finally:
+        if s.tb is not None:
+            s.tb.close()
     return summary
 
 
@@ -208,6 +214,8 @@ def _load_data(s: TrainingSession) -> None:
     s.cache = Cache.open(cfg.cache)
     rows = s.cache.rows()
     s.pre_cfg = read_preprocess_config(s.cache)
+    if s.info.is_main:
+        _warn_if_ungrouped(s.cache)
     s.splits = run_splits(s.run, rows, cfg.val_fraction, cfg.seed, cfg.include_no_face, warn=True)
     if not s.splits["train"] or not s.splits["val"]:
         raise UserError(
@@ -235,6 +243,20 @@ def _load_data(s: TrainingSession) -> None:
         )
     s.class_weights = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
     _make_sampler(s, counts)
+
+
+def _warn_if_ungrouped(cache: Cache) -> None:
+    """One warning when every video is its own group: a fake and its original may then land on both sides
+    of the split, which flatters validation. Says how to give the dataset's groups."""
+    try:
+        grouping = cache.dataset_info().get("grouping")
+    except UserError:
+        return
+    if grouping == "per-video":
+        log.warning(
+            "%s: every video is its own group (the dataset says nothing about which fake came from which "
+            "original), so the split cannot keep a fake with its original and validation may be optimistic; "
+            "add an 'original' or 'group' column to the list, or rerun 'preprocess --group-by REGEX'", cache)
 
 
 def _make_sampler(s: TrainingSession, counts: np.ndarray) -> None:
@@ -384,10 +406,15 @@ def _replan_schedule(s: TrainingSession) -> None:
 
 
 def _write_run_files(s: TrainingSession) -> None:
-    """config.yaml and splits.csv, before the first epoch (rewritten unchanged on --resume)."""
+    """config.yaml and splits.csv, before the first epoch (rewritten unchanged on --resume), and the
+    TensorBoard writer (a resumed run drops the events a killed run wrote past last.pt)."""
     if s.info.is_main:
         s.run.write_config(to_builtin(s.config_dict))
         s.run.write_splits(s.splits)
+        if s.cfg.tensorboard:
+            from .tracking import open_tensorboard
+
+            s.tb = open_tensorboard(s.run.tensorboard_dir, purge_step=s.start_epoch)
 
 
 # --- epochs -------------------------------------------------------------------------------------------
@@ -470,9 +497,13 @@ def _record(s: TrainingSession, epoch: int, tr: dict, ev: dict, t0: float) -> di
     s.history.append(row)
     if s.info.is_main:
         log.info(
-            "epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f auc %.3f",
+            "epoch %d: train loss %.4f acc %.3f | val loss %.4f acc@0.5 %.3f auc %.3f",
             epoch, tr["loss"], tr["accuracy"], ev["loss"], m["accuracy"], m["auc"],
         )
+        if s.tb is not None:
+            from .tracking import log_epoch
+
+            log_epoch(s.tb, row)
     if tr["skipped"]:
         log.warning("epoch %d: %d batches skipped (non-finite)", epoch, tr["skipped"])
     return row
@@ -481,7 +512,7 @@ def _record(s: TrainingSession, epoch: int, tr: dict, ev: dict, t0: float) -> di
 def _best_checkpoint(s: TrainingSession, epoch: int, ev: dict, row: dict) -> Checkpoint:
     """best.pt of an improved epoch: the weights, the validation-chosen threshold and the metrics there."""
     thr = choose_threshold(ev["y_true"], ev["p_fake"], s.cfg.threshold_method)
-    at_thr = compute_metrics(ev["y_true"], ev["p_fake"], thr)
+    at_thr = compute_metrics(ev["y_true"], ev["p_fake"], thr, f"{s.cfg.threshold_method} on validation")
     return s.checkpoint(
         epoch, threshold=float(thr), metrics=to_builtin({**row, "val_at_threshold": at_thr}),
         training=dict(optimizer=None, scheduler=None, scaler=None, rng=None),
@@ -526,8 +557,9 @@ def _save_epoch(s: TrainingSession, epoch: int, ev: dict, row: dict, improved: b
             s.run.write_val_predictions(bv["paths"], ev["y_true"], ev["p_fake"], bv["threshold"])
             save_checkpoint(best, s.run.best)
             del best
-        plot_loss(s.history, s.run.root / "loss.png")
-        plot_accuracy(s.history, s.run.root / "accuracy.png")
+        best_epoch = s.stopper.best_epoch if s.stopper.best_epoch >= 1 else None
+        plot_loss(s.history, s.run.root / "loss.png", best_epoch=best_epoch)
+        plot_accuracy(s.history, s.run.root / "accuracy.png", best_epoch=best_epoch)
 
 
 def _carry_on(s: TrainingSession, epoch: int) -> bool:
@@ -551,7 +583,8 @@ def _carry_on(s: TrainingSession, epoch: int) -> bool:
 
 
 def _finish(s: TrainingSession, summary: dict) -> None:
-    """The best weights back in the model, the best epoch's plots, the test split and the model card."""
+    """The best weights back in the model; the validation split scored like ``evaluate`` scores it, a
+    temperature fitted on it (stored in best.pt) and its plots; the test split; TensorBoard; the card."""
     if not s.stopper.restore_best(s.raw_model):
         raise UserError(f"no epoch produced a finite {s.monitor}; nothing to save (check the data)")
     best = read_checkpoint(s.run.best) if s.run.best.is_file() else None
@@ -559,39 +592,61 @@ def _finish(s: TrainingSession, summary: dict) -> None:
         s.best_val = s.run.read_val_predictions()
     threshold = float(best.threshold) if best else 0.5
     summary.update(threshold=threshold, best_metrics=best.metrics if best else {})
-    if s.info.is_main and s.best_val is not None:
-        summary["val_metrics"] = _plot_best_epoch(s, threshold)
+    ckpt = best or s.checkpoint(s.stopper.best_epoch, threshold=threshold)
+    val = _evaluate_val_split(s, ckpt, best is not None)
+    summary.update(val_metrics=val.metrics, calibration=ckpt.calibration, calibration_note=s.calibration_note)
     if s.splits["test"]:
-        summary["test_metrics"] = _evaluate_test_split(s, best, threshold)
+        summary["test_metrics"] = _evaluate_test_split(s, ckpt)
     if s.info.is_main:
+        if s.tb is not None:
+            from .tracking import log_final
+
+            images = {n: s.run.root / f"{n}.png" for n in ("roc", "confusion_matrix", "calibration")}
+            log_final(s.tb, val.metrics, images, step=s.stopper.best_epoch)
         _maybe_model_card(s.run.root, summary, s.config_dict, s.cache)
     barrier(s.info)
 
 
-def _plot_best_epoch(s: TrainingSession, threshold: float) -> dict:
-    from ..plots import plot_confusion_matrix, plot_roc
+def _evaluate_val_split(s: TrainingSession, ckpt: Checkpoint, save: bool) -> Any:
+    """Every video of the validation split through ``engine.evaluate`` with the best weights: a temperature
+    fitted on the raw scores (best.pt gains it when ``save``; too small a split gets none), then the
+    metrics and plots of the calibrated scores (val_metrics.json, confusion_matrix.png, roc.png, ...)."""
+    from ..calibration import fit_calibration
+    from .evaluate import every_video, prepare_evaluation
 
-    bv, best_epoch = s.best_val, s.stopper.best_epoch
-    m = compute_metrics(bv["y_true"], bv["p_fake"], threshold)
-    plot_confusion_matrix(
-        m["confusion_matrix"],
-        s.run.root / "confusion_matrix.png",
-        title=f"Validation, epoch {best_epoch}, threshold {threshold:.3f}",
-    )
-    plot_roc(bv["y_true"], bv["p_fake"], s.run.root / "roc.png", title=f"Validation ROC, epoch {best_epoch}")
-    return m
+    cfg = s.cfg
+    prepared = prepare_evaluation(ckpt, s.cache, "val", rows=every_video(s.cache.rows(), s.splits, "val"),
+                                  model=s.raw_model, device=s.device, amp=cfg.amp, calibration=False)
+    raw = prepared.predict(cfg.batch_size, cfg.workers, s.info, s.progress, desc="val (best epoch)")
+    mask, y = raw["mask"], prepared.score(raw).y_true
+    fitted_on = {"split": "val", "cache": Path(str(s.cache)).resolve().name, "when": "end of training"}
+    cal, note = fit_calibration(y[mask], raw["p_raw"][mask], ckpt.threshold, fitted_on)
+    cal = broadcast_object(cal, s.info)  # every rank scores the test split the way rank 0 reports it
+    s.calibration_note = note
+    prepared.set_calibration(cal)
+    if cal is not None and save and s.info.is_main:
+        save_checkpoint(ckpt, s.run.best)
+    result = prepared.score(raw)
+    if s.info.is_main:
+        epoch = s.stopper.best_epoch
+        report = result.report(split="val", best_epoch=epoch, calibration_note=note)
+        result.write_metrics_json(s.run.root / "val_metrics.json", report)
+        result.write_plots(s.run.root, roc_title=f"Validation ROC, epoch {epoch}",
+                           cm_title=f"Validation, epoch {epoch}, threshold {result.threshold:.3f}")
+    return result
 
 
-def _evaluate_test_split(s: TrainingSession, best: Optional[Checkpoint], threshold: float) -> dict:
-    """The dataset's test split, scored like ``evaluate`` scores it, with the best weights as they trained
-    (every rank predicts its share); rank 0 writes test_metrics.json and test_predictions.csv."""
-    from .evaluate import evaluate_checkpoint
+def _evaluate_test_split(s: TrainingSession, ckpt: Checkpoint) -> dict:
+    """The dataset's test split, every video of it, scored like ``evaluate`` scores it (calibrated, at the
+    mapped threshold), with the best weights as they trained (every rank predicts its share); rank 0
+    writes test_metrics.json and test_predictions.csv."""
+    from .evaluate import evaluate_checkpoint, every_video
 
     cfg = s.cfg
     result = evaluate_checkpoint(
-        best or s.checkpoint(s.stopper.best_epoch, threshold=threshold), s.cache, "test",
-        rows=s.splits["test"], model=s.raw_model, threshold=threshold, device=s.device, amp=cfg.amp,
-        batch_size=cfg.batch_size, workers=cfg.workers, info=s.info, progress=s.progress, desc="test",
+        ckpt, s.cache, "test", rows=every_video(s.cache.rows(), s.splits, "test"), model=s.raw_model,
+        device=s.device, amp=cfg.amp, batch_size=cfg.batch_size, workers=cfg.workers, info=s.info,
+        progress=s.progress, desc="test",
     )
     if s.info.is_main:
         result.write_metrics_json(s.run.root / "test_metrics.json")
@@ -717,6 +772,9 @@ def _maybe_model_card(run_dir: Path, summary: dict, config: dict, cache: Cache) 
             metrics=to_builtin(summary.get("best_metrics", {})),
             threshold=summary.get("threshold"),
             test_metrics=to_builtin(summary.get("test_metrics")),
+            val_metrics=to_builtin(summary.get("val_metrics")),
+            calibration=to_builtin(summary.get("calibration")),
+            checkpoint="best.pt",
             cache=cache,
         )
     except TypeError:

@@ -75,13 +75,31 @@ def test_preprocess_records_the_manifest_schema_and_the_writer_keeps_todays_colu
     from deepfake_detector.config import PreprocessConfig
     from deepfake_detector.data.preprocess import _cache_meta
 
-    meta = _cache_meta(PreprocessConfig(), "/d", "folders")
-    assert meta["manifest_schema"] == MANIFEST_SCHEMA
+    meta = _cache_meta(PreprocessConfig(), "/d", "folders", {"grouping": "per-video", "compression": "c23"})
+    assert meta["manifest_schema"] == MANIFEST_SCHEMA == 2
+    assert meta["grouping"] == "per-video" and meta["compression"] == "c23" and meta["grouping_note"] == ""
     w = ManifestWriter(tmp_path)
     w.add(ManifestRow(path="x.mp4", status="ok"))
     w.flush()
-    with open(tmp_path / "manifest.csv", newline="") as fh:
-        assert next(csv.reader(fh)) == TODAY_COLUMNS
+    with open(tmp_path / "manifest.csv", newline="") as fh:  # schema 2 adds ``method`` after ``group``
+        assert next(csv.reader(fh)) == [*TODAY_COLUMNS[:4], "method", *TODAY_COLUMNS[4:]]
+
+
+def test_a_schema_1_manifest_reads_with_an_empty_method_and_an_ungrouped_cache_says_so(tmp_path):
+    root, _ = _write_today_cache(tmp_path / "cache")
+    cache = Cache.open(root)
+    assert {r.method for r in cache.rows()} == {""}
+    info = cache.dataset_info()
+    assert info == {"format": "folders", "grouping": "", "grouping_note": "", "compression": ""}
+    ungrouped = make_synthetic_cache(tmp_path / "synthetic", n_real=2, n_fake=2)
+    rows = Cache.open(ungrouped).rows()
+    for r in rows:
+        r.group = r.path
+    w = ManifestWriter(ungrouped)
+    for r in rows:
+        w.add(r)
+    w.flush()
+    assert Cache.open(ungrouped).dataset_info()["grouping"] == "per-video"  # inferred for older caches
 
 
 def test_older_manifests_are_upgraded_by_the_one_reader_and_newer_ones_refused(tmp_path, monkeypatch):
@@ -94,23 +112,23 @@ def test_older_manifests_are_upgraded_by_the_one_reader_and_newer_ones_refused(t
         raw["error"] = raw.get("error") or "upgraded"
         return raw
 
-    monkeypatch.setattr(cache_mod, "MANIFEST_SCHEMA", 2)
-    monkeypatch.setattr(cache_mod, "_MANIFEST_UPGRADERS", {1: v1_to_v2})
+    monkeypatch.setattr(cache_mod, "MANIFEST_SCHEMA", 3)
+    monkeypatch.setattr(cache_mod, "_MANIFEST_UPGRADERS", {1: cache_mod._manifest_v1_to_v2, 2: v1_to_v2})
     rows = {r.path: r for r in Cache.open(root).rows()}  # no manifest_schema recorded: schema 1
     assert sorted(seen) == ["fake/b.mp4", "real/a.mp4"] and rows["real/a.mp4"].error == "upgraded"
-    meta = dict(TODAY_META, manifest_schema=2)
+    meta = dict(TODAY_META, manifest_schema=3)
     (root / "preprocess.json").write_text(json.dumps(meta))
     seen.clear()
     Cache.open(root).rows()
     assert seen == []  # already current
-    (root / "preprocess.json").write_text(json.dumps(dict(meta, manifest_schema=3)))
-    with pytest.raises(UserError, match="manifest schema 3 is newer"):
+    (root / "preprocess.json").write_text(json.dumps(dict(meta, manifest_schema=4)))
+    with pytest.raises(UserError, match="manifest schema 4 is newer"):
         Cache.open(root)
     # a rerun of preprocess records the oldest layout its manifests may have: one it does not rewrite
     # (another shard's) is still read through the upgraders; a new cache records the current layout
     (root / "preprocess.json").write_text(json.dumps(TODAY_META))
     assert cache_mod.manifest_schema_to_record(root) == 1
-    assert cache_mod.manifest_schema_to_record(tmp_path / "new") == 2
+    assert cache_mod.manifest_schema_to_record(tmp_path / "new") == 3
 
 
 def test_missing_and_unreadable_caches_are_one_line_user_errors(tmp_path):

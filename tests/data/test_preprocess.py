@@ -487,3 +487,36 @@ def test_an_empty_file_is_named_as_such(tmp_path):
     assert check_video_file(str(empty)) == ("unreadable", "empty file (0 bytes)")
     res = extract_clip(empty, PreprocessConfig(frames=4, size=32, detector="center"))
     assert res.status == "unreadable" and res.error == "empty file (0 bytes)"
+
+
+def test_a_cache_made_before_the_method_column_gains_it_on_rerun_without_new_clips(tmp_path):
+    """Schema-1 manifest (no ``method``, no schema recorded): the next run fills the methods in and records
+    the grouping, while every finished clip is skipped, not re-extracted."""
+    import csv
+
+    video = make_video(tmp_path / "v.mp4", frames=4, size=(48, 48), face=False)
+    recs = [VideoRecord(path=str(video), label="REAL", rel_path="r.mp4"),
+            VideoRecord(path=str(video), label="FAKE", rel_path="f.mp4", method="FaceSwap")]
+    out = tmp_path / "cache"
+    run_preprocess(recs, out, _FAST, workers=0, progress=False)
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["path"]: r["method"] for r in rows} == {"r.mp4": "", "f.mp4": "FaceSwap"}
+    # turn it into a cache as the code before the method column left it
+    with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=[k for k in rows[0] if k != "method"])
+        w.writeheader()
+        w.writerows({k: v for k, v in r.items() if k != "method"} for r in rows)
+    meta = json.loads((out / "preprocess.json").read_text())
+    del meta["manifest_schema"]
+    (out / "preprocess.json").write_text(json.dumps(meta))
+    assert {r.method for r in cache.Cache.open(out).rows()} == {""}
+    clips = {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.npy")}
+    recs[1].method = "NeuralTextures"
+    s = run_preprocess(recs, out, _FAST, workers=0, progress=False,
+                       dataset={"grouping": "per-video", "grouping_note": "", "compression": ""})
+    assert s.skipped == 2 and s.processed == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.npy")} == clips
+    methods = {r.path: r.method for r in cache.Cache.open(out).rows()}
+    assert methods == {"r.mp4": "", "f.mp4": "NeuralTextures"}
+    assert cache.Cache.open(out).dataset_info()["grouping"] == "per-video"

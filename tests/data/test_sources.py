@@ -898,3 +898,48 @@ def test_text_lists_and_celebdf_test_list(tmp_path):
         str(tmp_path / "data" / "Celeb-synthesis" / "id0_id1_0000.mp4")]
     with pytest.raises(UserError, match="cannot read"):
         read_video_list(lists / "nope.txt")
+
+
+# ------------------------------------------------------------------------ manipulation methods
+
+
+def test_every_source_that_knows_a_method_carries_it_and_reals_have_none(tmp_path):
+    from deepfake_detector.data.sources import dataset_summary
+
+    make_ffpp(tmp_path / "ffpp")
+    ff = by_rel(load_records(tmp_path / "ffpp"))
+    assert ff["manipulated_sequences/Face2Face/c23/videos/000_003.mp4"].method == "Face2Face"
+    assert ff["original_sequences/youtube/c23/videos/000.mp4"].method == ""
+    assert dataset_summary(load_records(tmp_path / "ffpp"))["compression"] == "c23"
+    touch(tmp_path / "celeb" / "Celeb-real" / "id0_0000.mp4")
+    touch(tmp_path / "celeb" / "Celeb-synthesis" / "id0_id1_0000.mp4")
+    cd = by_rel(load_records(tmp_path / "celeb"))
+    assert cd["Celeb-synthesis/id0_id1_0000.mp4"].method == "Celeb-synthesis"
+    assert cd["Celeb-real/id0_0000.mp4"].method == ""
+    for name in ("r.mp4", "f1.mp4", "f2.mp4", "f3.mp4"):
+        touch(tmp_path / "list" / name)
+    (tmp_path / "list" / "labels.csv").write_text(
+        "file,label,Method\nr.mp4,REAL,ignored-for-reals\nf1.mp4,FAKE,FaceSwap\nf2.mp4,FAKE,\nf3.mp4,FAKE,NT\n")
+    csv_recs = by_rel(load_records(tmp_path / "list" / "labels.csv"))
+    assert {k: r.method for k, r in csv_recs.items()} == {"r.mp4": "", "f1.mp4": "FaceSwap", "f2.mp4": "",
+                                                          "f3.mp4": "NT"}
+    for name in ("o.mp4", "a.mp4", "b.mp4"):
+        touch(tmp_path / "dfdc" / name)
+    (tmp_path / "dfdc" / "metadata.json").write_text(json.dumps({
+        "o.mp4": {"label": "REAL", "manipulation": "none"},
+        "a.mp4": {"label": "FAKE", "original": "o.mp4", "method": "gan"},
+        "b.mp4": {"label": "FAKE", "original": "o.mp4", "manipulation": "faceswap"},  # the demo's spelling
+    }))
+    dfdc = by_rel(load_records(tmp_path / "dfdc"))
+    assert {k: r.method for k, r in dfdc.items()} == {"o.mp4": "", "a.mp4": "gan", "b.mp4": "faceswap"}
+
+
+def test_demo_metadata_names_each_fake_method(tmp_path):
+    from deepfake_detector.data.synthetic import VideoPlan, metadata_for
+
+    plans = [VideoPlan(name="r.mp4", label="REAL", split="test", source="carphone", manipulation="none",
+                       original=None, index=0, params={}),
+             VideoPlan(name="f.mp4", label="FAKE", split="test", source="carphone", manipulation="lowres",
+                       original="r.mp4", index=1, params={})]
+    meta = metadata_for(plans)
+    assert "method" not in meta["r.mp4"] and meta["f.mp4"]["method"] == "lowres"

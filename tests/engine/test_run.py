@@ -65,19 +65,23 @@ def test_run_config_round_trips_and_carries_its_schema(tmp_path):
 def test_config_yaml_without_a_schema_is_schema_1_and_upgraded(tmp_path, monkeypatch):
     cfg = TrainConfig(cache="c", name="old", seq_len=6)
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(_record(cfg), sort_keys=False))  # as runs wrote it before the schema
-    assert read_run_config(path) == cfg and read_run_config_dict(path)["schema"] == 1
+    record = _record(cfg)
+    del record["train"]["tensorboard"]  # schema 1 had no tensorboard setting
+    path.write_text(yaml.safe_dump(record, sort_keys=False))  # as runs wrote it before the schema
+    data = read_run_config_dict(path)
+    assert read_run_config(path) == cfg and data["schema"] == 2 and data["train"]["tensorboard"] is True
 
-    def v1_to_v2(data):
+    def v2_to_v3(data):
         data["runtime"].setdefault("note", "upgraded")
         return data
 
-    monkeypatch.setattr(config_mod, "RUN_CONFIG_SCHEMA", 2)
-    monkeypatch.setattr(config_mod, "_RUN_CONFIG_UPGRADERS", {1: v1_to_v2})
+    monkeypatch.setattr(config_mod, "RUN_CONFIG_SCHEMA", 3)
+    upgraders = {**config_mod._RUN_CONFIG_UPGRADERS, 2: v2_to_v3}
+    monkeypatch.setattr(config_mod, "_RUN_CONFIG_UPGRADERS", upgraders)
     data = read_run_config_dict(path)
-    assert data["schema"] == 2 and data["runtime"]["note"] == "upgraded"
-    path.write_text(yaml.safe_dump({"schema": 3, **_record(cfg)}))
-    with pytest.raises(ValueError, match="config schema 3 is newer"):
+    assert data["schema"] == 3 and data["runtime"]["note"] == "upgraded"
+    path.write_text(yaml.safe_dump({"schema": 4, **_record(cfg)}))
+    with pytest.raises(ValueError, match="config schema 4 is newer"):
         read_run_config(path)
 
 

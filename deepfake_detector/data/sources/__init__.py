@@ -64,8 +64,9 @@ DETECT_MAX_DIRS = 2000
 
 __all__ = [
     "FORMATS", "GROUPINGS", "PROBLEM_KINDS", "UNSPLIT", "VIDEO_EXTENSIONS", "ListedVideo", "count_by_split",
-    "describe_problems", "detect_format", "format_counts_table", "is_video_name", "load_records",
-    "normalize_split", "parse_label_map", "read_video_list", "resolve_label", "summarize_problems",
+    "dataset_summary", "describe_problems", "detect_format", "format_counts_table", "is_video_name",
+    "load_records", "normalize_split", "parse_label_map", "read_video_list", "resolve_label",
+    "summarize_problems",
 ]
 
 
@@ -178,6 +179,15 @@ def format_counts_table(counts: Union[Mapping[str, Mapping[str, int]], Iterable[
         pct = f"{100.0 * fake / n:.1f}" if n else "-"
         lines.append(f"{name:<9}{real:>9}{fake:>9}{n:>9}{pct:>9}")
     return "\n".join(lines)
+
+
+def dataset_summary(result: LoadResult) -> dict[str, str]:
+    """What a cache records about its dataset (``run_preprocess(dataset=...)``): where the groups came
+    from (``grouping``, ``grouping_note``) and the compression the source chose (FF++), for the
+    training warning and the model card."""
+    comps = sorted({str(r.extra["compression"]) for r in result.records if r.extra.get("compression")})
+    return {"grouping": result.grouping, "grouping_note": result.grouping_note,
+            "compression": ",".join(comps)}
 
 
 def describe_problems(result: LoadResult, per_kind: int = 10) -> Optional[str]:

@@ -397,11 +397,12 @@ class Collector:
     # -- records ------------------------------------------------------------------------------
     def add(self, raw: object, label: object, where: str, *, base_dir: Optional[str] = None,
             split: Optional[str] = None, group: Optional[str] = None,
-            extra: Optional[dict[str, Any]] = None, label_is_final: bool = False
-            ) -> Optional[VideoRecord]:
+            extra: Optional[dict[str, Any]] = None, label_is_final: bool = False,
+            method: Optional[str] = None) -> Optional[VideoRecord]:
         """Check one entry and append its record; on any problem report it and return None.
 
-        ``label`` is a raw value (resolved with the label map) unless ``label_is_final``.
+        ``label`` is a raw value (resolved with the label map) unless ``label_is_final``; ``method`` is
+        a FAKE's manipulation method when the dataset names it (ignored for REAL videos).
         """
         if label_is_final:
             final = label if label in (REAL, FAKE) else None
@@ -417,7 +418,7 @@ class Collector:
             return None
         path, rel, _ = checked
         rec = VideoRecord(path=path, label=final, split=split, group=group or rel, rel_path=rel,
-                          source=self.source, extra=dict(extra or {}))
+                          source=self.source, extra=dict(extra or {}), method=method or "")
         self.records.append(rec)
         return rec
 

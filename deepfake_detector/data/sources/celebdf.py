@@ -10,7 +10,8 @@ validation set out of them). ``test_list`` overrides the list's location. List p
 the dataset root; absolute paths and ``..`` are taken as written, and a listed video outside the three
 folders is added with the list's label.
 
-Groups: by the target identity, the celebrity whose video was manipulated: ``celebdf:id0`` for
+Every FAKE's ``method`` is ``Celeb-synthesis`` (the dataset's one synthesis method). Groups: by the
+target identity, the celebrity whose video was manipulated: ``celebdf:id0`` for
 ``id0_0003.mp4`` and for every ``id0_<src>_<n>.mp4`` made from id0's videos, so a fake and its
 original never straddle a split. (Linking source identities too would merge all 59 celebrities into
 one group.) Each YouTube-real video is its own group ``celebdf:youtube/<name>``.
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 FORMAT = "celebdf"
 FOLDERS = (("Celeb-real", REAL), ("YouTube-real", REAL), ("Celeb-synthesis", FAKE))
 TEST_LIST = "List_of_testing_videos.txt"
+METHOD = "Celeb-synthesis"  # Celeb-DF's fakes come from one (improved) face-swap synthesis method
 _REAL = re.compile(r"^(id\d+)_(\d+)$", re.IGNORECASE)
 _FAKE = re.compile(r"^(id\d+)_(id\d+)_(\d+)$", re.IGNORECASE)
 
@@ -128,4 +130,5 @@ def _add(col: Collector, path: str, label: str, split: Optional[str], youtube: b
     extra = {}
     if label == FAKE and (m := _FAKE.match(stem)):
         extra["original"] = f"Celeb-real/{m.group(1)}_{m.group(3)}.mp4"
-    col.add(path, label, where or col.rel(path), split=split, group=group, extra=extra, label_is_final=True)
+    col.add(path, label, where or col.rel(path), split=split, group=group, extra=extra, label_is_final=True,
+            method=METHOD)

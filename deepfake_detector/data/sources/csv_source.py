@@ -3,7 +3,8 @@
 - The first non-blank row is a header unless its second field reads as a label (REAL/FAKE in any
   case, a number, or a ``--label-map`` key); a headerless ``label,file`` order is recognised too.
   Header names are matched loosely (``file``/``path``/``video``..., ``label``/``class``...); optional
-  ``split`` and ``group`` or ``original`` columns are used when present, other columns are ignored.
+  ``split``, ``group`` or ``original`` and ``method`` (a FAKE's manipulation method) columns are used
+  when present, other columns are ignored.
 - Numbers as labels need an explicit ``label_map`` (``--label-map 1=FAKE,0=REAL``).
 - Paths are relative to the CSV's folder unless ``data_root`` is given (the dataset root that
   manifest keys are relative to). The list is the user's own: absolute paths and ``..`` are used as
@@ -35,6 +36,7 @@ LABEL_COLUMNS = ("label", "labels", "class", "target", "ground_truth", "gt")
 SPLIT_COLUMNS = ("split", "set", "subset", "partition")
 GROUP_COLUMNS = ("group", "group_id", "groupid")
 ORIGINAL_COLUMNS = ("original", "original_file", "original_video", "source_video")
+METHOD_COLUMNS = ("method", "manipulation", "manipulation_method", "fake_method", "fake_type")
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Row:
     split: Optional[str] = None
     group: Optional[str] = None
     original: Optional[str] = None
+    method: Optional[str] = None
     fields: int = 0  # set when the row is too short to hold a file and a label
 
 
@@ -113,11 +116,11 @@ def read_table(path: str, label_map: Optional[Mapping[str, str]] = None) -> list
                         "label: REAL/FAKE, or numbers with --label-map)")
             raise UserError(f"{shown}: missing required column(s) {', '.join(missing)}; found {found}{hint}")
         split_i, group_i = _find(header, SPLIT_COLUMNS), _find(header, GROUP_COLUMNS)
-        orig_i = _find(header, ORIGINAL_COLUMNS)
+        orig_i, method_i = _find(header, ORIGINAL_COLUMNS), _find(header, METHOD_COLUMNS)
         body = raw_rows[1:]
     else:
         file_i, label_i = (1, 0) if label_first else (0, 1)
-        split_i = group_i = orig_i = None
+        split_i = group_i = orig_i = method_i = None
         body = raw_rows
 
     def cell(fields: list[str], i: Optional[int]) -> Optional[str]:
@@ -135,7 +138,7 @@ def read_table(path: str, label_map: Optional[Mapping[str, str]] = None) -> list
             continue
         rows.append(Row(where=where, file=fields[file_i].strip(), label=fields[label_i],
                         split=cell(fields, split_i), group=cell(fields, group_i),
-                        original=cell(fields, orig_i)))
+                        original=cell(fields, orig_i), method=cell(fields, method_i)))
     return rows
 
 
@@ -178,7 +181,7 @@ def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
             group = None
         extra = {"original": col.group_key(row.original, col.root)} if row.original else {}
         rec = col.add(row.file, row.label, row.where, base_dir=col.root, split=split, group=group,
-                      extra=extra)
+                      extra=extra, method=row.method)
         if rec is not None and row.split and split is None:
             rec.extra["split_raw"] = row.split
     return col.result(FORMAT)

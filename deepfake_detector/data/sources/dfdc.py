@@ -1,7 +1,8 @@
 """``dfdc`` source: every ``metadata.json`` under a root (DFDC's ``dfdc_train_part_N/metadata.json``).
 
 Each JSON maps a file name (relative to the JSON's folder) to ``{"label": "REAL"|"FAKE", "split":
-..., "original": <file name of the real video it was made from, or null>}``. Unknown split values
+..., "original": <file name of the real video it was made from, or null>, "method": <the FAKE's
+manipulation method, optional; "manipulation" is read too>}``. Unknown split values
 become None; DFDC's training parts say ``train`` for every video, so the trainer still has to carve a
 validation set out of them (group-aware).
 
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "dfdc"
 METADATA_NAME = "metadata.json"
-_KNOWN = ("label", "split", "original")
+_KNOWN = ("label", "split", "original", "method")
+# the manipulation method of a FAKE: ``method``, else the demo's (and some exports') ``manipulation``
+METHOD_KEYS = ("method", "manipulation")
 
 
 def find_metadata(root: str, max_depth: Optional[int] = None, max_dirs: Optional[int] = None) -> list[str]:
@@ -120,5 +123,7 @@ def _load_one(meta: str, col: Collector) -> None:
             extra["original"] = group
         if raw_split is not None and split is None:
             extra["split_raw"] = str(raw_split)[:40]
+        method = next((entry[k] for k in METHOD_KEYS if isinstance(entry.get(k), str) and entry[k].strip()),
+                      "")
         col.add(key, label, where, base_dir=folder, split=split, group=group, extra=extra,
-                label_is_final=True)
+                label_is_final=True, method=method[:80])

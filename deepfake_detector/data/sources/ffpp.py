@@ -5,7 +5,8 @@
     ROOT/manipulated_sequences/<method>/<comp>/videos/000_003.mp4              FAKE (<target>_<source>)
     ROOT/manipulated_sequences/DeepFakeDetection/<comp>/videos/01_02__walking_down_street__ABC.mp4
 
-``<comp>`` is ``raw`` (also called c0), ``c23`` or ``c40``. One compression is used for every folder
+A fake's ``method`` is its method folder's name (``Deepfakes``, ``Face2Face``...). ``<comp>`` is
+``raw`` (also called c0), ``c23`` or ``c40``. One compression is used for every folder
 (mixing them would let a model learn compression instead of manipulation): the one asked for, else
 c23, else c40, else raw. ``methods`` keeps only some manipulation methods.
 
@@ -201,7 +202,7 @@ def load(root: str | os.PathLike, label_map: Optional[Mapping[str, str]] = None,
             if yt_id is None and dfd_group is None:
                 log.debug("FF++: %s: name not recognised; its own group", path)
             rec = col.add(path, label, col.rel(path), split=split, label_is_final=True,
-                          extra={"method": kind, "compression": comp})
+                          extra={"method": kind, "compression": comp}, method=kind)
             if rec is not None:
                 keyed.append((rec, yt_id, dfd_group))
     for rec, yt_id, dfd_group in keyed:
