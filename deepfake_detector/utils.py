@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -144,16 +145,49 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def upgrade_schema(data: Any, schema: Any, *, current: int, upgraders: Mapping[int, Callable[[Any], Any]],
-                   what: str, where: Any, error: type[Exception] = ValueError) -> Any:
-    """``data`` written in layout ``schema`` brought to layout ``current`` through ``upgraders`` (schema N
-    -> N+1 each): the one rule for every versioned file (checkpoint, manifest, config.yaml). A file from a
-    newer version of the package is refused, not misread."""
+# A path whose bytes are not valid UTF-8 (a latin-1 name on a Linux disk) is written to our CSV and JSON
+# files as this prefix + its bytes percent-encoded, so every file we write is valid UTF-8 and still names
+# the file exactly; every other path is written as it is.
+PATH_BYTES_PREFIX = "bytes:"
+
+
+def path_to_text(path: str) -> str:
+    """``path`` as text for a CSV/JSON cell (:data:`PATH_BYTES_PREFIX`); :func:`path_from_text` undoes it."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return PATH_BYTES_PREFIX + urllib.parse.quote(os.fsencode(path), safe="/")
+    return path
+
+
+def path_from_text(text: str) -> str:
+    """The path a cell written by :func:`path_to_text` names (other text is returned as it is)."""
+    if text.startswith(PATH_BYTES_PREFIX):
+        return os.fsdecode(urllib.parse.unquote_to_bytes(text[len(PATH_BYTES_PREFIX):]))
+    return text
+
+
+def printable_text(text: str) -> str:
+    """Free text (an error message quoting a file name) made valid UTF-8: undecodable bytes as ``\\udcXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_schema(schema: Any, *, current: int, what: str, where: Any,
+                 error: type[Exception] = ValueError) -> int:
+    """``schema`` if this version reads that layout; a file from a newer package is refused, not misread."""
     if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
         raise error(f"{where}: invalid {what} schema {schema!r}")
     if schema > current:
         raise error(f"{where}: {what} schema {schema} is newer than this version of deepfake-detector "
                     f"reads ({current}); upgrade the package")
+    return schema
+
+
+def upgrade_schema(data: Any, schema: Any, *, current: int, upgraders: Mapping[int, Callable[[Any], Any]],
+                   what: str, where: Any, error: type[Exception] = ValueError) -> Any:
+    """``data`` written in layout ``schema`` brought to layout ``current`` through ``upgraders`` (schema N
+    -> N+1 each): the one rule for every versioned file (checkpoint, manifest, config.yaml)."""
+    schema = check_schema(schema, current=current, what=what, where=where, error=error)
     while schema < current:
         data = upgraders[schema](data)
         schema += 1

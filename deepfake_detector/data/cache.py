@@ -5,12 +5,15 @@ Layout of a cache folder::
     CACHE/
       preprocess.json          resolved PreprocessConfig + dataset root/format (what made the clips)
                                and ``manifest_schema``, the version of the manifest's layout
-      manifest.csv             one row per input video (``manifest-K-of-N.csv`` per shard)
-      clips/ab/abcdef0123456789.npy   uint8 array [T, S, S, 3], RGB, one file per video
+      manifest.csv             one row per input video and face track (``manifest-K-of-N.csv`` per shard)
+      clips/ab/abcdef0123456789.npy   uint8 array [T, S, S, 3], RGB, one file per video and track
+      clips/ab/abcdef0123456789.json  with ``max_faces > 1`` only: that track's mean box and landmarks
       features/<key>/          per-frame features of a frozen backbone (``engine.features``)
 
 Clips are plain ``.npy`` files (no pickle, memory-mappable, readable from any language) named by a
-hash of the video's path relative to the dataset root, so reruns and shards agree on names. Every
+hash of the video's path relative to the dataset root (and the track number for tracks after the
+first: track 0 keeps the path-only name, so a single-face cache is the same with or without tracks),
+so reruns and shards agree on names. Every
 file is written through a temporary file and renamed, so a killed run never leaves a half-written
 clip or manifest that a later reader could take as valid.
 
@@ -57,7 +60,16 @@ from ..constants import (  # noqa: F401  (statuses are re-exported: the manifest
     USABLE_STATUSES,
 )
 from ..errors import UserError
-from ..utils import atomic_open, atomic_write_bytes, is_within
+from ..utils import (
+    atomic_open,
+    atomic_write_bytes,
+    check_schema,
+    is_within,
+    path_from_text,
+    path_to_text,
+    printable_text,
+    upgrade_schema,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +80,10 @@ FEATURES_DIR = "features"
 
 #: version of the manifest's layout (see the module docstring); recorded in preprocess.json.
 #: 2: ``method`` (a FAKE's manipulation method, "" when unknown and for REAL videos)
-MANIFEST_SCHEMA = 2
+#: 3: ``track`` and ``tracks`` (one row per face track; ``preprocess --max-faces``). The two columns are
+#:    written only when some video has more than one track, so single-face manifests keep schema 2's
+#:    columns; older rows read as ``track=0, tracks=1``.
+MANIFEST_SCHEMA = 3
 MANIFEST_SCHEMA_KEY = "manifest_schema"
 
 
@@ -93,14 +108,23 @@ class ManifestRow:
     height: int = 0
     seconds: float = 0.0  # processing time
     source_stat: str = ""  # "size:mtime_ns" of the video when processed: a replaced file is redone
+    track: int = 0  # face track of this row: 0 = the main face (most detections x size), then 1, 2, ...
+    tracks: int = 1  # face tracks this video has in the cache (rows with the same path)
 
     @property
     def usable(self) -> bool:
         return self.status in USABLE_STATUSES and bool(self.clip)
 
+    @property
+    def key(self) -> str:
+        """The row's identity in a manifest: its path, and its track after the first."""
+        return row_key(self.path, self.track)
+
 
 MANIFEST_FIELDS = [f.name for f in fields(ManifestRow)]
-_INT_FIELDS = {"frames", "source_frames", "width", "height"}
+#: the columns a manifest without multi-track videos is written with (schema 2's, unchanged)
+SINGLE_TRACK_FIELDS = [f for f in MANIFEST_FIELDS if f not in ("track", "tracks")]
+_INT_FIELDS = {"frames", "source_frames", "width", "height", "track", "tracks"}
 _FLOAT_FIELDS = {"face_ratio", "fps", "duration", "seconds"}
 
 
@@ -113,25 +137,52 @@ def file_signature(path: str | os.PathLike) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def clip_key(rel_path: str) -> str:
-    """Stable file name for a video's clip: a hash of its dataset-relative path."""
-    return hashlib.sha1(rel_path.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+def row_key(rel_path: str, track: int = 0) -> str:
+    """A manifest row's identity: the path for track 0 (as before tracks existed), path + track after."""
+    return rel_path if not track else f"{rel_path}\0track{int(track)}"
 
 
-def clip_relpath(rel_path: str) -> str:
-    key = clip_key(rel_path)
+def clip_key(rel_path: str, track: int = 0) -> str:
+    """Stable file name for a video's clip: a hash of its dataset-relative path (and track after the first)."""
+    return hashlib.sha1(row_key(rel_path, track).encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
+def clip_relpath(rel_path: str, track: int = 0) -> str:
+    key = clip_key(rel_path, track)
     return f"{CLIPS_DIR}/{key[:2]}/{key}.npy"
 
 
-def save_clip(cache_dir: str | os.PathLike, rel_path: str, clip: np.ndarray) -> str:
+def save_clip(cache_dir: str | os.PathLike, rel_path: str, clip: np.ndarray, track: int = 0) -> str:
     """Write a uint8 [T,S,S,3] clip atomically; return its path relative to the cache folder."""
     if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[-1] != 3:
         raise ValueError(f"clip must be uint8 [T,H,W,3], got {clip.dtype} {clip.shape}")
-    rel = clip_relpath(rel_path)
+    rel = clip_relpath(rel_path, track)
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(clip), allow_pickle=False)
     atomic_write_bytes(Path(cache_dir) / rel, buf.getvalue())
     return rel
+
+
+def save_track_info(cache_dir: str | os.PathLike, clip_rel: str, info: dict) -> str:
+    """Write a track's sidecar (``{"track", "box", "landmarks", "face_ratio"}``) beside its clip, atomically.
+
+    Why a sidecar and not manifest columns: a box and five landmarks are nested numbers that a CSV
+    cell would hide in JSON text, and single-face caches (no sidecars) keep today's manifest."""
+    rel = str(Path(clip_rel).with_suffix(".json"))
+    atomic_write_bytes(Path(cache_dir) / rel, json.dumps(info, sort_keys=True).encode("utf-8"))
+    return rel
+
+
+def load_track_info(cache_dir: str | os.PathLike, clip_rel: str) -> dict:
+    """A clip's track sidecar ({} when it has none: single-face caches, older caches)."""
+    path = Path(cache_dir) / Path(clip_rel).with_suffix(".json")
+    if Path(clip_rel).is_absolute() or not is_within(path, cache_dir) or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def load_clip(cache_dir: str | os.PathLike, clip_rel: str, mmap: bool = True) -> np.ndarray:
@@ -161,28 +212,30 @@ def _manifest_v1_to_v2(raw: dict) -> dict:
 
 #: schema N -> the function that turns one raw schema-N row (column -> text) into a schema-(N+1) row.
 #: Upgraders fill in what older rows lack (``setdefault``), so they are harmless on newer rows.
-_MANIFEST_UPGRADERS: dict[int, Callable[[dict], dict]] = {1: _manifest_v1_to_v2}
+def _manifest_v2_to_v3(raw: dict) -> dict:
+    """Schema 2 kept one face per video: every row is the main face's track, the only one."""
+    for name, value in (("track", "0"), ("tracks", "1")):
+        if raw.get(name) in (None, ""):
+            raw[name] = value
+    return raw
+
+
+_MANIFEST_UPGRADERS: dict[int, Callable[[dict], dict]] = {1: _manifest_v1_to_v2, 2: _manifest_v2_to_v3}
 
 
 def _check_manifest_schema(schema: Any, where: Any) -> int:
-    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
-        raise ValueError(f"{where}: invalid manifest schema {schema!r}")
-    if schema > MANIFEST_SCHEMA:
-        raise ValueError(f"{where}: manifest schema {schema} is newer than this version of deepfake-detector "
-                         f"reads ({MANIFEST_SCHEMA}); upgrade the package")
-    return schema
+    return check_schema(schema, current=MANIFEST_SCHEMA, what="manifest", where=where)
 
 
-def upgrade_manifest_row(raw: dict, schema: int) -> dict:
+def upgrade_manifest_row(raw: dict, schema: int, where: Any = "manifest") -> dict:
     """One raw manifest row of ``schema`` brought to :data:`MANIFEST_SCHEMA`."""
-    while schema < MANIFEST_SCHEMA:
-        raw = _MANIFEST_UPGRADERS[schema](raw)
-        schema += 1
-    return raw
+    return upgrade_schema(raw, schema, current=MANIFEST_SCHEMA, upgraders=_MANIFEST_UPGRADERS,
+                          what="manifest", where=where)
 
 
 def _parse_row(raw: dict) -> ManifestRow:
     kwargs = {}
+    raw["path"] = path_from_text(raw.get("path") or "")
     for name in MANIFEST_FIELDS:
         value = raw.get(name, "")
         value = "" if value is None else value
@@ -209,15 +262,19 @@ def read_manifest_file(path: str | os.PathLike, schema: int = 1) -> list[Manifes
 
 
 def write_manifest_file(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> None:
-    with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
+    """Write rows atomically; the ``track``/``tracks`` columns only when some video has several tracks."""
+    rows = list(rows)
+    names = MANIFEST_FIELDS if any(r.track or r.tracks > 1 for r in rows) else SINGLE_TRACK_FIELDS
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:  # valid UTF-8, whatever the names
+        writer = csv.DictWriter(fh, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow(asdict(row))
+            cells = {k: printable_text(v) if isinstance(v, str) else v for k, v in asdict(row).items()}
+            writer.writerow({**cells, "path": path_to_text(row.path)})
 
 
 def load_manifest(cache_dir: str | os.PathLike) -> list[ManifestRow]:
-    """All rows of a cache, merging shard manifests; for a path seen twice a usable row wins.
+    """All rows of a cache, merging shard manifests; for a (path, track) seen twice a usable row wins.
 
     Raises ``FileNotFoundError`` / ``ValueError`` / ``OSError``; :meth:`Cache.rows` turns them into
     one ``UserError`` line.
@@ -230,16 +287,17 @@ def load_manifest(cache_dir: str | os.PathLike) -> list[ManifestRow]:
     merged: dict[str, ManifestRow] = {}
     for f in files:
         for row in read_manifest_file(f, schema):
-            old = merged.get(row.path)
+            old = merged.get(row.key)
             if old is None or (row.usable and not old.usable) or (row.usable == old.usable):
-                merged[row.path] = row
+                merged[row.key] = row
     return list(merged.values())
 
 
 class ManifestWriter:
     """Keeps the rows of one (shard) manifest and rewrites the file atomically on ``flush``.
 
-    Rows from an earlier run are loaded so a rerun can skip videos whose clip exists.
+    Rows from an earlier run are loaded so a rerun can skip videos whose clip exists. ``rows`` is keyed
+    by :attr:`ManifestRow.key`: a video's main row under its path, its other tracks' beside it.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, shard: Optional[tuple[int, int]] = None) -> None:
@@ -249,7 +307,7 @@ class ManifestWriter:
         if self.path.exists():
             try:
                 for row in read_manifest_file(self.path, _recorded_manifest_schema(self.cache_dir)):
-                    self.rows[row.path] = row
+                    self.rows[row.key] = row
             except (ValueError, OSError, csv.Error) as exc:
                 log.warning("ignoring unreadable manifest %s (%s); it will be rebuilt", self.path, exc)
 
@@ -271,10 +329,18 @@ class ManifestWriter:
         return (self.cache_dir / row.clip).is_file()
 
     def add(self, row: ManifestRow) -> None:
-        self.rows[row.path] = row
+        """Record a row; a video's main row (track 0) first drops that video's rows of an earlier run."""
+        if not row.track:
+            for key in [k for k, r in self.rows.items() if r.path == row.path and r.track]:
+                del self.rows[key]
+        self.rows[row.key] = row
+
+    def tracks_of(self, rel_path: str) -> list[ManifestRow]:
+        """The rows of one video's other tracks (track > 0), in track order."""
+        return sorted((r for r in self.rows.values() if r.path == rel_path and r.track), key=lambda r: r.track)
 
     def flush(self) -> None:
-        write_manifest_file(self.path, sorted(self.rows.values(), key=lambda r: r.path))
+        write_manifest_file(self.path, sorted(self.rows.values(), key=lambda r: (r.path, r.track)))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from ..data.cache import Cache, ManifestRow
 from ..data.dataset import split_rows, usable_rows
 from ..data.records import index_to_label
 from ..errors import UserError
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, path_from_text, path_to_text
 from .distributed import DistInfo, broadcast_object
 from .early_stopping import EarlyStoppingWithCheckpoint
 
@@ -95,7 +95,8 @@ def write_predictions_csv(
     w = csv.writer(buf)
     w.writerow(["path", "label", "p_fake", "predicted", *extra])
     for i, (pth, y, p) in enumerate(zip(paths, y_true, p_fake)):
-        w.writerow([pth, index_to_label(int(y)), repr(float(p)), "FAKE" if p >= threshold else "REAL",
+        verdict = "FAKE" if p >= threshold else "REAL"
+        w.writerow([path_to_text(pth), index_to_label(int(y)), repr(float(p)), verdict,
                     *(col[i] for col in extra.values())])
     atomic_write_text(path, buf.getvalue())
 
@@ -108,7 +109,7 @@ def read_predictions_csv(path: str | os.PathLike) -> Optional[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return {
-        "paths": [r["path"] for r in rows],
+        "paths": [path_from_text(r["path"]) for r in rows],
         "y_true": np.array([1 if r["label"] == "FAKE" else 0 for r in rows], dtype=np.int64),
         "p_fake": np.array([float(r["p_fake"]) for r in rows], dtype=np.float64),
     }
@@ -243,7 +244,7 @@ class RunFolder:
         w = csv.writer(buf)
         w.writerow(["path", "split"])
         for name in SPLITS:
-            w.writerows([r.path, name] for r in splits.get(name, []))
+            w.writerows([path_to_text(r.path), name] for r in splits.get(name, []))
         atomic_write_text(self.splits_csv, buf.getvalue())
 
     def read_splits(self) -> Optional[dict[str, list[str]]]:
@@ -254,7 +255,7 @@ class RunFolder:
         with open(self.splits_csv, newline="", encoding="utf-8", errors="surrogateescape") as fh:
             for raw in csv.DictReader(fh):
                 if raw.get("split") in out and raw.get("path"):
-                    out[raw["split"]].append(raw["path"])
+                    out[raw["split"]].append(path_from_text(raw["path"]))
         return out
 
     def write_val_predictions(self, paths: list[str], y_true: Any, p_fake: Any, threshold: float) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from deepfake_detector.cli import main
 from deepfake_detector.inference import PREDICTION_FIELDS
+from deepfake_detector.utils import path_from_text
 from tests.helpers import make_bad_file, make_video
 from tests.test_inference import _tiny_legacy_file, make_tiny_checkpoint
 
@@ -148,7 +149,9 @@ def test_non_utf8_file_name(data, capsys, tmp_path):
     out_csv = tmp_path / "r.csv"
     code, out, _ = _run(capsys, data["ckpt"], os.fsdecode(raw), "--workers", "0", "-o", out_csv)
     assert code == 0 and "caf" in out
-    assert out_csv.read_bytes().count(b"caf\xe9 clip.mp4") == 1
+    text = out_csv.read_bytes().decode("utf-8")  # valid UTF-8 whatever the names
+    cell = next(line.split(",")[0] for line in text.splitlines() if "caf" in line)
+    assert cell.startswith("bytes:") and os.fsencode(path_from_text(cell)) == raw  # names the exact file
 
 
 def test_json_output_is_strict_utf8_for_non_utf8_names(tmp_path):
@@ -163,7 +166,8 @@ def test_json_output_is_strict_utf8_for_non_utf8_names(tmp_path):
     write_results(str(out), [Prediction(path=_os.fsdecode(b"/data/caf\xe9.mp4"), status="missing")])
     raw = out.read_bytes()
     raw.decode("utf-8", errors="strict")
-    assert _json.loads(raw)["predictions"][0]["path"] == "/data/caf\\xe9.mp4"
+    cell = _json.loads(raw)["predictions"][0]["path"]
+    assert cell == "bytes:/data/caf%E9.mp4" and _os.fsencode(path_from_text(cell)) == b"/data/caf\xe9.mp4"
 
 
 def test_explain_folder_that_fills_up_is_reported_and_exits_1(data, capsys, tmp_path, monkeypatch):
@@ -244,3 +248,61 @@ def test_shortened_errors_are_mentioned_in_the_summary(data, capsys, tmp_path, m
     assert long_error in out_csv.read_text()
     code, out, _ = _run(capsys, data["ckpt"], data["face"], tmp_path / "missing.mp4", "--workers", "0")
     assert "full text with --output FILE.csv" in out
+
+
+def test_celebdf_test_list_is_read_with_its_labels_and_summarised(data, capsys, tmp_path):
+    """Celeb-DF's ``List_of_testing_videos.txt``: ``1`` = real, ``0`` = fake, paths from the list's folder."""
+    import shutil
+
+    root = tmp_path / "Celeb-DF-v2"
+    (root / "Celeb-real").mkdir(parents=True)
+    (root / "Celeb-synthesis").mkdir()
+    shutil.copy(data["face"], root / "Celeb-real" / "id0_0000.mp4")
+    shutil.copy(data["noface"], root / "Celeb-synthesis" / "id0_id1_0000.mp4")
+    listing = root / "List_of_testing_videos.txt"
+    listing.write_text("1 Celeb-real/id0_0000.mp4\n0 Celeb-synthesis/id0_id1_0000.mp4\n")
+    out_json = tmp_path / "r.json"
+    code, out, err = _run(capsys, data["ckpt"], listing, "--workers", "0", "-o", out_json)
+    assert code == 0, out + err
+    assert "2 video(s)" in out and "missing" not in out
+    lines = out.splitlines()
+    summary = next(i for i, ln in enumerate(lines) if "against the lists' labels" in ln)
+    assert summary > next(i for i, ln in enumerate(lines) if "id0_id1_0000.mp4" in ln)  # after the table
+    assert "1 REAL, 1 FAKE" in lines[summary] and "accuracy" in lines[summary]
+    assert "ROC-AUC" in lines[summary]
+    labels = json.loads(out_json.read_text())["labels"]
+    assert labels["labelled"] == labels["scored"] == 2 and labels["real"] == 1 and labels["fake"] == 1
+    assert 0.0 <= labels["accuracy"] <= 1.0 and 0.0 <= labels["auc"] <= 1.0
+    # the same list elsewhere, with an absolute path and a ../ path: read as written
+    other = tmp_path / "lists" / "mine.txt"
+    other.parent.mkdir()
+    other.write_text(f"1 {root / 'Celeb-real' / 'id0_0000.mp4'}\n0 ../Celeb-DF-v2/Celeb-synthesis/"
+                     "id0_id1_0000.mp4\n")
+    code, out, err = _run(capsys, data["ckpt"], other, "--workers", "0", "-q")
+    assert code == 0, out + err
+    assert "2 video(s)" in out and "1 REAL, 1 FAKE" in out
+
+
+def test_csv_list_label_column_gives_the_summary_too(data, capsys, tmp_path):
+    (tmp_path / "l.csv").write_text(f"path,label\n{data['face']},REAL\n{data['noface']},1\n")
+    code, out, _ = _run(capsys, data["ckpt"], tmp_path / "l.csv", "--workers", "0", "-q")
+    assert code == 0
+    assert "against the lists' labels (1 scored: 1 REAL, 0 FAKE)" in out  # "1" is ambiguous: no label
+    assert "ROC-AUC undefined (one class only)" in out
+
+
+def test_legacy_readout_flag(data, capsys, tmp_path):
+    path = tmp_path / "model_90_acc_4_frames.pt"
+    _tiny_legacy_file(path)
+    scores = {}
+    for readout in ("last", "mean"):
+        out_json = tmp_path / f"{readout}.json"
+        code, _, err = _run(capsys, path, data["face"], "--legacy", "--legacy-mode", "exact", "--workers",
+                            "0", "--legacy-readout", readout, "-o", out_json)
+        assert code == 0, err
+        result = json.loads(out_json.read_text())
+        assert result["legacy"]["readout"] == readout
+        scores[readout] = result["predictions"][0]["p_fake"]
+    assert scores["last"] != scores["mean"]
+    code, _, err = _run(capsys, path, data["face"], "--legacy", "--legacy-readout", "mean", "--workers", "0")
+    assert code == 2 and "--legacy-mode exact" in err  # fixed mode has no such readout
