@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: str) -> str:
+    """A user error raised in a DataLoader worker comes back with the worker's traceback folded into its
+    message ("Caught UserError in DataLoader worker process 1. Original Traceback ..."): keep what the
+    error itself said."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]
+    return last.split("Error: ", 1)[1] if "Error: " in last else last
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends ``(default: X)`` only where it says something true and new: not for options defaulting to
     None ("not given"; their help states the real default), not for on/off flags (``--no-amp``'s stored
@@ -85,7 +95,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         if exc.errno not in WRITE_STOP_ERRNOS:

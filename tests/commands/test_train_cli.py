@@ -254,3 +254,27 @@ def test_evaluate_warns_when_the_cache_was_preprocessed_differently(trained, tmp
     assert len(warned) == 1, warned
     assert "frames 4 (trained on 6)" in warned[0] and "size 16 (trained on 24)" in warned[0]
     assert "\n" not in warned[0]
+
+
+@pytest.mark.timeout(180)
+def test_tampered_manifest_gives_one_error_line_with_loader_workers(tmp_path):
+    """A clip path escaping the cache is refused inside a DataLoader worker: one line, not its traceback."""
+    import subprocess
+    import sys
+
+    cache = make_synthetic_cache(tmp_path / "cache", n_real=6, n_fake=6)
+    lines = (cache / "manifest.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[3].split(",")
+    row[header.index("clip")] = "../../etc/passwd"
+    lines[3] = ",".join(row)
+    (cache / "manifest.csv").write_text("\n".join(lines) + "\n")
+    args = [*TINY]
+    args[args.index("--workers") + 1] = "2"
+    proc = subprocess.run([sys.executable, "-m", "deepfake_detector", "train", str(cache), "--name", "t",
+                           "--runs-dir", str(tmp_path / "runs"), "--epochs", "1", *args],
+                          capture_output=True, text=True, timeout=170)
+    err_lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith(("INFO", "WARNING"))]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(err_lines) == 1 and "points outside the cache folder" in err_lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
