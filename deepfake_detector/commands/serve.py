@@ -56,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="override the checkpoint's decision threshold on P(FAKE) "
                              "(default: the checkpoint's)" + _DEFAULT_SAID)
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="report the model's raw scores, not the checkpoint's calibrated probabilities "
+                             "(the default threshold follows, so verdicts do not change)")
+    parser.add_argument("--batch-window-ms", type=float, default=0.0, metavar="MS",
+                        help="batch the network across concurrent uploads: wait up to MS for other workers' "
+                             "clips and score them in one forward pass (for a GPU with --workers 4 or more; "
+                             "decoding stays per worker; 0 = off)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the start-up run of a tiny synthetic video (the first request is then "
                              "slower; default: warm up)" + _DEFAULT_SAID)
@@ -81,6 +88,9 @@ def _add_legacy_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--legacy-preprocess", choices=["reference", "ours"], default=None,
                    help="'reference' (first frames, tight dlib crops; default with exact) or 'ours' "
                         "(default with fixed)" + _DEFAULT_SAID)
+    g.add_argument("--legacy-readout", choices=["last", "mean"], default=None,
+                   help="exact mode: 'last' = the LSTM output of the last frame, what the reference's "
+                        "predict code scored (default); 'mean' = the average over frames" + _DEFAULT_SAID)
 
 
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +142,8 @@ def _settings(args: argparse.Namespace):
             host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, workers=args.workers,
             token=token, queue_size=args.queue_size, request_timeout_s=args.timeout,
             upload_timeout_s=args.upload_timeout, cors_origins=tuple(args.cors_origin), tmp_dir=args.tmp_dir,
-            warmup=not args.no_warmup, max_connections=args.max_connections,
+            warmup=not args.no_warmup, batch_window_ms=args.batch_window_ms,
+            max_connections=args.max_connections,
             header_timeout_s=args.header_timeout, keep_alive_s=args.keep_alive_timeout,
             body_idle_timeout_s=args.body_idle_timeout, min_upload_rate_kbs=args.min_upload_rate,
             max_bodies=args.max_bodies, body_budget_mb=args.body_budget_mb, max_jobs=args.max_jobs,
@@ -192,7 +203,10 @@ def _detector_options(args: argparse.Namespace) -> dict:
     if args.legacy_frames is not None and args.legacy_frames < 1:
         raise UserError("--legacy-frames must be >= 1")
     opts.update(legacy=True if args.legacy else None, legacy_mode=args.legacy_mode,
-                legacy_frames=args.legacy_frames, legacy_preprocess=args.legacy_preprocess)
+                legacy_frames=args.legacy_frames, legacy_preprocess=args.legacy_preprocess,
+                legacy_readout=args.legacy_readout, calibration=not args.no_calibration)
+    if args.batch_window_ms > 0:  # a batch holds up to one clip per worker: one forward pass for all
+        opts["batch_size"] = max(8, args.workers)
     return opts
 
 

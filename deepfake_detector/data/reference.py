@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -91,16 +92,19 @@ class _Unusable(Exception):
         self.status, self.error = status, error
 
 
-_DLIB: dict = {}
+#: One dlib HOG detector per thread: dlib's scanner keeps its image pyramid inside the detector object
+#: and is not thread-safe, so threads sharing one (``serve --workers N``) corrupted the heap. Per
+#: thread, legacy exact mode runs as many videos at once as there are threads, with no lock.
+_DLIB = threading.local()
 
 
 def _dlib_hog() -> Any:
-    """dlib's HOG face detector, built once per process (what ``face_recognition`` uses by default)."""
-    det = _DLIB.get("hog")
+    """This thread's dlib HOG face detector (``face_recognition``'s default), built on first use."""
+    det = getattr(_DLIB, "hog", None)
     if det is None:
         import dlib
 
-        det = _DLIB["hog"] = dlib.get_frontal_face_detector()
+        det = _DLIB.hog = dlib.get_frontal_face_detector()
     return det
 
 

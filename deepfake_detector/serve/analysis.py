@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from ..utils import is_within
 from .admission import Admission, RequestFiles
+from .batching import ClipBatcher
 from .jobs import FILE_PLACEHOLDER, cache_key
 from .metrics import Metrics
 from .responses import ErrorReply, _jsonable, _model_summary, _prediction_dict
@@ -202,9 +203,19 @@ async def _analyse_now(state: ServerState, upload: Upload, explain: bool,
     return body
 
 
+def _predict(detector: Any, batcher: Optional[ClipBatcher], path: str, explain_dir: Optional[str]) -> Any:
+    """The detector's Prediction; with a batcher the network call is shared with other requests' clips.
+
+    Heat maps need the model's gradients for this one clip, so an explained upload runs on its own.
+    """
+    if batcher is None or explain_dir is not None:
+        return detector.predict_one(path, explain_dir=explain_dir)
+    return batcher.predict(path)
+
+
 def _infer(detector: Any, admission: Admission, files: RequestFiles, explain_dir: Optional[Path],
            settings: ServeSettings, t_uploaded: float, metrics: Metrics,
-           on_start: Optional[Callable[[], None]]) -> dict:
+           on_start: Optional[Callable[[], None]], batcher: Optional[ClipBatcher] = None) -> dict:
     """In a worker thread: check the content by decoding, then run the model; with the step times."""
     t_start = time.perf_counter()
     admission.started()
@@ -218,7 +229,7 @@ def _infer(detector: Any, admission: Admission, files: RequestFiles, explain_dir
             return {"not_video": str(exc), "queued": t_start - t_uploaded}
         t_probed = time.perf_counter()
         out = str(explain_dir) if explain_dir else None
-        pred = detector.predict_one(str(files.upload), explain_dir=out)
+        pred = _predict(detector, batcher, str(files.upload), out)
         done = time.perf_counter()
         metrics.analysis.observe(done - t_start)
         return {"pred": pred, "probe": probe, "queued": t_start - t_uploaded,
@@ -237,7 +248,7 @@ async def _run_inference(state: ServerState, upload: Upload, explain_dir: Option
     settings, files = state.settings, upload.files
     assert state.admission is not None and state.executor is not None and state.metrics is not None
     work = functools.partial(_infer, state.detector, state.admission, files, explain_dir, settings,
-                             upload.t_uploaded, state.metrics, on_start)
+                             upload.t_uploaded, state.metrics, on_start, state.batcher)
     files.hold()
     try:
         future = state.executor.submit(work)
@@ -299,6 +310,7 @@ def _verdict_body(state: ServerState, files: RequestFiles, pred: dict, result: d
         "error": error,
         "frames": pred.get("frames"),
         "face_ratio": pred.get("face_ratio"),
+        "faces": (pred.get("faces") or []) if scored else [],
         "video": result["probe"],
         "model": _model_summary(state.info),
         "timing": _analysis_timing(pred, result),

@@ -27,6 +27,7 @@ NAMESPACE = "deepfake_detector"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _ANALYSIS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
 class Metrics:
@@ -44,6 +45,9 @@ class Metrics:
                                   "thread", namespace=ns, registry=reg, buckets=_ANALYSIS_BUCKETS)
         self.queue_wait = Histogram("queue_wait_seconds", "Time an upload waited for a worker thread",
                                     namespace=ns, registry=reg, buckets=_ANALYSIS_BUCKETS)
+        self.batch_size = Histogram("batch_clips", "Clips per network call of the request batcher "
+                                    "(--batch-window-ms; no observations when off)", namespace=ns,
+                                    registry=reg, buckets=_BATCH_BUCKETS)
         self.rejected = Counter("uploads_rejected", "Uploads refused, by reason (too_large, busy, "
                                 "body_budget, upload_timeout, not_video, ...)", ["reason"], namespace=ns,
                                 registry=reg)

@@ -166,7 +166,8 @@ def _without_validation_422(schema: dict) -> dict:
         for op in item.values():
             responses = op.get("responses") if isinstance(op, dict) else None
             if isinstance(responses, dict) and responses.pop("422", None) is not None:
-                responses.setdefault("400", {"description": "An invalid parameter value"})
+                responses.setdefault("400", {"description": "An invalid parameter value", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
     components = schema.get("components") or {}
     schemas = components.get("schemas") or {}
     text = json.dumps(schema.get("paths") or {})

@@ -22,6 +22,8 @@ from .. import __version__
 from . import analysis
 from .jobs import Job, cache_key
 from .responses import ErrorReply, _error, _jsonable, _model_summary
+from .schemas import Job as JobBody
+from .schemas import Verdict, error
 from .security import check_bearer
 from .settings import ServeSettings
 from .state import ServerState
@@ -44,25 +46,27 @@ _PREDICT_REQUEST_BODY = {
 }
 
 _UPLOAD_REFUSALS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Missing `file` field, malformed or empty upload, or an invalid parameter "
-                         "value (such as `explain=maybe`)"},
-    401: {"description": "Missing or wrong bearer token"},
-    408: {"description": "The upload was too slow (stalled, below the minimum rate, or over the upload "
-                         "time limit)"},
-    413: {"description": "The file is larger than the upload limit"},
-    415: {"description": "Not multipart, or the file is not a decodable video"},
-    503: {"description": "Queue full, too many uploads being received, or model not loaded (see "
-                         "Retry-After)"},
-    507: {"description": "The server has no room to store the upload right now"},
+    400: error("Missing `file` field, malformed or empty upload, or an invalid parameter value (such as "
+               "`explain=maybe`)"),
+    401: error("Missing or wrong bearer token"),
+    408: error("The upload was too slow (stalled, below the minimum rate, or over the upload time limit)"),
+    413: error("The file is larger than the upload limit"),
+    415: error("Not multipart, or the file is not a decodable video"),
+    503: error("Queue full, too many uploads being received, or model not loaded (see Retry-After)"),
+    507: error("The server has no room to store the upload right now"),
 }
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The video was processed; its `status` says how (a verdict, or why none)"},
+    200: {"description": "The video was processed; its `status` says how (a verdict, or why none)",
+          "model": Verdict},
     **_UPLOAD_REFUSALS,
-    504: {"description": "The analysis took longer than the request time limit"},
+    500: error("The detector failed on this video, or uploads cannot be stored (see the server log)"),
+    504: error("The analysis took longer than the request time limit"),
 }
 _JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
-    202: {"description": "The job was created; poll `GET /api/v1/jobs/{id}` (also in `Location`)"},
+    202: {"description": "The job was created; poll `GET /api/v1/jobs/{id}` (also in `Location`)",
+          "model": JobBody},
     **_UPLOAD_REFUSALS,
+    500: error("Uploads cannot be stored right now (see the server log)"),
 }
 
 router = APIRouter()
@@ -117,7 +121,7 @@ async def api_docs() -> FileResponse:
 
 @router.get("/healthz", summary="Liveness and readiness", responses={
     200: {"description": "The model is loaded and requests are accepted"},
-    503: {"description": _NOT_LOADED},
+    503: error(_NOT_LOADED),
 })
 async def healthz(state: ServerState = Depends(server_state)) -> JSONResponse:
     """200 when the model is loaded and requests are accepted; 503 otherwise. No authentication.
@@ -142,7 +146,7 @@ async def healthz(state: ServerState = Depends(server_state)) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)],
             response_class=Response, responses={
                 200: {"description": "Metrics in Prometheus text format", "content": {"text/plain": {}}},
-                401: {"description": "Missing or wrong bearer token (when the server has one)"}})
+                401: error("Missing or wrong bearer token (when the server has one)")})
 async def metrics(state: ServerState = Depends(server_state)) -> Response:
     """Requests, latency, analysis time, queue depth, bodies in flight, rejected uploads, model info."""
     assert state.metrics is not None
@@ -152,8 +156,8 @@ async def metrics(state: ServerState = Depends(server_state)) -> Response:
 
 @router.get("/api/v1/model", summary="The loaded checkpoint", dependencies=[Depends(require_token)],
             responses={200: {"description": "The loaded model and the server's limits"},
-                       401: {"description": "Missing or wrong bearer token"},
-                       503: {"description": _NOT_LOADED}})
+                       401: error("Missing or wrong bearer token"),
+                       503: error(_NOT_LOADED)})
 async def model_info(state: ServerState = Depends(server_state)) -> JSONResponse:
     """Name, checkpoint sha256, config, metrics and threshold of the loaded model, plus server limits.
 
@@ -269,9 +273,10 @@ async def _run_job(state: ServerState, job: Job, upload: analysis.Upload, explai
 
 @router.get("/api/v1/jobs/{job_id}", summary="A job's state and result",
             dependencies=[Depends(require_token)],
-            responses={200: {"description": "The job: `state`, and `result` or `error` once finished"},
-                       401: {"description": "Missing or wrong bearer token"},
-                       404: {"description": "No such job (never created, or expired)"}})
+            responses={200: {"description": "The job: `state`, and `result` or `error` once finished",
+                             "model": JobBody},
+                       401: error("Missing or wrong bearer token"),
+                       404: error("No such job (never created, or expired)")})
 async def get_job(job_id: str = PathParam(..., description="the id from `POST /api/v1/jobs`", max_length=64),
                   state: ServerState = Depends(server_state)) -> JSONResponse:
     """The job's state (`queued`, `processing`, `done`, `error`) and, once finished, its result or error."""

@@ -38,6 +38,7 @@ class ServeSettings:
     probe_max_packets: int = 500  # packets read while looking for the first decodable video frame
     max_video_side: int = 8192  # uploads whose video claims a larger width/height are refused (415)
     warmup: bool = True  # run one tiny synthetic video through the model at start-up (fast first request)
+    batch_window_ms: float = 0.0  # batch the network across concurrent requests for up to this long (0 = off)
     extra: dict = field(default_factory=dict)  # free-form values shown by /api/v1/model
     # connections: what an idle or slow client can hold (see timeouts.py)
     max_connections: int = 512  # open connections (uvicorn's limit_concurrency); more get 503
@@ -74,6 +75,8 @@ class ServeSettings:
             raise ValueError("retry_after_s must be >= 1")
         if int(self.max_parts) < 1:
             raise ValueError("max_parts must be >= 1")
+        if not 0.0 <= float(self.batch_window_ms) <= 1000.0:
+            raise ValueError("the batching window must be between 0 (off) and 1000 ms")
         self._check_connection_limits()
         if self.token is not None:
             self.token = self.token.strip()
@@ -138,6 +141,7 @@ class ServeSettings:
             "upload_timeout_s": float(self.upload_timeout_s),
             "auth": self.token is not None,
             "job_ttl_s": float(self.job_ttl_s),
+            "batch_window_ms": float(self.batch_window_ms),
         }
 
 

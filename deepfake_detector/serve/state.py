@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .admission import Admission, BodyBudget
+from .batching import ClipBatcher, supports_batching
 from .jobs import JobStore, ResultCache
 from .metrics import Metrics
 from .responses import _jsonable, _without_paths
@@ -157,6 +158,7 @@ class ServerState:
     jobs: Optional[JobStore] = None
     results: Optional[ResultCache] = None
     metrics: Optional[Metrics] = None
+    batcher: Optional[ClipBatcher] = None  # --batch-window-ms: the network batched across requests
     started: float = 0.0
     _lock_fd: Optional[int] = None
 
@@ -229,9 +231,25 @@ class ServerState:
         self.info = _without_paths(_jsonable(info))
         assert self.metrics is not None
         self.metrics.set_model(self.info, self.calibrated)
+        self.batcher = self._batcher_for(det)
         self.detector = det
         self.started = time.time()
         log.info("model %s ready; uploads go to %s", self.info.get("name"), self.private_dir)
+
+    def _batcher_for(self, detector: Any) -> Optional[ClipBatcher]:
+        """The batcher when ``--batch-window-ms`` asks for one and batches can form (>= 2 workers)."""
+        s = self.settings
+        if not s.batch_window_ms:
+            return None
+        if int(s.workers) < 2 or not supports_batching(detector):
+            why = "needs --workers 2 or more" if int(s.workers) < 2 else "this detector cannot score clips"
+            log.warning("--batch-window-ms ignored: batching %s", why)
+            return None
+        assert self.metrics is not None
+        log.info("batching the network across requests: window %g ms, up to %d clips per pass",
+                 s.batch_window_ms, s.workers)
+        return ClipBatcher(detector, s.batch_window_ms / 1000.0, max_batch=int(s.workers),
+                           on_batch=self.metrics.batch_size.observe)
 
     def close(self) -> None:
         """Stop accepting work, drop queued inferences and jobs, delete every upload (after :meth:`open`)."""
@@ -240,6 +258,8 @@ class ServerState:
             self.jobs.cancel_all()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.batcher is not None:
+            self.batcher.close()
         if self.private_dir is not None:
             shutil.rmtree(self.private_dir, ignore_errors=True)
         if self._lock_fd is not None:

@@ -29,11 +29,12 @@ from .settings import ServeSettings
 #: Bytes a multipart envelope may add around the file (boundaries, part headers, small fields).
 MULTIPART_OVERHEAD = 64 * 1024
 
-#: Demuxers an upload may be read with. Everything else (image pipes, HLS/concat playlists that can
-#: reference other files, raw formats guessed from noise) is refused before the model sees it.
+#: Demuxers an upload may be read with. Everything else (image pipes, GIFs, which the pipeline refuses
+#: as still images, HLS/concat playlists that can reference other files, raw formats guessed from
+#: noise) is refused (415) before the model sees it.
 ALLOWED_DEMUXERS = (
     "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "flv", "mpeg",
-    "ogg", "asf", "gif", "h264", "hevc", "m4v", "dv",
+    "ogg", "asf", "h264", "hevc", "m4v", "dv",
 )
 
 class NotAVideo(Exception):

@@ -24,7 +24,7 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     for opt in ("--host", "--port", "--max-upload-mb", "--workers", "--token", "--queue-size", "--timeout",
                 "--cors-origin", "127.0.0.1", "--legacy", "--legacy-mode", "--legacy-frames",
-                "--legacy-preprocess",
+                "--legacy-preprocess", "--legacy-readout", "--no-calibration", "--batch-window-ms",
                 "--max-connections", "--header-timeout", "--keep-alive-timeout", "--body-idle-timeout",
                 "--min-upload-rate", "--max-bodies", "--body-budget-mb", "--max-jobs", "--job-ttl",
                 "--cache-entries", "--cache-mb", "/metrics", "/api/v1/jobs"):
@@ -98,6 +98,8 @@ def test_bad_limits_are_user_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "body budget" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "x.pt"), "--header-timeout", "0"]) == 2
     assert "header_timeout" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "x.pt"), "--batch-window-ms", "-1"]) == 2
+    assert "batching window" in capsys.readouterr().err
     ckpt = tmp_path / "x.pt"
     ckpt.write_bytes(b"x")
     assert main(["serve", str(ckpt), "--legacy", "--legacy-frames", "0", "--port", str(free_port())]) == 2
@@ -120,13 +122,18 @@ def test_legacy_options_reach_the_detector_like_predict(tmp_path: Path, capsys: 
     ckpt.write_bytes(b"x")
     port = str(free_port())
     assert main(["serve", str(ckpt), "--port", port, "--legacy", "--legacy-mode", "exact",
-                 "--legacy-frames", "10", "--legacy-preprocess", "ours", "--device", "cpu"]) == 2
-    assert main(["serve", str(ckpt), "--port", port, "--threshold", "0.7"]) == 2
+                 "--legacy-frames", "10", "--legacy-preprocess", "ours", "--legacy-readout", "mean",
+                 "--device", "cpu"]) == 2
+    assert main(["serve", str(ckpt), "--port", port, "--threshold", "0.7", "--no-calibration"]) == 2
     assert "stop here" in capsys.readouterr().err
     assert seen[0] == {"device": "cpu", "compile": False, "legacy": True, "legacy_mode": "exact",
-                       "legacy_frames": 10, "legacy_preprocess": "ours"}
+                       "legacy_frames": 10, "legacy_preprocess": "ours", "legacy_readout": "mean",
+                       "calibration": True}
     # without --legacy: auto-detected (None) in the default 'fixed' mode, as predict does
     assert seen[1]["legacy"] is None and seen[1]["legacy_mode"] == "fixed" and seen[1]["threshold"] == 0.7
+    assert seen[1]["legacy_readout"] is None and seen[1]["calibration"] is False
+    assert main(["serve", str(ckpt), "--port", port, "--workers", "16", "--batch-window-ms", "10"]) == 2
+    assert seen[2]["batch_size"] == 16  # the batcher's largest batch is one forward pass
 
 
 @pytest.mark.slow

@@ -38,12 +38,14 @@ def face_videos(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     return [make_video(d / f"face{w}x{h}.mp4", frames=8, size=(w, h)).read_bytes() for w, h in SIZES]
 
 
-def _start(checkpoint: Path, workers: int, port: int, tmp_dir: Path) -> subprocess.Popen:
+def _start(checkpoint: Path, workers: int, port: int, tmp_dir: Path,
+           window_ms: float = 0) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPFAKE_DETECTOR_TOKEN": ""}
     return subprocess.Popen(
         [sys.executable, "-m", "deepfake_detector", "serve", str(checkpoint), "--port", str(port),
          "--device", "cpu", "--workers", str(workers), "--queue-size", "24", "--cache-entries", "0",
-         "--tmp-dir", str(tmp_dir), "--log-level", "warning", "--timeout", "60"],
+         "--tmp-dir", str(tmp_dir), "--log-level", "warning", "--timeout", "60",
+         "--batch-window-ms", f"{window_ms:g}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
 
 
@@ -63,11 +65,12 @@ async def _fire(base: str, videos: list[bytes]) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("workers", [1, 2, 4])
-def test_parallel_face_uploads_never_crash_the_server(workers: int, tiny_checkpoint: Path,
+@pytest.mark.parametrize(("workers", "window_ms"), [(1, 0), (2, 0), (4, 0), (4, 10)])
+def test_parallel_face_uploads_never_crash_the_server(workers: int, window_ms: float, tiny_checkpoint: Path,
                                                        face_videos: list[bytes], tmp_path: Path) -> None:
+    """(4, 10): the same with the network batched across requests (--batch-window-ms 10)."""
     port = free_port()
-    proc = _start(tiny_checkpoint, workers, port, tmp_path)
+    proc = _start(tiny_checkpoint, workers, port, tmp_path, window_ms)
     base = f"http://127.0.0.1:{port}"
     try:
         def up() -> bool:
@@ -84,8 +87,8 @@ def test_parallel_face_uploads_never_crash_the_server(workers: int, tiny_checkpo
         codes = asyncio.run(_fire(base, face_videos))
         seconds = time.perf_counter() - t0
         tally = {c: codes.count(c) for c in sorted(set(codes))}
-        print(f"stress --workers {workers}: {len(codes)} uploads ({N_PARALLEL} in flight) in {seconds:.1f} s "
-              f"-> {tally}")
+        print(f"stress --workers {workers} --batch-window-ms {window_ms:g}: {len(codes)} uploads "
+              f"({N_PARALLEL} in flight) in {seconds:.1f} s -> {tally}")
         assert proc.poll() is None, f"the server died (exit code {proc.returncode})"
         assert set(codes) <= {200, 503}, tally
         assert codes.count(200) >= workers, tally
