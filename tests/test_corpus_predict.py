@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from deepfake_detector.config import PreprocessConfig
+from deepfake_detector.utils import path_from_text
 from tests.corpus import ALL_STATUSES, GOOD, build_corpus
 from tests.helpers import make_tiny_checkpoint
 
@@ -95,7 +96,7 @@ def test_predict_cli_rows_for_every_input_and_exit_code_1(corpus, ckpt, tmp_path
     with open(out, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(items), [r["path"] for r in rows]
-    by_path = {r["path"]: r for r in rows}
+    by_path = {path_from_text(r["path"]): r for r in rows}  # non-UTF-8 names are written as bytes:...
     for it in items:
         row = by_path.get(it.path)
         assert row is not None, f"{it.name}: no row for {it.path!r}"
