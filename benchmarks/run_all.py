@@ -17,6 +17,11 @@ its floor (see each script's docstring):
   at 112 px (and 224 px on a GPU).
 * faces (``bench_faces.py``): frames/s of each face detector over rotated, dark, turned, small, two-person
   and faceless frames; reference = dlib HOG (today's default); the note gives its lowest recall.
+* cluster (``bench_cluster.py``): preprocess videos/s with ``--engine ray`` at equal CPUs; reference = the
+  local process pool with as many workers (``x ref`` below 1 is Ray's overhead); skipped without Ray.
+* serve (``bench_serve.py``): requests/s of the real ``serve`` command under 1, 4 and 16 concurrent
+  uploads at ``--workers`` 1 and 2 (the note: p50/p95/p99 latency, error rate); the batching-window
+  rows' reference is the same setting with the window off.
 
 Every script runs in its own process (fresh CUDA state, no allocator carry-over). The table's ratio
 columns: ``x ref`` = ours / reference-style throughput (higher is better) and ``x floor`` = floor /
@@ -107,6 +112,8 @@ def collect(out: Path) -> dict:
                           ours and ours["videos_s"], floor and floor["videos_s"], note))
     for fc in _each(out, "faces*.json"):
         table.extend(_face_rows(fc))
+    table.extend(_cluster_rows(_load(out / "cluster.json")))
+    table.extend(_serve_rows(_load(out / "serve.json")))
     for pm in _each(out, "predict_model*.json"):
         device = device or pm.get("device")
         rows = pm["rows"]
@@ -119,6 +126,29 @@ def collect(out: Path) -> dict:
                               ref and ref["frames_s"], r["frames_s"], fl and fl["frames_s"],
                               f"{r.get('precision', '')} {r.get('layout', '')} b{r.get('batch', '')}"))
     return {"device": device or "CPU", "rows": table}
+
+
+def _cluster_rows(report: Optional[dict]) -> list[dict]:
+    """``bench_cluster`` JSON: per worker count, Ray's videos/s next to the local pool's (whole run; the
+    note gives the steady rates, after start-up); one row saying why when it was skipped."""
+    if not report:
+        return []
+    if report.get("skipped") or report.get("ray_skipped"):
+        return [_row("cluster preprocess --engine ray", "videos/s", None, None, None,
+                     f"skipped: {report.get('skipped') or report.get('ray_skipped')}")]
+    rows = report.get("rows") or []
+    local = {r["workers"]: r for r in rows if r["engine"] == "local"}
+    out = []
+    for r in rows:
+        ref = local.get(r["workers"])
+        if r["engine"] != "ray" or not ref:
+            continue
+        steady = f"{ref.get('steady_videos_s') or 0:.3g} -> {r.get('steady_videos_s') or 0:.3g}"
+        note = (f"steady {steady} videos/s; "
+                f"{report.get('videos', '?')} x {report.get('seconds', '?')} s 720p")
+        out.append(_row(f"cluster preprocess ray vs local, {r['workers']} worker(s)", "videos/s",
+                        ref["videos_s"], r["videos_s"], None, note))
+    return out
 
 
 def _face_rows(report: dict) -> list[dict]:
@@ -134,6 +164,25 @@ def _face_rows(report: dict) -> list[dict]:
                          f"{len(report.get('conditions', []))} conditions)", "frames/s", ref, s["frames_s"],
                          None, note))
     return rows
+
+
+def _serve_rows(report: Optional[dict]) -> list[dict]:
+    """``bench_serve`` JSON: requests/s per (workers, batching window, clients); a row with the window on
+    has the same setting without it as its reference; the note gives the latency percentiles."""
+    if not report:
+        return []
+    rows = report.get("rows") or []
+    off = {(r["workers"], r["concurrency"]): r for r in rows if not r.get("batch_window_ms")}
+    out = []
+    for r in rows:
+        window = r.get("batch_window_ms") or 0
+        ref = off.get((r["workers"], r["concurrency"])) if window else None
+        stage = (f"serve {report.get('model', '')} --workers {r['workers']}, {r['concurrency']} client(s)"
+                 + (f", batch window {window:g} ms" if window else ""))
+        lat = "/".join("-" if r.get(k) is None else f"{r[k]:.2f}" for k in ("p50_s", "p95_s", "p99_s"))
+        note = f"p50/p95/p99 {lat} s, errors {r.get('error_pct', 0):g} %"
+        out.append(_row(stage, "req/s", ref and ref["rps"], r["rps"], None, note))
+    return out
 
 
 def _fmt(v: Optional[float], ratio: bool = False) -> str:
@@ -164,8 +213,8 @@ def main(argv=None) -> int:
                     help="short runs: one repeat, long-GOP clip only, small predict runs")
     ap.add_argument("--out", default=None, help="folder for the stage JSON files and summary.json")
     ap.add_argument("--summarize", default=None, metavar="DIR", help="only summarise the JSON files in DIR")
-    ap.add_argument("--stages", default="preprocess,train,predict,faces",
-                    help="comma list of preprocess, train, predict, faces")
+    ap.add_argument("--stages", default="preprocess,train,predict,faces,cluster,serve",
+                    help="comma list of preprocess, train, predict, faces, cluster, serve")
     args = ap.parse_args(argv)
     if args.summarize:
         out = Path(args.summarize)
@@ -180,7 +229,8 @@ def main(argv=None) -> int:
             return 2
         if not summary["rows"]:
             print(f"error: no benchmark results in {out} (expected preprocess.json, train*.json, "
-                  "predict_e2e*.json, predict_model*.json or faces*.json)", file=sys.stderr)
+                  "predict_e2e*.json, predict_model*.json, faces*.json, cluster.json or serve.json)",
+                  file=sys.stderr)
             return 1
         print_table(summary)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -207,6 +257,14 @@ def main(argv=None) -> int:
     if "faces" in stages:
         runs.append(("faces", ["-m", "benchmarks.bench_faces", "--json", out / "faces.json"]
                      + (["--frames", "8"] if q else [])))
+    if "cluster" in stages:
+        runs.append(("cluster (ray vs local)", ["-m", "benchmarks.bench_cluster", "--json",
+                                                out / "cluster.json"]
+                     + (["--videos", "8", "--seconds", "5"] if q else [])))
+    if "serve" in stages:
+        runs.append(("serve (load)", ["-m", "benchmarks.bench_serve", "--json", out / "serve.json"]
+                     + (["--model", "tiny", "--seconds", "2", "--width", "320", "--height", "240",
+                         "--requests", "8"] if q else ["--batch-window-ms", "0,10"])))
     failed = []
     for name, cmd in runs:
         print(f"\n=== {name} ===", flush=True)

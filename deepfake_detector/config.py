@@ -57,6 +57,8 @@ class PreprocessConfig:
     smooth: int = 3  # median window (in sampled frames) for smoothing the face track; 1 = off
     align: bool = False  # turn each crop so the eyes are level (needs landmarks: detector mtcnn)
     mtcnn_weights: Optional[str] = None  # folder with MTCNN's pnet.pt/rnet.pt/onet.pt (None: torch hub cache)
+    # faces (tracks) kept per video, one clip each; 1 = the main face only (the cache layout before tracks)
+    max_faces: int = 1
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -83,6 +85,8 @@ class PreprocessConfig:
             raise ValueError("detector must be dlib, haar, center or mtcnn")
         if self.align and self.detector != "mtcnn":
             raise ValueError("align needs eye positions, which only the mtcnn detector finds")
+        if not 1 <= self.max_faces <= 16:
+            raise ValueError("max_faces must be between 1 and 16")
 
 
 @dataclass
@@ -99,8 +103,12 @@ class ModelConfig:
     dropout: float = 0.4
     num_classes: int = 2
     freeze_backbone: bool = False
+    temporal_diff: bool = False  # the LSTM also sees per-frame feature differences f[t] - f[t-1]
+    pooling: str = "mean"  # how LSTM outputs over time are pooled: mean (the seed's) | attention
 
     def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "attention"):
+            raise ValueError("pooling must be mean or attention")
         if self.hidden_size < 1 or self.num_layers < 1:
             raise ValueError("hidden_size and num_layers must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -155,6 +163,9 @@ class TrainConfig:
     overwrite: bool = False  # replace an existing run folder of the same name
     stop_after: int = 0  # stop after this many epochs in this invocation (0 = no limit); --resume goes on
     include_no_face: bool = False  # also train on no_face (centre-crop) clips
+    # which faces of a FAKE with several tracks (preprocess --max-faces) are positives when the cache does
+    # not hold its original: largest (the main face) | all. With the original, the swapped face is chosen.
+    fake_tracks: str = "largest"
     warmup_epochs: float = 1.0  # linear LR warm-up (cosine), capped at 20 % of all steps
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
     step_epochs: int = 0  # step scheduler: decay every N epochs (0 = epochs // 3)
@@ -162,10 +173,15 @@ class TrainConfig:
     pin_memory: bool = True  # pinned host memory for CUDA transfers
     feature_cache: bool = True  # with model.freeze_backbone: train the head on cached per-frame features
     tensorboard: bool = True  # TensorBoard event files in the run folder (tensorboard/)
+    lr_backbone: Optional[float] = None  # learning rate of the backbone; None = lr (one rate for all)
+    augment: str = "base"  # training augmentations, comma-separated: base,h264,noise,cutout (or none)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = from_dict(ModelConfig, self.model)
+        if self.lr_backbone is not None and not self.lr_backbone > 0:
+            raise ValueError("lr_backbone must be > 0 (leave it unset for the same rate as lr)")
+        self.augment = ",".join(parse_augment(self.augment)) or "none"
         if self.epochs < 1:
             raise ValueError("epochs must be >= 1")
         if self.batch_size < 0:
@@ -191,12 +207,29 @@ class TrainConfig:
             raise ValueError("patience, stop_after and limit_train_batches must be >= 0")
         if self.workers < 0:
             raise ValueError("workers must be >= 0")
+        if self.fake_tracks not in ("largest", "all"):
+            raise ValueError("fake_tracks must be largest or all")
         if self.max_nonfinite < 1:
             raise ValueError("max_nonfinite must be >= 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError("device must be auto, cpu, cuda or cuda:N")
         if self.warmup_epochs < 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 < self.step_gamma <= 1.0:
             raise ValueError("warmup_epochs >= 0, min_lr_ratio in [0, 1] and step_gamma in (0, 1] required")
+
+
+#: training augmentations that can be switched on (``TrainConfig.augment``); ``base`` is today's set
+AUGMENTS = ("base", "h264", "noise", "cutout")
+
+
+def parse_augment(text: str) -> tuple[str, ...]:
+    """``"base,noise"`` -> ``("base", "noise")`` in canonical order; ``"none"`` or ``""`` -> ``()``.
+
+    Canonical order keeps one spelling per set, so config files and run comparisons agree."""
+    names = {n.strip().lower() for n in str(text).split(",") if n.strip()} - {"none"}
+    unknown = sorted(names - set(AUGMENTS))
+    if unknown:
+        raise ValueError(f"augment: unknown {', '.join(unknown)}; choose from {','.join(AUGMENTS)} or none")
+    return tuple(a for a in AUGMENTS if a in names)
 
 
 def _check_threshold_method(method: str) -> None:
@@ -223,7 +256,9 @@ _NESTED = {"ModelConfig": ModelConfig, "PreprocessConfig": PreprocessConfig}
 #: version of config.yaml's layout. Extending it is one change here: bump this and add an upgrader to
 #: _RUN_CONFIG_UPGRADERS that turns a file of the previous version into the new layout.
 #: 2: ``train.tensorboard``
-RUN_CONFIG_SCHEMA = 2
+#: 3: ``train.fake_tracks``
+#: 4: ``train.lr_backbone``, ``train.augment``, ``model.temporal_diff``, ``model.pooling``
+RUN_CONFIG_SCHEMA = 4
 
 
 def _run_config_v1_to_v2(data: dict) -> dict:
@@ -234,7 +269,27 @@ def _run_config_v1_to_v2(data: dict) -> dict:
 
 
 #: schema N -> the function that turns a schema-N config.yaml dict into a schema-(N+1) one
-_RUN_CONFIG_UPGRADERS: dict[int, Callable[[dict], dict]] = {1: _run_config_v1_to_v2}
+def _run_config_v2_to_v3(data: dict) -> dict:
+    """Schema 2 had no ``fake_tracks``: ``largest``, what training on one face per video amounted to."""
+    if isinstance(data.get("train"), dict):
+        data["train"].setdefault("fake_tracks", "largest")
+    return data
+
+
+def _run_config_v3_to_v4(data: dict) -> dict:
+    """Schema 3 had one learning rate, the base augmentations and the seed's head: say so explicitly."""
+    if isinstance(data.get("train"), dict):
+        data["train"].setdefault("lr_backbone", None)
+        data["train"].setdefault("augment", "base")
+    if isinstance(data.get("model"), dict):
+        data["model"].setdefault("temporal_diff", False)
+        data["model"].setdefault("pooling", "mean")
+    return data
+
+
+_RUN_CONFIG_UPGRADERS: dict[int, Callable[[dict], dict]] = {
+    1: _run_config_v1_to_v2, 2: _run_config_v2_to_v3, 3: _run_config_v3_to_v4,
+}
 #: sections of config.yaml that only record what happened (not settings ``train --config`` takes)
 RUN_CONFIG_RECORDS = ("preprocess", "runtime")
 

@@ -25,12 +25,14 @@ import functools
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .calibration import Calibration
 from .constants import FAKE, REAL, SCORED_STATUSES, VIDEO_EXTENSIONS
 from .data.pool import IDLE, imap_resilient
 from .data.preprocess import ClipResult
@@ -65,13 +67,20 @@ class Prediction:
     face_ratio: float = 0.0
     seconds: float = 0.0
     explanation: Optional[str] = None
+    # with max_faces > 1: one ``{"track", "p_fake", "box"}`` per face track (box: mean [x0, y0, x1, y1] of
+    # its crop squares in source pixels); ``p_fake`` is the highest of them. Empty with one face.
+    faces: list = field(default_factory=list)
 
     @property
     def scored(self) -> bool:
         return self.p_fake is not None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as builtins; ``faces`` only when listed (one-face outputs keep today's keys)."""
+        out = asdict(self)
+        if not out["faces"]:
+            del out["faces"]
+        return out
 
 
 PREDICTION_FIELDS = ["path", "p_fake", "label", "status", "error", "frames", "face_ratio", "seconds",
@@ -118,11 +127,21 @@ def _extract(path: str, cfg: Any) -> Any:
 
     try:
         if isinstance(cfg, ReferencePreprocess):  # legacy exact mode: the reference's own preprocessing
-            return reference_extract(path, cfg)
+            return reference_extract(path, cfg)  # its dlib detector is per thread: no lock needed
         return extract_clip(path, cfg, threads=_WORKER.get("threads", 0))
     except Exception as exc:  # extract_clip's contract is to return a status; report bugs per item
         log.exception("extract_clip failed on %s", path)
         return _failed(f"{type(exc).__name__}: {exc}"[:500])
+
+
+def extract_video(path: str, cfg: Any) -> Any:
+    """One video's ``ClipResult`` exactly as ``predict`` makes it (cheap file checks, then ``extract_clip``
+    or the reference's preprocessing); never raises. For engines that decode away from the model
+    (``cluster.predict``'s decoding actors); ``Detector.score_clips`` takes the results."""
+    pre = Detector._precheck(path)
+    if pre is not None:
+        return ClipResult(clip=None, status=pre.status, error=pre.error)
+    return _extract(path, cfg)
 
 
 def _iter_extracted(paths: Sequence[str], cfg: Any, workers: int,
@@ -197,6 +216,7 @@ class Detector:
         # compiler, unsupported device) is reported once and the eager model takes over.
         self._net: Any = torch.compile(self.model, dynamic=False) if compile else self.model
         self._net_checked = not compile
+        self._compile_lock = threading.Lock()
         self.preprocess = preprocess
         self.seq_len = int(seq_len)
         self.threshold = float(threshold)
@@ -206,6 +226,8 @@ class Detector:
         self.channel_order = channel_order
         self.pad_short = bool(pad_short)  # False: a short clip runs with the frames it has (reference)
         self.meta = dict(meta or {})
+        # meta["calibration"] present: scores are calibrated (``threshold`` is then on calibrated scores)
+        self.calibration = Calibration.from_dict(self.meta.get("calibration"))
         self._sha256: Optional[str] = None
 
     # ---- construction -----------------------------------------------------------------------------
@@ -215,7 +237,8 @@ class Detector:
                         batch_size: int = 8, workers: Optional[int] = None, no_face: str = "center",
                         legacy: Optional[bool] = None, legacy_mode: str = "fixed",
                         legacy_frames: Optional[int] = None, legacy_preprocess: Optional[str] = None,
-                        amp: bool = True, compile: bool = False) -> Detector:
+                        amp: bool = True, compile: bool = False, legacy_readout: Optional[str] = None,
+                        calibration: bool = True) -> Detector:
         """Load a checkpoint written by ``train`` (or a reference-implementation state dict).
 
         Loading uses ``weights_only=True``: a file that would need arbitrary unpickling is refused
@@ -223,10 +246,14 @@ class Detector:
         auto-detects the reference layout (with a warning), ``legacy_mode`` is ``fixed`` or
         ``exact`` (see docs/legacy.md), ``legacy_frames`` the sequence length it was trained with,
         ``legacy_preprocess`` ``reference`` (first frames, tight crops: default with ``exact``) or
-        ``ours`` (default with ``fixed``). ``compile`` runs the network through ``torch.compile``
-        (worth it for many videos on a GPU; the first batches pay the compilation).
+        ``ours`` (default with ``fixed``), ``legacy_readout`` (``exact`` only) ``last`` (the
+        reference's predict path, default) or ``mean`` (its training forward). ``compile`` runs the
+        network through ``torch.compile`` (worth it for many videos on a GPU; the first batches pay the
+        compilation). A checkpoint's calibration (``calibration.Calibration``) is applied to P(FAKE) and
+        its threshold mapped with it; ``calibration=False`` gives the raw scores (``meta["calibration"]``
+        says which).
         """
-        from .checkpoint import load_torch_file
+        from .checkpoint import load_torch_file, resolve_checkpoint_path
 
         if workers is None or workers > 0:
             from .data.pool import warm_up
@@ -242,27 +269,60 @@ class Detector:
         if legacy_preprocess not in (None, *LEGACY_PREPROCESS):
             raise UserError(f"legacy preprocessing must be one of {', '.join(LEGACY_PREPROCESS)}, "
                             f"got {legacy_preprocess!r}")
-        path = Path(path)
+        path = resolve_checkpoint_path(path)  # a run folder means its best.pt
+        from .export import is_onnx_file
+
+        if is_onnx_file(path):  # an exported model: same preprocessing, ONNX Runtime for the network
+            if legacy:
+                raise UserError(f"{path} is an ONNX model (its metadata says how it was exported); "
+                                "drop --legacy")
+            return cls.from_onnx(path, device=device, threshold=threshold, batch_size=batch_size,
+                                 workers=workers, no_face=no_face, compile=compile)
         obj = load_torch_file(path)
         looks_legacy = is_legacy_state_dict(obj)
         if legacy is None and looks_legacy:
             log.warning("%s has the reference implementation's layout (model.*, lstm.*, linear1.*): "
-                        "loading it as a legacy checkpoint in '%s' mode (pass --legacy to silence this)",
-                        path.name, legacy_mode)
+                        "loading it as a legacy checkpoint in '%s' mode. To get the reference's own "
+                        "predictions, pass --legacy --legacy-mode exact ('fixed' is only a starting point "
+                        "for fine-tuning; see docs/legacy.md)", path.name, legacy_mode)
             legacy = True
         if legacy:
             if not looks_legacy:
                 raise UserError(f"{path} is not a reference-implementation state dict "
                                 "(expected model.*, lstm.weight_ih_l0, linear1.* keys); drop --legacy")
             return cls._from_legacy(path, obj, device, threshold, batch_size, workers, no_face, legacy_mode,
-                                    legacy_frames, legacy_preprocess, amp, compile)
+                                    legacy_frames, legacy_preprocess, amp, compile, readout=legacy_readout)
         if looks_legacy:
             raise UserError(f"{path} is a reference-implementation state dict; load it with --legacy")
-        return cls._from_ours(path, obj, device, threshold, batch_size, workers, no_face, amp, compile)
+        return cls._from_ours(path, obj, device, threshold, batch_size, workers, no_face, amp, compile,
+                              calibration=calibration)
+
+    @classmethod
+    def from_onnx(cls, path: PathLike, device: str = "auto", threshold: Optional[float] = None,
+                  batch_size: int = 8, workers: Optional[int] = None, no_face: str = "center",
+                  compile: bool = False) -> Detector:
+        """Load a file written by ``deepfake-detector export`` and run it with ONNX Runtime.
+
+        Decoding, sampling, cropping and normalisation are the PyTorch path's (from the file's metadata);
+        only the network call differs. ``device`` picks the ONNX Runtime provider (CUDA when asked and
+        available, else CPU); the clips are prepared on the CPU. No heat maps: the runtime has no gradients.
+        """
+        from .export import load_onnx
+
+        if threshold is not None:
+            _check_threshold(threshold)
+        if compile:
+            log.warning("--compile does not apply to an ONNX model (ONNX Runtime optimises the graph itself)")
+        onnx = load_onnx(path, device)
+        thr = threshold if threshold is not None else onnx.threshold
+        return cls(onnx.net, onnx.preprocess, onnx.seq_len, thr, device="cpu", batch_size=batch_size,
+                   workers=workers, no_face=no_face, channel_order=onnx.channel_order, meta=onnx.meta,
+                   amp=False, pad_short=onnx.pad_short)
 
     @classmethod
     def _from_ours(cls, path: Path, obj: Any, device: str, threshold: Optional[float], batch_size: int,
-                   workers: Optional[int], no_face: str, amp: bool, compile: bool = False) -> Detector:
+                   workers: Optional[int], no_face: str, amp: bool, compile: bool = False,
+                   calibration: bool = True) -> Detector:
         from .checkpoint import Checkpoint
         from .config import PreprocessConfig
         from .models import model_from_checkpoint
@@ -287,7 +347,10 @@ class Detector:
             raise UserError(f"{path}: 'model' entry is not a state dict")
         model = model_from_checkpoint(ckpt, path)
         ckpt_thr = _ckpt_threshold(obj, path)
-        thr = threshold if threshold is not None else ckpt_thr
+        cal = Calibration.from_dict(ckpt.calibration) if calibration else None  # --no-calibration: raw scores
+        if cal is not None and cal.raw_threshold is None:
+            cal.raw_threshold = ckpt_thr
+        thr = threshold if threshold is not None else (cal.threshold if cal else ckpt_thr)
         meta = {
             "name": str(train.get("name") or path.stem),
             "checkpoint": str(path),
@@ -297,6 +360,7 @@ class Detector:
             "version": ckpt.version,
             "epoch": ckpt.epoch,
             "legacy": None,
+            "calibration": cal.to_dict() if cal else None,
         }
         return cls(model, pcfg, seq_len, thr, device=device, batch_size=batch_size, workers=workers,
                    no_face=no_face, meta=meta, amp=amp, compile=compile)
@@ -304,7 +368,8 @@ class Detector:
     @classmethod
     def _from_legacy(cls, path: Path, obj: Any, device: str, threshold: Optional[float], batch_size: int,
                      workers: Optional[int], no_face: str, mode: str, frames: Optional[int],
-                     preprocess: Optional[str], amp: bool, compile: bool = False) -> Detector:
+                     preprocess: Optional[str], amp: bool, compile: bool = False,
+                     readout: Optional[str] = None) -> Detector:
         from .data import reference
         from .models import legacy
 
@@ -318,7 +383,12 @@ class Detector:
                             "--legacy-frames to the value it was trained with)", frames)
         if frames < 1:
             raise UserError(f"legacy frames must be >= 1, got {frames}")
-        model = legacy.build_exact_model(sd, spec) if mode == "exact" else legacy.build_fixed_model(sd, spec)
+        if readout is not None and mode != "exact":
+            raise UserError("--legacy-readout applies to --legacy-mode exact only ('fixed' runs this "
+                            "project's model, which averages over time)")
+        readout = (readout or "last") if mode == "exact" else None  # last: the reference's predict path
+        model = (legacy.build_exact_model(sd, spec, readout) if mode == "exact"
+                 else legacy.build_fixed_model(sd, spec))
         if mode == "fixed":
             log.info("legacy 'fixed' mode: our LSTM runs over time, unlike the reference's length-1 "
                      "sequences; probabilities differ from the reference (use --legacy-mode exact to "
@@ -340,7 +410,7 @@ class Detector:
             "version": "",
             "epoch": None,
             "legacy": {"mode": mode, "frames": frames, "trunk": spec.trunk, "preprocess": preprocess,
-                       "channel_order": reference.LEGACY_CHANNEL_ORDER},
+                       "channel_order": reference.LEGACY_CHANNEL_ORDER, "readout": readout},
         }
         thr = 0.5 if threshold is None else threshold  # the reference took the arg-max
         if mode == "exact":
@@ -374,6 +444,7 @@ class Detector:
             "checkpoint_threshold": self.meta.get("checkpoint_threshold"),
             "version": self.meta.get("version", ""),
             "legacy": self.meta.get("legacy"),
+            "runtime": self.meta.get("runtime", "pytorch"),
             "device": str(self.device),
             "seq_len": self.seq_len,
             "preprocess": to_dict(self.preprocess),
@@ -407,6 +478,27 @@ class Detector:
                      progress: bool = False) -> Iterator[tuple[int, Prediction]]:
         """Yield ``(index, Prediction)`` as verdicts become available (completion order)."""
         yield from self._run([os.fspath(p) for p in paths], explain_dir, progress, self.workers)
+
+    def clip_config(self) -> Any:
+        """The preprocessing config decoders must use for this detector (``extract_video``'s ``cfg``)."""
+        return self._extract_config()
+
+    def score_clips(self, items: Sequence[tuple[str, Any]],
+                    explain_dir: Optional[PathLike] = None) -> list[Prediction]:
+        """One ``Prediction`` per ``(path, ClipResult)`` decoded elsewhere (``extract_video`` in another
+        process or on another node), in order, exactly as ``predict`` would give it."""
+        target = _ExplainTarget(explain_dir) if explain_dir is not None else None
+        out: list[Optional[Prediction]] = [None] * len(items)
+        batch: list[tuple[int, str, Any]] = []
+        for k, (path, res) in enumerate(items):
+            out[k] = self._prediction_from_clip(path, res)
+            if out[k] is None:
+                batch.append((k, path, res))
+        for start in range(0, len(batch), self.batch_size):
+            for k, pred in self._score_batch(batch[start:start + self.batch_size], target):
+                out[k] = pred
+        return [p if p is not None else Prediction(path=items[k][0], status="error", error="no result (bug)")
+                for k, p in enumerate(out)]
 
     def _run(self, paths: list[str], explain_dir: Optional[PathLike], progress: bool,
              workers: int) -> Iterator[tuple[int, Prediction]]:
@@ -543,6 +635,12 @@ class Detector:
 
     def _call_net(self, x):
         """The (compiled) network; a compiler failure on the first call falls back to eager, once."""
+        if self._net_checked and not self.compiled:
+            return self._net(x)  # eager modules in eval/inference mode are safe to share between threads
+        with self._compile_lock:  # compiled graphs are built and guarded per process, not per thread
+            return self._call_compiled(x)
+
+    def _call_compiled(self, x):
         import torch
 
         if self._net_checked:
@@ -579,16 +677,20 @@ class Detector:
         import torch
 
         t0 = time.perf_counter()
-        inputs: list = []
+        inputs: list = []  # every face track's clip, flat: videos with several faces take several slots
+        owner: list[int] = []  # inputs[j] belongs to good[owner[j]]
         good: list[tuple[int, str, Any]] = []
         outs: list[tuple[int, Prediction]] = []
         for i, p, res in batch:
             try:
-                inputs.append(self._to_input(res.clip))
-                good.append((i, p, res))
+                xs = [self._to_input(c) for c in [res.clip] + [o.clip for o in getattr(res, "others", ())]]
             except (ValueError, TypeError) as exc:
                 pred = self._prediction_from_clip(p, _failed(f"bad clip: {exc}"))
                 outs.append((i, pred))  # type: ignore[arg-type]
+                continue
+            inputs.extend(xs)
+            owner.extend([len(good)] * len(xs))
+            good.append((i, p, res))
         probs: list[Optional[float]] = []
         err = ""
         if inputs:
@@ -606,7 +708,10 @@ class Detector:
                         probs.append(None)
                         err = f"model failed: {str(exc1).splitlines()[0][:300]}"
         share = (time.perf_counter() - t0) / max(1, len(good))
-        for (i, p, res), x, prob in zip(good, inputs, probs):  # x: raw uint8 [T,H,W,3]
+        firsts = [owner.index(k) for k in range(len(good))]  # each video's main face
+        for k, ((i, p, res), j) in enumerate(zip(good, firsts)):
+            x, track_probs = inputs[j], [q for o, q in zip(owner, probs) if o == k]  # x: raw uint8 [T,H,W,3]
+            prob, faces = self._track_scores(res, track_probs)
             pred = Prediction(path=p, status=str(res.status), error=str(getattr(res, "error", "") or ""),
                               frames=int(getattr(res, "frames", 0) or 0),
                               face_ratio=float(getattr(res, "face_ratio", 0.0) or 0.0))
@@ -615,12 +720,31 @@ class Detector:
                 pred.error = err or "model produced a non-finite score"
             else:
                 pred.p_fake = prob
+                pred.faces = faces
                 pred.label = label_for(prob, self.threshold)
                 if target is not None:
                     pred.explanation = self._explain(x, res, pred, target)
             pred.seconds = round(float(getattr(res, "seconds", 0.0) or 0.0) + share, 4)
             outs.append((i, pred))
         return outs
+
+    def _track_scores(self, res: Any, probs: list) -> tuple[Optional[float], list]:
+        """The video's P(FAKE) and its per-face list from each track's raw score (track 0 first).
+
+        Why the maximum: a fake often swaps one face of several, so the video is as fake as its most
+        suspicious face (this raises false positives on many-face real videos; docs/predict.md)."""
+        cal = [self.calibration.apply(q) if self.calibration and q is not None and math.isfinite(q) else q
+               for q in probs]
+        if not cal or cal[0] is None or not math.isfinite(cal[0]):
+            return None, []
+        if len(cal) == 1 and getattr(self.preprocess, "max_faces", 1) <= 1:
+            return cal[0], []
+        faces = []
+        for k, (q, r) in enumerate(zip(cal, [res] + list(getattr(res, "others", ())))):
+            if q is not None and math.isfinite(q):
+                box = r.track_info(k)["box"] if hasattr(r, "track_info") else None
+                faces.append({"track": k, "p_fake": q, "box": box})
+        return max(f["p_fake"] for f in faces), faces
 
     def _explain(self, x: Any, res: Any, pred: Prediction, target: _ExplainTarget) -> Optional[str]:
         """Write the heat-map strip for one scored video; None (and a warning) when it cannot.
@@ -633,6 +757,11 @@ class Detector:
         from .data.dataset import clips_to_device
 
         if target.stopped:
+            return None
+        if not getattr(self.model, "explainable", True):  # an ONNX model: no gradients, no Grad-CAM
+            target.stopped = True
+            log.warning("no heat maps with an ONNX model (they need gradients): use the PyTorch checkpoint "
+                        "for --explain; the verdicts stand")
             return None
         try:
             x = clips_to_device(x.unsqueeze(0), "cpu")[0]  # normalised [T,3,H,W], as the model saw it

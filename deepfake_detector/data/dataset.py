@@ -181,20 +181,110 @@ def _augment(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def train_transform(clip_uint8: np.ndarray, seq_len: int, rng: np.random.Generator) -> torch.Tensor:
+def train_transform(
+    clip_uint8: np.ndarray, seq_len: int, rng: np.random.Generator, augment: str = "base"
+) -> torch.Tensor:
     """Training transform: length fit, clip-consistent augmentation, ImageNet normalisation."""
-    return _normalize(train_clip(clip_uint8, seq_len, rng))
+    return _normalize(train_clip(clip_uint8, seq_len, rng, augment))
 
 
-def train_clip(clip_uint8: np.ndarray, seq_len: int, rng: np.random.Generator) -> np.ndarray:
-    """Training clip before normalisation: length fit and clip-consistent augmentation, uint8."""
-    return _augment(fit_length(np.asarray(clip_uint8), seq_len), rng)
+def train_clip(
+    clip_uint8: np.ndarray, seq_len: int, rng: np.random.Generator, augment: str = "base"
+) -> np.ndarray:
+    """Training clip before normalisation: length fit and clip-consistent augmentation, uint8.
+
+    ``augment`` names the sets (``TrainConfig.augment``): ``base`` (flip, affine, colour, blur, JPEG) and
+    the optional ``h264``, ``noise``, ``cutout`` of ``data/augment.py``, drawn after the base set."""
+    from ..config import parse_augment
+    from .augment import apply_extra
+
+    kinds = parse_augment(augment)
+    out = fit_length(np.asarray(clip_uint8), seq_len)
+    if "base" in kinds:
+        out = _augment(out, rng)
+    if len(kinds) > ("base" in kinds):
+        out = np.ascontiguousarray(apply_extra(out, rng, kinds))
+    return out
 
 
 def usable_rows(rows: Sequence[ManifestRow], include_no_face: bool = False) -> list[ManifestRow]:
-    """Rows with a clip file and a REAL/FAKE label (``no_face`` centre-crop clips only when asked)."""
+    """Videos (their main face's row) with a clip file and a REAL/FAKE label (``no_face`` centre-crop
+    clips only when asked). Splits are made of videos; :func:`video_tracks` adds their other faces."""
     ok_status = (OK, NO_FACE) if include_no_face else (OK,)
-    return [r for r in rows if r.status in ok_status and r.clip and normalize_label(r.label) is not None]
+    return [r for r in rows if r.status in ok_status and r.clip and not r.track
+            and normalize_label(r.label) is not None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Face tracks (preprocess --max-faces): rows -> samples
+# --------------------------------------------------------------------------------------------------
+
+FAKE_TRACKS = ("largest", "all")
+
+
+def tracks_by_video(rows: Sequence[ManifestRow]) -> dict[str, list[ManifestRow]]:
+    """Each video's rows with a clip, main face first (one entry per path for single-face caches)."""
+    out: dict[str, list[ManifestRow]] = {}
+    for r in sorted(rows, key=lambda r: (r.path, r.track)):
+        if r.clip:
+            out.setdefault(r.path, []).append(r)
+    return out
+
+
+def video_tracks(videos: Sequence[ManifestRow], rows: Sequence[ManifestRow]) -> tuple[list, list[int]]:
+    """Every face track of ``videos`` (from all of the cache's ``rows``) and, per track, the index of its
+    video: evaluation scores each track and takes the maximum per video."""
+    by_video = tracks_by_video(rows)
+    out: list[ManifestRow] = []
+    owner: list[int] = []
+    for k, v in enumerate(videos):
+        tracks = [t for t in by_video.get(v.path, []) if t.track] if v.tracks > 1 else []
+        out.extend([v, *tracks])
+        owner.extend([k] * (1 + len(tracks)))
+    return out, owner
+
+
+def _clip_distance(cache: Cache, a: ManifestRow, b: ManifestRow) -> float:
+    """Mean absolute pixel difference of two clips over the frames both have (same sampled frames)."""
+    x, y = cache.load_clip(a.clip), cache.load_clip(b.clip)
+    n = min(len(x), len(y))
+    if n == 0 or x.shape[1:] != y.shape[1:]:
+        return float("inf")
+    return float(np.abs(x[:n].astype(np.int16) - y[:n].astype(np.int16)).mean())
+
+
+def swapped_track(cache: Cache, fake: list[ManifestRow], originals: list[ManifestRow]) -> ManifestRow:
+    """The fake's track whose crops differ most from the original's at the same frames: an untouched
+    face matches one of the original's tracks almost pixel for pixel, the swapped one matches none (how
+    the DFDC winner labelled its training faces)."""
+    gaps = [min((_clip_distance(cache, t, o) for o in originals), default=0.0) for t in fake]
+    return fake[int(np.argmax(gaps))]
+
+
+def training_rows(cache: Cache, videos: Sequence[ManifestRow], rows: Sequence[ManifestRow],
+                  fake_tracks: str = "largest") -> list[ManifestRow]:
+    """The training samples of ``videos``: every face of a REAL video is a negative; a FAKE contributes
+    its swapped face when the cache holds its original (a REAL of the same group, as DFDC and FF++
+    name it), else its largest face (``fake_tracks="largest"``) or every face (``"all"``)."""
+    if fake_tracks not in FAKE_TRACKS:
+        raise UserError(f"fake_tracks must be one of {', '.join(FAKE_TRACKS)}, not {fake_tracks!r}")
+    by_video = tracks_by_video(rows)
+    reals: dict[str, list[ManifestRow]] = {}
+    for r in usable_rows(rows):
+        if normalize_label(r.label) == "REAL":
+            reals.setdefault(r.group or r.path, []).extend(by_video.get(r.path, [r]))
+    out: list[ManifestRow] = []
+    for v in videos:
+        tracks = by_video.get(v.path, [v]) if v.tracks > 1 else [v]
+        if len(tracks) == 1 or normalize_label(v.label) == "REAL":
+            out.extend(tracks)
+            continue
+        originals = reals.get(v.group or "", [])
+        if originals:
+            out.append(swapped_track(cache, tracks, originals))
+        else:
+            out.extend(tracks if fake_tracks == "all" else tracks[:1])
+    return out
 
 
 class ClipDataset(Dataset):
@@ -216,9 +306,11 @@ class ClipDataset(Dataset):
         seed: int = 0,
         return_index: bool = False,
         raw: bool = False,
+        augment: str = "base",
     ) -> None:
         self.cache = Cache.of(cache)
         self.raw = bool(raw)
+        self.augment = augment  # training augmentation sets (TrainConfig.augment); unused when not train
         self.rows = list(rows)
         self.seq_len = int(seq_len)
         self.train = bool(train)
@@ -250,7 +342,7 @@ class ClipDataset(Dataset):
         clip = self.load(i)
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, int(i)])
-            arr = train_clip(clip, self.seq_len, rng)
+            arr = train_clip(clip, self.seq_len, rng, self.augment)
         else:
             arr = eval_clip(clip, self.seq_len)
         if self.raw:

@@ -19,8 +19,9 @@ picklable and may be shared between threads: the native detector (dlib's HOG sca
 cascade keep scratch buffers; two threads in one corrupt the heap) is built lazily once per process
 AND per thread, so a detector object cached per process is safe in a server's worker threads.
 
-``FaceCropper`` keeps ONE subject per video: boxes are linked across the sampled frames into tracks
-(IoU / centre distance), the track with the most detections x size wins, its boxes are smoothed over
+``FaceCropper`` keeps ONE subject per video by default: boxes are linked across the sampled frames into
+tracks (IoU / centre distance), the track with the most detections x size wins (with ``max_faces`` N > 1,
+up to N tracks are kept, ranked the same way, in ``CropResult.others``), its boxes are smoothed over
 time, frames without a detection get boxes interpolated from their neighbours, and each frame is cut
 as a square (``margin`` extra context), padded black at the borders, and resized to ``size``. With
 ``align`` (and a detector with landmarks) each square is turned so the eyes are level, as DeepfakeBench
@@ -355,6 +356,8 @@ class CropResult:
     # float32 [T, 5, 2] the kept subject's landmarks (Box.landmarks) in the frames' pixels, NaN in frames
     # without a detection; None when the detector gives no landmarks
     landmarks: Optional[np.ndarray] = None
+    # with max_faces > 1: the other kept faces' results (tracks 1, 2, ... in rank order); never nested
+    others: list[CropResult] = field(default_factory=list)
 
 
 def _link_tracks(dets: list[list[Box]]) -> list[dict[int, Box]]:
@@ -393,6 +396,29 @@ def _link_tracks(dets: list[list[Box]]) -> list[dict[int, Box]]:
 def _track_score(track: dict[int, Box]) -> float:
     sides = [b.side for b in track.values()]
     return len(track) * float(np.median(sides))
+
+
+def _same_face(a: dict[int, Box], b: dict[int, Box]) -> bool:
+    """True when two tracks overlap in most of the frames they share (one face split in two tracks)."""
+    common = set(a) & set(b)
+    return bool(common) and float(np.mean([iou(a[t], b[t]) for t in common])) > 0.3
+
+
+def rank_tracks(tracks: list[dict[int, Box]], max_faces: int) -> list[dict[int, Box]]:
+    """Up to ``max_faces`` tracks, best first (detections x size). Why the filters: a face seen in under
+    a third of the main face's frames is more likely a false detection than a person, and a track that
+    sits on a kept one is the same face broken in two by the linker."""
+    ranked = sorted(tracks, key=_track_score, reverse=True)
+    if not ranked:
+        return []
+    kept = [ranked[0]]
+    need = max(1, int(np.ceil(len(ranked[0]) / 3)))
+    for tr in ranked[1:]:
+        if len(kept) >= max_faces:
+            break
+        if len(tr) >= need and not any(_same_face(tr, k) for k in kept):
+            kept.append(tr)
+    return kept
 
 
 def _fill_and_smooth(track: dict[int, Box], n: int, window: int) -> np.ndarray:
@@ -493,19 +519,21 @@ def aligned_crop(img: np.ndarray, cx: float, cy: float, side: float, angle: floa
 
 
 class FaceCropper:
-    """Detect, track ONE subject, smooth, fill gaps and cut square crops from a list of frames.
+    """Detect, track ONE subject (``max_faces`` > 1: up to that many, in ``CropResult.others``), smooth, fill
+    gaps and cut square crops from a list of frames.
 
     ``align``: turn each crop so the eyes are level (needs a detector with landmarks, e.g. ``mtcnn``;
     otherwise crops stay upright).
     """
 
     def __init__(self, detector: FaceDetector, size: int = 112, margin: float = 0.3, smooth: int = 3,
-                 align: bool = False) -> None:
+                 align: bool = False, max_faces: int = 1) -> None:
         self.detector = detector
         self.size = int(size)
         self.margin = float(margin)
         self.smooth = int(smooth)
         self.align = bool(align)
+        self.max_faces = max(1, int(max_faces))
 
     def detect_all(self, frames: Sequence[np.ndarray]) -> list[list[Box]]:
         """Per-frame detections; the size of the last face found guides the search on the next frame.
@@ -529,20 +557,26 @@ class FaceCropper:
         if detections is None:
             detections = self.detect_all(frames)
         centre_only = isinstance(self.detector, CenterDetector)
-        tracks = [] if centre_only else _link_tracks(detections)
+        tracks = [] if centre_only else rank_tracks(_link_tracks(detections), self.max_faces)
+        if not tracks:
+            return self._cut(frames, None, found=centre_only)  # the centre detector never "finds" a face
+        main = self._cut(frames, tracks[0], found=True)
+        main.others = [self._cut(frames, tr, found=True) for tr in tracks[1:]]
+        return main
+
+    def _cut(self, frames: Sequence[np.ndarray], track: Optional[dict[int, Box]], found: bool) -> CropResult:
+        """One track's crops (smoothed, gaps filled); ``track`` None: the centre squares."""
+        n = len(frames)
         detected = np.zeros(n, bool)
         marks = None
-        if tracks:
-            best = max(tracks, key=_track_score)
-            for t in best:
+        if track is not None:
+            for t in track:
                 detected[t] = True
-            marks = _track_landmarks(best, n)
-            params = _fill_and_smooth(best, n, self.smooth)
+            marks = _track_landmarks(track, n)
+            params = _fill_and_smooth(track, n, self.smooth)
             sides = params[:, 2] * (1.0 + self.margin)
             centres = params[:, :2]
-            found = True
         else:
-            found = centre_only  # the centre detector never "finds" a face, by design
             centres = np.array([[f.shape[1] / 2, f.shape[0] / 2] for f in frames], np.float64)
             sides = np.array([min(f.shape[:2]) for f in frames], np.float64)
         angles = eye_angles(marks, self.smooth) if self.align and marks is not None else None
@@ -573,6 +607,7 @@ __all__ = [
     "aligned_crop",
     "detector_from_config",
     "eye_angles",
+    "rank_tracks",
     "square_crop",
     "center_box",
     "iou",

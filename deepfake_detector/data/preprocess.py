@@ -33,7 +33,7 @@ import os
 import stat
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 # settings whose change makes existing clips incompatible
 CLIP_KEYS = ("frames", "size", "margin", "detector", "upsample", "no_face", "detect_max_side", "smooth",
-             "align")
+             "align", "max_faces")
 _FLUSH_EVERY_S = 5.0
 HARD_TIMEOUT_GRACE_S = 60.0  # a video still running after 2 * timeout_s + this is killed with its worker
 # write errors that no later video can escape: the run stops at the first one
@@ -98,10 +98,24 @@ class ClipResult:
     seconds: float = 0.0  # time spent on this video
     indices: list[int] = field(default_factory=list)  # frame ordinals sampled
     boxes: Optional[np.ndarray] = None  # [T,4] x0,y0,x1,y1 crop squares in upright source pixels
+    landmarks: Optional[np.ndarray] = None  # [T,5,2] the face's landmarks in source pixels (mtcnn), NaN gaps
+    # with max_faces > 1: the other faces' tracks (1, 2, ...), each a ClipResult with clip, boxes, face_ratio
+    others: list[ClipResult] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
         return self.clip is not None
+
+    def track_info(self, track: int) -> dict:
+        """What a track's sidecar holds: its mean crop box (and landmarks) in source pixels."""
+        info: dict = {"track": track, "face_ratio": round(float(self.face_ratio), 4), "box": None,
+                      "landmarks": None}
+        if self.boxes is not None and len(self.boxes):
+            info["box"] = [round(float(v), 1) for v in np.asarray(self.boxes, np.float64).mean(axis=0)]
+        if self.landmarks is not None and not np.isnan(self.landmarks).all():
+            marks = np.nanmean(np.asarray(self.landmarks, np.float64), axis=0)
+            info["landmarks"] = [[round(float(x), 1), round(float(y), 1)] for x, y in marks]
+        return info
 
 
 _DETECTOR_CACHE: dict[tuple, object] = {}
@@ -179,11 +193,13 @@ def extract_clip(
         res.width, res.height = (int(v) for v in info.display_size)
         res.indices = list(sampled.indices)
         det = detector if detector is not None else _detector_for(cfg)
-        cropper = FaceCropper(det, size=cfg.size, margin=cfg.margin, smooth=cfg.smooth, align=cfg.align)
+        cropper = FaceCropper(det, size=cfg.size, margin=cfg.margin, smooth=cfg.smooth, align=cfg.align,
+                              max_faces=getattr(cfg, "max_faces", 1))
         crop = cropper.crop(sampled.frames)
         res.frames = len(sampled.frames)
-        res.face_ratio = crop.face_ratio
-        res.boxes = crop.boxes / np.float32(sampled.scale) if sampled.scale else crop.boxes
+        _fill_track(res, crop, sampled.scale)
+        res.others = [_fill_track(ClipResult(clip=o.crops, status=cache.OK, frames=res.frames), o,
+                                  sampled.scale) for o in crop.others]
         if crop.found:
             res.status, res.clip = cache.OK, crop.crops
         else:
@@ -205,6 +221,16 @@ def extract_clip(
         res.seconds = time.perf_counter() - t0
     if res.status not in (cache.OK, cache.NO_FACE):
         res.clip, res.frames = None, 0
+    return res
+
+
+def _fill_track(res: ClipResult, crop: Any, scale: float) -> ClipResult:
+    """Copy one track's face ratio, boxes and landmarks into ``res``, in upright source pixels."""
+    res.face_ratio = crop.face_ratio
+    res.boxes = crop.boxes / np.float32(scale) if scale else crop.boxes
+    res.landmarks = None
+    if crop.landmarks is not None:
+        res.landmarks = crop.landmarks / np.float32(scale) if scale else crop.landmarks
     return res
 
 
@@ -301,6 +327,7 @@ def _check_cache(out_dir: Path, cfg: PreprocessConfig, force: bool) -> bool:
                             "cache") from exc
         return True
     new = to_dict(cfg)
+    old = {"max_faces": 1, **old}  # caches made before tracks hold the main face only
     diff = [k for k in CLIP_KEYS if k in old and old.get(k) != new.get(k)]
     if not diff:
         return False
@@ -349,6 +376,8 @@ def _process_one(rec: tuple[str, str, str, str, str, str]) -> cache.ManifestRow:
     if res.clip is not None:
         try:
             row.clip = cache.save_clip(_WORKER["out_dir"], rel, res.clip)
+            if cfg.max_faces > 1:
+                _save_tracks(row, res, _WORKER["out_dir"])
         except OSError as exc:
             clip = cache.clip_relpath(rel)
             row.status, row.frames = cache.ERROR, 0
@@ -356,6 +385,22 @@ def _process_one(rec: tuple[str, str, str, str, str, str]) -> cache.ManifestRow:
             # not a manifest column: tells the main process to stop the run (see errors.WRITE_STOP_ERRNOS)
             row.write_errno = exc.errno  # type: ignore[attr-defined]
     return row
+
+
+def _save_tracks(row: cache.ManifestRow, res: ClipResult, out_dir: str) -> None:
+    """With ``max_faces > 1``: each track's sidecar, the other tracks' clips, and their rows, which travel
+    on the main row as ``row.track_rows`` (not a column: one task still returns one row, so the pool and
+    its crash handling stay per video)."""
+    cache.save_track_info(out_dir, row.clip, res.track_info(0))
+    extra: list[cache.ManifestRow] = []
+    for k, other in enumerate(res.others, start=1):
+        clip = cache.save_clip(out_dir, row.path, other.clip, track=k)
+        cache.save_track_info(out_dir, clip, other.track_info(k))
+        extra.append(replace(row, track=k, clip=clip, face_ratio=round(other.face_ratio, 4)))
+    row.tracks = 1 + len(extra)
+    for r in extra:
+        r.tracks = row.tracks
+    row.track_rows = extra  # type: ignore[attr-defined]
 
 
 _TASK = _process_one  # what the pool runs per video (tests swap in a misbehaving stand-in)
@@ -411,6 +456,9 @@ def run_preprocess(
         from ..cluster.preprocess import make_engine
 
         engine = make_engine(engine, workers)
+    if engine is not None and engine != "local" and cfg.max_faces > 1:
+        # the cluster engine returns one manifest row per video; the other faces' rows would be lost
+        raise UserError("--max-faces above 1 needs the local engine for now (--engine local)")
     redo_all = _prepare_cache(out_dir, cfg, force, dataset_root, fmt, dataset)
     mine = select_shard(records, shard)
     writer = cache.ManifestWriter(out_dir, shard)
@@ -470,6 +518,8 @@ def _plan(mine: list[VideoRecord], writer: cache.ManifestWriter, redo_all: bool,
             done = writer.rows[rel]  # metadata may have been corrected since: keep the row current
             done.label, done.split, done.group = r.label or "", r.split or "", r.group or ""
             done.method = r.method or ""
+            for tr in writer.tracks_of(rel):
+                tr.label, tr.split, tr.group, tr.method = done.label, done.split, done.group, done.method
             summary.skipped += 1
             continue
         todo.append((r.path, rel, r.label or "", r.split or "", r.group or "", r.method or ""))
@@ -532,6 +582,8 @@ class _RowSink:
 
     def add(self, row: cache.ManifestRow) -> None:
         self.writer.add(row)
+        for extra in getattr(row, "track_rows", ()):  # the video's other faces (max_faces > 1)
+            self.writer.add(extra)
         self.counts[row.status] += 1
         if row.status not in (cache.OK, cache.NO_FACE) and len(self.summary.failures) < 50:
             self.summary.failures.append((row.path, row.status, row.error))
@@ -562,7 +614,7 @@ class _RowSink:
         summary = self.summary
         summary.processed = sum(self.counts.values())
         summary.counts = dict(self.counts)
-        summary.manifest_counts = dict(Counter(r.status for r in self.writer.rows.values()))
+        summary.manifest_counts = dict(Counter(r.status for r in self.writer.rows.values() if not r.track))
         return stop
 
 

@@ -805,3 +805,79 @@ def generate(out_dir: str | os.PathLike, cfg: Optional[SyntheticConfig] = None, 
     log.info("demo data: %d videos in %s (%d reused) in %.1fs", len(plans), out, reused, seconds)
     return SyntheticResult(out_dir=str(out), metadata_path=str(meta_path), plans=plans, seconds=seconds,
                            reused=reused)
+
+
+# --------------------------------------------------------------------------------------------------
+# The quality study set: the same generator at a larger scale, in three protocols
+# --------------------------------------------------------------------------------------------------
+
+#: ``plain``: the generator's own split; ``compressed``: its test videos re-encoded at a heavy CRF (as
+#: FF++'s c40 is to c23); ``heldout``: the temporal fakes left out of train and val, tested on
+STUDY_PROTOCOLS = ("plain", "compressed", "heldout")
+STUDY_TEST_CRF = 40
+STUDY_HELD_OUT = ("temporal",)
+
+
+def study_config(per_kind_test: int = 64, seed: int = 0, frames: int = 48,
+                 workers: int = 1) -> SyntheticConfig:
+    """A config whose test split has at least ``per_kind_test`` REAL videos and as many of each fake kind:
+    every real gets one fake per manipulation, a third of the reals (stratified by source) are test."""
+    n_real = 3 * per_kind_test
+    while True:
+        cfg = SyntheticConfig(seed=seed, n_real=n_real, n_fake=n_real * len(MANIPULATIONS), frames=frames,
+                              workers=workers)
+        n_test = sum(p.split == "test" and p.label == "REAL" for p in plan_dataset(cfg))
+        if n_test >= per_kind_test:
+            return cfg
+        n_real += 3
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows it (the set is large), else a copy."""
+    import shutil
+
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def reencode(src: Path, dst: Path, crf: int, fps: int) -> None:
+    """Decode ``src`` and encode its frames again with H.264 at ``crf`` (a second, heavier compression)."""
+    import av
+
+    with av.open(str(src)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    write_mp4(dst, frames, fps, crf)
+
+
+def make_study_set(out_root: str | os.PathLike, cfg: SyntheticConfig, test_crf: int = STUDY_TEST_CRF,
+                   held_out: Sequence[str] = STUDY_HELD_OUT, progress: bool = False) -> dict[str, Path]:
+    """``OUT/plain``, ``OUT/compressed`` and ``OUT/heldout``: three DFDC-style folders over one generated
+    set (hard links where nothing changes), for measuring robustness to compression and to unseen kinds.
+
+    ``compressed``: train/val as generated, every test video re-encoded at ``test_crf``. ``heldout``: the
+    fakes of the ``held_out`` kinds dropped from train and val (the test split keeps every kind)."""
+    root = Path(out_root)
+    plain = generate(root / "plain", cfg, progress=progress).plans
+    meta = metadata_for(plain)
+    dirs = {name: root / name for name in STUDY_PROTOCOLS}
+    for name in ("compressed", "heldout"):
+        dirs[name].mkdir(parents=True, exist_ok=True)
+    stamp = dirs["compressed"] / ".done"
+    done = stamp.is_file() and stamp.read_text() == f"{test_crf}:{len(plain)}"
+    for p in plain:
+        src, dst = dirs["plain"] / p.name, dirs["compressed"] / p.name
+        if p.split == "test" and not done:
+            reencode(src, dst, test_crf, p.params["fps"])
+        elif p.split != "test":
+            _link_or_copy(src, dst)
+    atomic_write_text(stamp, f"{test_crf}:{len(plain)}")
+    atomic_write_json(dirs["compressed"] / METADATA_NAME, meta)
+    kept = [p for p in plain if p.split == "test" or p.manipulation not in set(held_out)]
+    for p in kept:
+        _link_or_copy(dirs["plain"] / p.name, dirs["heldout"] / p.name)
+    atomic_write_json(dirs["heldout"] / METADATA_NAME, metadata_for(kept))
+    return dirs

@@ -41,7 +41,7 @@ from ..checkpoint import Checkpoint, read_checkpoint, to_builtin
 from ..config import TrainConfig
 from ..constants import NO_FACE, OK
 from ..data.cache import Cache, ManifestRow
-from ..data.dataset import ClipDataset, fit_length_indices, usable_rows
+from ..data.dataset import ClipDataset, fit_length_indices, usable_rows, video_tracks
 from ..data.records import label_to_index, normalize_label
 from ..device import amp_dtype as autocast_dtype
 from ..device import resolve_device, use_channels_last
@@ -193,7 +193,15 @@ def evaluate_rows(
 
 
 def _labelled(rows: list[ManifestRow]) -> list[ManifestRow]:
-    return [r for r in rows if normalize_label(r.label) is not None]
+    """Labelled videos (their main face's row; the other faces join in :meth:`PreparedEvaluation.predict`)."""
+    return [r for r in rows if normalize_label(r.label) is not None and not r.track]
+
+
+def max_per_video(p_tracks: np.ndarray, owner: list[int], n: int) -> np.ndarray:
+    """Each video's highest track score: a video is as fake as its most suspicious face."""
+    out = np.full(n, -np.inf)
+    np.maximum.at(out, np.asarray(owner, dtype=np.int64), np.asarray(p_tracks, dtype=np.float64))
+    return out
 
 
 def every_video(rows: list[ManifestRow], splits: dict[str, list[ManifestRow]], split: str
@@ -292,13 +300,17 @@ class PreparedEvaluation:
         p_raw = np.full(len(self.rows), np.nan)
         out: dict = {"mask": mask, "p_raw": p_raw, "loss": float("nan"), "frames": None}
         if scored_rows:
-            ev = evaluate_rows(self.model, self.cache, scored_rows, self.seq_len, batch_size, self.device,
+            tracks, owner = video_tracks(scored_rows, self.cache.rows())  # every face of each video
+            ev = evaluate_rows(self.model, self.cache, tracks, self.seq_len, batch_size, self.device,
                                self.amp_dtype, workers, info, progress, desc=desc or f"evaluate {self.split}",
                                frames=True)
-            p_raw[mask] = ev["p_fake"]
+            single = len(tracks) == len(scored_rows)
+            p_raw[mask] = ev["p_fake"] if single else max_per_video(ev["p_fake"], owner, len(scored_rows))
             out["loss"] = ev["loss"]
-            if "p_frames" in ev:
-                out["frames"] = _frame_scores(scored_rows, ev["p_frames"], self.seq_len)
+            if "p_frames" in ev:  # frame scores of the main faces
+                main = np.flatnonzero(np.diff(np.r_[-1, owner]))  # each video's first (main) track
+                p_frames = ev["p_frames"] if single else np.asarray(ev["p_frames"])[main]
+                out["frames"] = _frame_scores(scored_rows, p_frames, self.seq_len)
         return out
 
     def set_calibration(self, calibration: Optional[Calibration]) -> None:

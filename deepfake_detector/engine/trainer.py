@@ -36,7 +36,7 @@ from .. import __version__
 from ..checkpoint import Checkpoint, read_checkpoint, save_checkpoint, to_builtin
 from ..config import TrainConfig, default_batch_size, to_dict
 from ..data.cache import Cache
-from ..data.dataset import ClipDataset
+from ..data.dataset import ClipDataset, training_rows
 from ..device import amp_dtype as autocast_dtype
 from ..device import grad_scaler, precision_name, resolve_device, use_channels_last
 from ..errors import UserError
@@ -222,9 +222,10 @@ def _load_data(s: TrainingSession) -> None:
             f"{cfg.cache}: need usable training and validation videos (status ok, REAL/FAKE "
             f"label); found train={len(s.splits['train'])} val={len(s.splits['val'])}"
         )
-    s.train_ds = ClipDataset(
-        s.cache, s.splits["train"], cfg.seq_len, train=True, seed=cfg.seed, return_index=True, raw=True
-    )
+    # a video with several faces (preprocess --max-faces) trains on the faces its label is true of
+    samples = training_rows(s.cache, s.splits["train"], rows, cfg.fake_tracks)
+    s.train_ds = ClipDataset(s.cache, samples, cfg.seq_len, train=True, seed=cfg.seed, return_index=True,
+                             raw=True, augment=cfg.augment)
     s.val_ds = ClipDataset(s.cache, s.splits["val"], cfg.seq_len, train=False, return_index=True, raw=True)
     counts = np.bincount(np.asarray(s.train_ds.labels, dtype=np.int64), minlength=2)
     if (counts == 0).any():
@@ -293,11 +294,12 @@ def _build_model(s: TrainingSession) -> None:
     if cfg.model.freeze_backbone and cfg.feature_cache:
         from .features import FeatureDataset, HeadOnly, extract_features
 
+        samples = s.train_ds.rows  # the training faces (training_rows), the videos' main faces for one face
         feat_dir = extract_features(
-            s.raw_model, s.cache, s.splits["train"] + s.splits["val"], cfg.model, cfg.seed, s.device,
+            s.raw_model, s.cache, samples + s.splits["val"], cfg.model, cfg.seed, s.device,
             s.amp_dtype, cfg.batch_size, cfg.workers, s.info,
         )
-        s.train_ds = FeatureDataset(feat_dir, s.splits["train"], cfg.seq_len)
+        s.train_ds = FeatureDataset(feat_dir, samples, cfg.seq_len)
         s.val_ds = FeatureDataset(feat_dir, s.splits["val"], cfg.seq_len)
         s.net = HeadOnly(s.raw_model)
 
@@ -329,11 +331,10 @@ def _build_optimiser(s: TrainingSession) -> None:
         s.train_model = DDP(s.net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         s.train_model = torch.compile(s.train_model)
-    params = [p for p in s.raw_model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # fused CUDA kernels for the update (one launch instead of several per parameter group)
     extra = {"fused": True} if device.type == "cuda" else {}
-    s.optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    s.optimizer = opt_cls(param_groups(s.raw_model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
     s.scheduler = _make_scheduler(cfg, s.optimizer, s.steps_per_epoch)
     s.criterion = nn.CrossEntropyLoss(
         weight=s.class_weights.to(device) if cfg.balance == "weighted_loss" else None
@@ -360,6 +361,20 @@ def _build_optimiser(s: TrainingSession) -> None:
             "torch": str(torch.__version__),
         },
     }
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The optimiser's parameter groups: one (every trainable weight at ``lr``) unless ``lr_backbone``
+    differs, then the head first (so ``param_groups[0]`` is still the reported ``lr``) and the backbone.
+
+    A pretrained backbone usually wants a smaller step than the freshly initialised LSTM and classifier."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if cfg.lr_backbone is None or cfg.lr_backbone == cfg.lr:
+        return [{"params": trainable}]
+    backbone = {id(p) for p in model.backbone.parameters()}
+    head = [p for p in trainable if id(p) not in backbone]
+    trunk = [p for p in trainable if id(p) in backbone]
+    return [{"params": head}] + ([{"params": trunk, "lr": cfg.lr_backbone}] if trunk else [])
 
 
 # --- restore, run files -------------------------------------------------------------------------------

@@ -70,6 +70,8 @@ def build_model(cfg: ModelConfig, load_weights: bool = True) -> ResNeXtLSTM:
         bidirectional=cfg.bidirectional,
         dropout=cfg.dropout,
         num_classes=cfg.num_classes,
+        temporal_diff=cfg.temporal_diff,
+        pooling=cfg.pooling,
     )
     if cfg.freeze_backbone:
         model.freeze_backbone = True

@@ -10,11 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ResNeXtLSTM", "CPU_CHUNK_FRAMES"]
+__all__ = ["ResNeXtLSTM", "CPU_CHUNK_FRAMES", "POOLINGS"]
 
 # CPU convolutions are fastest on small batches whose activations stay in cache: ResNeXt-50 at 112 px on
 # 2 cores runs 47 frames/s in batches of 20-40 frames and 27 frames/s in one batch of 320 (16 clips).
 CPU_CHUNK_FRAMES = 32
+#: how the LSTM's outputs over time become one vector: the seed's mean, or learned attention weights
+POOLINGS = ("mean", "attention")
 
 
 class ResNeXtLSTM(nn.Module):
@@ -34,16 +36,27 @@ class ResNeXtLSTM(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.4,
         num_classes: int = 2,
+        temporal_diff: bool = False,
+        pooling: str = "mean",
     ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.feature_dim = feature_dim
+        self.temporal_diff = bool(temporal_diff)
+        self.pooling = pooling
         self.backbone = backbone
         self.pool = nn.AdaptiveAvgPool2d(1)
+        lstm_in = feature_dim * (2 if temporal_diff else 1)
         self.lstm = nn.LSTM(
-            feature_dim, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional, bias=True
+            lstm_in, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional, bias=True
         )
+        out_dim = hidden_size * (2 if bidirectional else 1)
+        # attention pooling: one learned score per time step, softmax over time (no module when "mean",
+        # so the seed design's state dict and parameter count are unchanged)
+        self.attn = nn.Linear(out_dim, 1) if pooling == "attention" else None
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+        self.fc = nn.Linear(out_dim, num_classes)
         self.channels_last = False
         self.freeze_backbone = False
 
@@ -82,9 +95,21 @@ class ResNeXtLSTM(nn.Module):
         return torch.flatten(self.pool(self.feature_map(frames)), 1)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
-        """``[B, T, F] -> logits [B, 2]``: LSTM over time, mean over time, dropout, linear."""
+        """``[B, T, F] -> logits [B, 2]``: LSTM over time, mean (or attention) over time, dropout, linear.
+
+        With ``temporal_diff`` the LSTM also sees ``f[t] - f[t-1]`` (zero at t = 0) beside each frame's
+        features: order-only fakes differ from real videos in how features change, not in the features.
+        """
+        if self.temporal_diff:
+            diff = torch.diff(features, dim=1, prepend=features[:, :1])
+            features = torch.cat([features, diff], dim=2)
         out, _ = self.lstm(features)
-        return self.fc(self.dropout(out.mean(dim=1)))
+        if self.attn is None:
+            pooled = out.mean(dim=1)
+        else:
+            weights = torch.softmax(self.attn(out).float(), dim=1).to(out.dtype)  # [B, T, 1]
+            pooled = (weights * out).sum(dim=1)
+        return self.fc(self.dropout(pooled))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5:

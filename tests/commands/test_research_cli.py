@@ -81,7 +81,7 @@ def test_the_method_column_reaches_the_manifest_and_the_grouping_is_recorded(res
         rows = {r["path"]: r for r in csv.DictReader(fh)}
     assert rows["fake0.mp4"]["method"] == "swap" and rows["real0.mp4"]["method"] == ""
     meta = json.loads((cache / "preprocess.json").read_text())
-    assert meta["grouping"] == "per-video" and meta["manifest_schema"] == 2
+    assert meta["grouping"] == "per-video" and meta["manifest_schema"] == 3
     ungrouped = [w for w in warnings if "every video is its own group" in w]
     assert len(ungrouped) == 1
     assert "'original' or 'group' column" in ungrouped[0] and "--group-by" in ungrouped[0]

@@ -76,12 +76,13 @@ def test_preprocess_records_the_manifest_schema_and_the_writer_keeps_todays_colu
     from deepfake_detector.data.preprocess import _cache_meta
 
     meta = _cache_meta(PreprocessConfig(), "/d", "folders", {"grouping": "per-video", "compression": "c23"})
-    assert meta["manifest_schema"] == MANIFEST_SCHEMA == 2
+    assert meta["manifest_schema"] == MANIFEST_SCHEMA == 3
     assert meta["grouping"] == "per-video" and meta["compression"] == "c23" and meta["grouping_note"] == ""
     w = ManifestWriter(tmp_path)
     w.add(ManifestRow(path="x.mp4", status="ok"))
     w.flush()
-    with open(tmp_path / "manifest.csv", newline="") as fh:  # schema 2 adds ``method`` after ``group``
+    # schema 2 adds ``method`` after ``group``; schema 3's track columns only appear with several tracks
+    with open(tmp_path / "manifest.csv", newline="") as fh:
         assert next(csv.reader(fh)) == [*TODAY_COLUMNS[:4], "method", *TODAY_COLUMNS[4:]]
 
 

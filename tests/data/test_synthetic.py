@@ -258,3 +258,31 @@ def test_make_demo_data_command(tmp_path, capsys):
     assert "wrote 4 videos" in text and "metadata.json" in text
     assert cli_main(["make-demo-data", "--out", str(out), "--n-real", "0"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_study_config_has_enough_of_every_kind_in_test():
+    for per_kind in (16, 64):
+        cfg = S.study_config(per_kind)
+        test = [p for p in S.plan_dataset(cfg) if p.split == "test"]
+        assert sum(p.label == "REAL" for p in test) >= per_kind
+        for kind in S.MANIPULATIONS:
+            assert sum(p.manipulation == kind for p in test) >= per_kind
+
+
+def test_study_set_protocols(tmp_path, capsys):
+    out = tmp_path / "study"
+    rc = cli_main(["make-demo-data", "--study", "--out", str(out), "--per-kind-test", "1", "--frames", "8"])
+    assert rc == 0 and "study set:" in capsys.readouterr().out
+    plain = json.loads((out / "plain" / S.METADATA_NAME).read_text())
+    compressed = json.loads((out / "compressed" / S.METADATA_NAME).read_text())
+    heldout = json.loads((out / "heldout" / S.METADATA_NAME).read_text())
+    assert compressed == plain
+    for name, meta in plain.items():
+        same = (out / "plain" / name).read_bytes() == (out / "compressed" / name).read_bytes()
+        assert same == (meta["split"] != "test"), name  # only the test videos are re-encoded
+    trained_on = {m["manipulation"] for m in heldout.values() if m["split"] != "test"}
+    assert trained_on <= {"none", "faceswap", "lowres"}
+    assert "temporal" in {m["manipulation"] for m in heldout.values() if m["split"] == "test"}
+    kept = {n for n, m in plain.items() if m["split"] == "test" or m["manipulation"] != "temporal"}
+    assert set(heldout) == kept
+    assert all((out / "heldout" / n).is_file() for n in heldout)

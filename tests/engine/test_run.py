@@ -67,21 +67,30 @@ def test_config_yaml_without_a_schema_is_schema_1_and_upgraded(tmp_path, monkeyp
     path = tmp_path / "config.yaml"
     record = _record(cfg)
     del record["train"]["tensorboard"]  # schema 1 had no tensorboard setting
+    del record["train"]["fake_tracks"]  # nor (before schema 3) fake_tracks
+    for key in ("lr_backbone", "augment"):  # nor (before schema 4) the ablation options
+        del record["train"][key]
+    for key in ("temporal_diff", "pooling"):
+        del record["model"][key]
     path.write_text(yaml.safe_dump(record, sort_keys=False))  # as runs wrote it before the schema
     data = read_run_config_dict(path)
-    assert read_run_config(path) == cfg and data["schema"] == 2 and data["train"]["tensorboard"] is True
+    assert read_run_config(path) == cfg and data["schema"] == RUN_CONFIG_SCHEMA
+    assert data["train"]["tensorboard"] is True
+    assert data["train"]["augment"] == "base" and data["model"]["pooling"] == "mean"  # schema 4
+    assert data["train"]["fake_tracks"] == "largest"  # schema 3: which faces of a fake train
 
-    def v2_to_v3(data):
+    def next_schema(data):
         data["runtime"].setdefault("note", "upgraded")
         return data
 
-    monkeypatch.setattr(config_mod, "RUN_CONFIG_SCHEMA", 3)
-    upgraders = {**config_mod._RUN_CONFIG_UPGRADERS, 2: v2_to_v3}
+    nxt = RUN_CONFIG_SCHEMA + 1
+    monkeypatch.setattr(config_mod, "RUN_CONFIG_SCHEMA", nxt)
+    upgraders = {**config_mod._RUN_CONFIG_UPGRADERS, RUN_CONFIG_SCHEMA: next_schema}
     monkeypatch.setattr(config_mod, "_RUN_CONFIG_UPGRADERS", upgraders)
     data = read_run_config_dict(path)
-    assert data["schema"] == 3 and data["runtime"]["note"] == "upgraded"
-    path.write_text(yaml.safe_dump({"schema": 4, **_record(cfg)}))
-    with pytest.raises(ValueError, match="config schema 4 is newer"):
+    assert data["schema"] == nxt and data["runtime"]["note"] == "upgraded"
+    path.write_text(yaml.safe_dump({"schema": nxt + 1, **_record(cfg)}))
+    with pytest.raises(ValueError, match=f"config schema {nxt + 1} is newer"):
         read_run_config(path)
 
 
