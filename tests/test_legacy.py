@@ -148,21 +148,11 @@ def _tiny_reference_state(hidden: int = 16, seed: int = 0) -> dict:
     return ref.eval()
 
 
-class ReferencePredictModel(nn.Module):
-    """The reference's Predict notebook / web app ``Model``, written here independently of the package:
-    ResNeXt-50 trunk, average pool, ``nn.LSTM(2048, 2048, 1, False)`` (the 4th argument is ``bias``)
-    called on ``[1, T, 2048]`` without ``batch_first``, and ``linear1(x_lstm[:, -1, :])``: only the LSTM
-    output of the last frame is scored. ``weights=None``: nothing is downloaded."""
-
-    def __init__(self, num_classes, latent_dim=2048, lstm_layers=1, hidden_dim=2048, bidirectional=False):
-        super().__init__()
-        model = torchvision.models.resnext50_32x4d(weights=None)
-        self.model = nn.Sequential(*list(model.children())[:-2])
-        self.lstm = nn.LSTM(latent_dim, hidden_dim, lstm_layers, bidirectional)
-        self.relu = nn.LeakyReLU()
-        self.dp = nn.Dropout(0.4)
-        self.linear1 = nn.Linear(2048, num_classes)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+class ReferencePredictModel(ReferenceModel):
+    """The reference's Predict notebook / web app ``Model``: the same modules as its training notebook
+    (above: ResNeXt-50 trunk, average pool, ``nn.LSTM(2048, 2048, 1, False)`` whose 4th argument is
+    ``bias``, called on ``[1, T, 2048]`` without ``batch_first``), but ``linear1(x_lstm[:, -1, :])``: only
+    the LSTM output of the last frame is scored. ``weights=None``: nothing is downloaded."""
 
     def forward(self, x):
         batch_size, seq_length, c, h, w = x.shape

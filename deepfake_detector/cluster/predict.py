@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
@@ -38,21 +37,13 @@ from .runtime import (
     dataset_of,
     iter_rows,
     make_ledger,
+    pack,
     pool,
     ray_session,
+    unpack,
 )
 
 log = logging.getLogger(__name__)
-
-def _pack(obj: Any) -> bytes:
-    """What one stage hands the next (``(i, path, ClipResult)``, ``(i, Prediction)``), pickled whole: the
-    uint8 clip and every field, other faces' tracks included, arrive as the local engine has them."""
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _unpack(blob: Any) -> Any:
-    return pickle.loads(bytes(blob))
-
 
 class DecodeActor:
     """Decodes and crops videos for the model actors (``inference.extract_video``)."""
@@ -72,7 +63,7 @@ class DecodeActor:
             i, path = json.loads(str(text))
             res = self.guard.run(str(i), lambda path=path: self.extract(path, self.cfg),
                                  lambda msg: ClipResult(clip=None, status="error", error=msg))
-            out.append(_pack((i, path, res)))
+            out.append(pack((i, path, res)))
         return {"clip": np.array(out, dtype=object)}
 
 
@@ -92,11 +83,11 @@ class ScoreActor:
     def __call__(self, batch: dict) -> dict:
         idx, items = [], []
         for blob in batch["clip"]:
-            i, path, res = _unpack(blob)
+            i, path, res = unpack(blob)
             idx.append(i)
             items.append((path, res))
         preds = self.detector.score_clips(items, self.explain_dir)
-        return {"pred": np.array([_pack((i, p)) for i, p in zip(idx, preds)], dtype=object)}
+        return {"pred": np.array([pack((i, p)) for i, p in zip(idx, preds)], dtype=object)}
 
 
 class RayPredictor:
@@ -181,7 +172,7 @@ class RayPredictor:
         bar = tqdm(total=len(out), unit="video", desc="predict (ray)", leave=False, disable=not progress)
         try:
             for row in iter_rows(ds):
-                i, pred = _unpack(row["pred"])
+                i, pred = unpack(row["pred"])
                 if out[i] is not None:
                     self.duplicates += 1
                     continue

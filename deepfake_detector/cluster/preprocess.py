@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -32,23 +31,14 @@ from .runtime import (
     dataset_of,
     iter_rows,
     make_ledger,
+    pack,
     pool,
     ray_session,
+    unpack,
 )
 
 log = logging.getLogger(__name__)
 
-
-
-def _pack(obj: Any) -> bytes:
-    """A task's result as it travels back to the driver: pickled whole, so what the local pool hands over
-    (a manifest row with its extra attributes: ``write_errno``, other faces' ``track_rows``) arrives as
-    is. Pickle is what Ray itself uses between the processes of a cluster: no new trust boundary."""
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _unpack(blob: Any) -> Any:
-    return pickle.loads(bytes(blob))
 
 
 class PreprocessActor:
@@ -75,7 +65,7 @@ class PreprocessActor:
             rec = tuple(json.loads(str(text)))
             row = self.guard.run(rec[1], lambda rec=rec: self.task(rec),
                                  lambda msg, rec=rec: self.error_row(rec, msg))
-            out.append(_pack(row))
+            out.append(pack(row))
         return {"row": np.array(out, dtype=object)}
 
 
@@ -124,7 +114,7 @@ class RayEngine:
         seen: set = set()
         try:
             for out in iter_rows(ds):
-                row = _unpack(out["row"])
+                row = unpack(out["row"])
                 if row.path in seen:
                     self.duplicates += 1
                     continue

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import pickle
 import threading
 import time
 from collections.abc import Iterator
@@ -290,3 +291,15 @@ __all__ = [
     "ray_session",
     "require_ray",
 ]
+
+
+def pack(obj: Any) -> bytes:
+    """What one stage hands the next (a manifest row, ``(i, path, ClipResult)``, ``(i, Prediction)``),
+    pickled whole, so every field (extra attributes such as ``write_errno``, other faces' tracks, the uint8
+    clip) arrives as the local engine has it. Pickle is what Ray itself uses between the processes of a
+    cluster: no new trust boundary."""
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(blob: Any) -> Any:
+    return pickle.loads(bytes(blob))
