@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 HELP = "classify videos as REAL/FAKE with a trained checkpoint (table, CSV/JSON, heat-map strips)"
 DESCRIPTION = (
@@ -479,10 +479,22 @@ def _prepare_mtcnn(detector, weights_dir: Optional[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    labels: dict[str, str] = {}  # what the input lists say each video is (Celeb-DF's list, a label column)
+    paths = _inputs(args, labels)
+    t0 = time.perf_counter()
+    detector, preds = _predict(args, paths)
+    versus = _report(args, preds, detector, labels, time.perf_counter() - t0)
+    if args.output:
+        _write_output(args, preds, detector, versus)
+    missing_explanations = _report_explanations(args, preds)
+    return 0 if all(p.p_fake is not None for p in preds) and not missing_explanations else 1
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every flag checked before a model loads or a video is read."""
     from ..errors import UserError
     from ..export import is_onnx_file
-    from ..inference import Detector
-    from ..utils import ensure_writable_dir
 
     if args.output and not args.output.lower().endswith(OUTPUT_SUFFIXES):
         raise UserError(f"--output must end in .csv or .json, got {args.output}")
@@ -502,7 +514,13 @@ def run(args: argparse.Namespace) -> int:
     if args.explain and is_onnx_file(args.checkpoint):
         raise UserError("--explain needs the PyTorch checkpoint: heat maps need gradients, which an ONNX "
                         "model does not have (drop --explain, or predict with the .pt file)")
-    labels: dict[str, str] = {}  # what the input lists say each video is (Celeb-DF's list, a label column)
+
+
+def _inputs(args: argparse.Namespace, labels: dict[str, str]) -> list[str]:
+    """The videos the arguments name (folders and lists expanded), with the output folders proven writable."""
+    from ..errors import UserError
+    from ..utils import ensure_writable_dir
+
     paths, notes = collect_inputs(list(args.inputs), labels)
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -514,8 +532,13 @@ def run(args: argparse.Namespace) -> int:
         ensure_writable_dir(Path(args.output).parent, "output")
     if args.explain:
         ensure_writable_dir(args.explain, "explanation")
+    return paths
 
-    t0 = time.perf_counter()
+
+def _predict(args: argparse.Namespace, paths: list[str]) -> tuple:
+    """Load the model once and score ``paths`` here or on a Ray cluster."""
+    from ..inference import Detector
+
     load = dict(  # Detector.from_checkpoint's options; the Ray engine's model actors load the same
         device=args.device, threshold=args.threshold, batch_size=args.batch_size,
         workers=args.workers, no_face=args.no_face, legacy=True if args.legacy else None,
@@ -529,10 +552,13 @@ def run(args: argparse.Namespace) -> int:
     _prepare_mtcnn(detector, args.mtcnn_weights)
     _set_max_faces(detector, args.max_faces)
     if on_ray:
-        preds = _predict_on_ray(args, detector, load, paths)
-    else:
-        preds = detector.predict(paths, explain_dir=args.explain, progress=sys.stderr.isatty())
-    seconds = time.perf_counter() - t0
+        return detector, _predict_on_ray(args, detector, load, paths)
+    return detector, detector.predict(paths, explain_dir=args.explain, progress=sys.stderr.isatty())
+
+
+def _report(args: argparse.Namespace, preds: list, detector: Any, labels: dict[str, str],
+            seconds: float) -> Optional[tuple]:
+    """The table and the summary line (and, when the lists carried labels, how the verdicts compare)."""
     digits = score_digits(preds, detector.threshold)
     summary = summary_line(preds, seconds, detector.threshold, digits) + score_kind(detector)
     if not args.quiet:
@@ -547,24 +573,33 @@ def run(args: argparse.Namespace) -> int:
     versus = labels_summary(preds, labels, detector.threshold, digits)
     if versus:
         print(versus[0])
-    if args.output:
-        info = detector.info()
-        meta = {"checkpoint": info.get("checkpoint"), "sha256": info.get("sha256"),
-                "threshold": detector.threshold, "legacy": info.get("legacy"),
-                "calibration": detector.meta.get("calibration")}
-        if versus:
-            meta["labels"] = versus[1]
-        try:
-            write_results(args.output, preds, meta)
-        except OSError as exc:
-            raise UserError(f"cannot write {args.output}: {exc}") from None
-        print(f"results written to {args.output}")
-    missing_explanations = 0
-    if args.explain:
-        n = sum(1 for p in preds if p.explanation)
-        print(f"{n} explanation(s) written to {args.explain}")
-        missing_explanations = sum(1 for p in preds if p.p_fake is not None and not p.explanation)
-        if missing_explanations:
-            print(f"warning: {missing_explanations} scored video(s) got no explanation in {args.explain} "
-                  "(see the warnings above); their verdicts stand", file=sys.stderr)
-    return 0 if all(p.p_fake is not None for p in preds) and not missing_explanations else 1
+    return versus
+
+
+def _write_output(args: argparse.Namespace, preds: list, detector: Any, versus: Optional[tuple]) -> None:
+    from ..errors import UserError
+
+    info = detector.info()
+    meta = {"checkpoint": info.get("checkpoint"), "sha256": info.get("sha256"),
+            "threshold": detector.threshold, "legacy": info.get("legacy"),
+            "calibration": detector.meta.get("calibration")}
+    if versus:
+        meta["labels"] = versus[1]
+    try:
+        write_results(args.output, preds, meta)
+    except OSError as exc:
+        raise UserError(f"cannot write {args.output}: {exc}") from None
+    print(f"results written to {args.output}")
+
+
+def _report_explanations(args: argparse.Namespace, preds: list) -> int:
+    """How many scored videos got no heat map (exit code 1 when any did not)."""
+    if not args.explain:
+        return 0
+    n = sum(1 for p in preds if p.explanation)
+    print(f"{n} explanation(s) written to {args.explain}")
+    missing = sum(1 for p in preds if p.p_fake is not None and not p.explanation)
+    if missing:
+        print(f"warning: {missing} scored video(s) got no explanation in {args.explain} "
+              "(see the warnings above); their verdicts stand", file=sys.stderr)
+    return missing
