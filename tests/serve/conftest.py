@@ -166,6 +166,22 @@ def wait_until(cond, timeout: float = 20.0, interval: float = 0.02) -> bool:
     return cond()
 
 
+def wait_for_serve(proc: Any, base: str, timeout: float = 120.0) -> None:
+    """Wait until a ``serve`` subprocess answers ``/healthz`` with 200; fail with its output if it exits."""
+    import httpx
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            return True
+        try:
+            return httpx.get(base + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert wait_until(up, timeout=timeout, interval=0.3)
+    assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from deepfake_detector.cli import main
-from tests.serve.conftest import free_port, wait_until
+from tests.serve.conftest import free_port, wait_for_serve
 
 
 def test_help_lists_the_options(capsys: pytest.CaptureFixture) -> None:
@@ -149,16 +149,7 @@ def test_serve_subprocess_with_env_token(tiny_checkpoint: Path, face_video: Path
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        def up() -> bool:
-            if proc.poll() is not None:
-                return True
-            try:
-                return httpx.get(base + "/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        assert wait_until(up, timeout=120, interval=0.3)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        wait_for_serve(proc, base)
         files = {"file": ("face.mp4", face_video.read_bytes(), "video/mp4")}
         r = httpx.post(base + "/api/v1/predict", files=files, timeout=60)
         assert r.status_code == 401

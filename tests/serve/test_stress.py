@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.helpers import make_video
-from tests.serve.conftest import free_port, wait_until
+from tests.serve.conftest import free_port, wait_for_serve, wait_until
 
 N_REQUESTS = 500
 N_PARALLEL = 64
@@ -73,16 +73,7 @@ def test_parallel_face_uploads_never_crash_the_server(workers: int, window_ms: f
     proc = _start(tiny_checkpoint, workers, port, tmp_path, window_ms)
     base = f"http://127.0.0.1:{port}"
     try:
-        def up() -> bool:
-            if proc.poll() is not None:
-                return True
-            try:
-                return httpx.get(base + "/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        assert wait_until(up, timeout=120, interval=0.3)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        wait_for_serve(proc, base)
         t0 = time.perf_counter()
         codes = asyncio.run(_fire(base, face_videos))
         seconds = time.perf_counter() - t0
