@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -232,6 +233,67 @@ def print_results(rows: list[dict], summary: dict) -> None:
                 title="face detection: found/faces (recall), ms per frame")
 
 
+def preprocess_speed(detectors: Sequence[str], n_videos: int, seconds: float, workers: int,
+                     work: Path, mtcnn_weights: Optional[str] = None) -> list[dict]:
+    """``run_preprocess`` (the command's own code: worker pool, decode, detect, track, crop, write) over the
+    same ``n_videos`` 720p H.264 face videos once per detector, in one run; ``center`` (no detection) is the
+    decode-and-write floor beside them. Rows: detector, videos/s, seconds, share of frames with a face."""
+    from benchmarks.bench_preprocess import make_clip
+    from deepfake_detector.config import PreprocessConfig
+    from deepfake_detector.data.preprocess import run_preprocess
+    from deepfake_detector.data.records import VideoRecord
+
+    videos = work / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n_videos):
+        path = videos / f"face_{i:02d}_{int(seconds)}s_720p.mp4"
+        if not path.exists():
+            make_clip(path, gop=300 if i % 2 == 0 else 30, seconds=seconds)
+        paths.append(path)
+    records = [VideoRecord(path=str(p), label="REAL", split="train") for p in paths]
+    rows = []
+    for name in [d for d in detectors if d != "center"] + ["center"]:
+        cfg = PreprocessConfig(detector=name, mtcnn_weights=mtcnn_weights)
+        out = work / f"cache_{name}"
+        shutil.rmtree(out, ignore_errors=True)  # every video done afresh (a kept --workdir has old caches)
+        t0 = time.perf_counter()
+        summary = run_preprocess(records, out, cfg, workers=workers, progress=False)
+        took = time.perf_counter() - t0
+        ratios = _face_ratios(out)
+        rows.append({"detector": name if name != "center" else "center (floor: no detection)",
+                     "videos": summary.total, "seconds": took, "videos_per_s": summary.total / took,
+                     "face_ratio": float(np.mean(ratios)) if ratios else float("nan")})
+    base = next((r for r in rows if r["detector"] == "dlib"), None)
+    for r in rows:
+        r["vs_dlib"] = r["videos_per_s"] / base["videos_per_s"] if base else float("nan")
+    return rows
+
+
+def _speed_table(args: argparse.Namespace, detectors: Sequence[str]) -> list[dict]:
+    """The preprocess videos/s comparison (``--videos``), printed as its own table."""
+    if args.videos < 1:
+        return []
+    from benchmarks.common import work_dir
+
+    with work_dir(args.workdir, "bench_faces_") as work:
+        speed = preprocess_speed(sorted(detectors), args.videos, args.video_seconds, args.workers, work,
+                                 args.mtcnn_weights)
+    print()
+    print_table(speed, [("detector", "<30", "detector", ""), ("videos", ">6", "videos", "d"),
+                        ("seconds", ">8", "seconds", ".1f"), ("videos/s", ">9", "videos_per_s", ".3f"),
+                        ("vs dlib", ">8", "vs_dlib", ".2f"), ("face ratio", ">10", "face_ratio", ".2f")],
+                title=f"preprocess ({args.workers} workers, {args.video_seconds:.0f} s 720p H.264 face "
+                      "videos, default settings): videos/s per detector", ratio_keys=["vs_dlib"])
+    return speed
+
+
+def _face_ratios(cache_dir: Path) -> list[float]:
+    from deepfake_detector.data.cache import Cache
+
+    return [float(r.face_ratio) for r in Cache(cache_dir).rows() if r.face_ratio is not None]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=24, help="frames per condition")
@@ -243,6 +305,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="MTCNN's P-/R-/O-Net score thresholds (default: the published 0.6,0.7,0.7)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for every detector (torch, OpenCV)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--videos", type=int, default=6,
+                    help="720p face videos for the preprocess videos/s comparison (0: skip it)")
+    ap.add_argument("--video-seconds", type=float, default=10.0, help="length of those videos")
+    ap.add_argument("--workers", type=int, default=2, help="preprocess worker processes")
+    ap.add_argument("--workdir", default=None, help="keep/reuse the generated videos here")
     ap.add_argument("--json", default=None, help="also write the results as JSON to this file")
     args = ap.parse_args(argv)
     if args.frames < 2:
@@ -273,7 +340,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     summary = summarize(rows)
     print_results(rows, summary)
-    report = {"device": "CPU" if args.device == "cpu" else args.device, "threads": args.threads,
+    speed = _speed_table(args, [n for n in {r["detector"] for r in rows} if n != "haar"])
+    report = {"preprocess_speed": speed, "device": "CPU" if args.device == "cpu" else args.device,
+              "threads": args.threads,
               "frames_per_condition": args.frames, "mtcnn_thresholds": args.mtcnn_thresholds or "0.6,0.7,0.7",
               "conditions": list(conds), "rows": rows, "summary": summary, "skipped": skipped}
     if args.json:

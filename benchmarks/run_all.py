@@ -256,7 +256,7 @@ def main(argv=None) -> int:
                      + (["--backbone", "tiny", "--clips", "16"] if q else [])))
     if "faces" in stages:
         runs.append(("faces", ["-m", "benchmarks.bench_faces", "--json", out / "faces.json"]
-                     + (["--frames", "8"] if q else [])))
+                     + (["--frames", "8", "--videos", "2", "--video-seconds", "3"] if q else [])))
     if "cluster" in stages:
         runs.append(("cluster (ray vs local)", ["-m", "benchmarks.bench_cluster", "--json",
                                                 out / "cluster.json"]

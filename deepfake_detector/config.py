@@ -46,7 +46,9 @@ class PreprocessConfig:
     frames: int = 20  # frames sampled evenly across the whole video
     size: int = 112  # side of the square face crop, pixels
     margin: float = 0.3  # extra context around the detected face box (fraction of its side)
-    detector: str = "dlib"  # face detector backend by name: dlib | haar | center | mtcnn
+    # face detector by name: auto (mtcnn where its weights can be had, else dlib) | mtcnn | dlib | haar
+    # | center
+    detector: str = "auto"
     detect_max_side: int = 640  # frames are down-scaled to this longest side before detection
     upsample: int = 1  # dlib HOG up-sampling passes (finds small faces)
     max_decode_side: int = 1920  # cap on decoded resolution (larger videos are refused / scaled)
@@ -57,8 +59,15 @@ class PreprocessConfig:
     smooth: int = 3  # median window (in sampled frames) for smoothing the face track; 1 = off
     align: bool = False  # turn each crop so the eyes are level (needs landmarks: detector mtcnn)
     mtcnn_weights: Optional[str] = None  # folder with MTCNN's pnet.pt/rnet.pt/onet.pt (None: torch hub cache)
+    # where a torch face detector (mtcnn) runs: auto | cpu | cuda[:N], resolved by device.resolve_device.
+    # A run-time setting like mtcnn_weights, not a clip setting: predict/serve set it to their --device.
+    detector_device: str = "auto"
     # faces (tracks) kept per video, one clip each; 1 = the main face only (the cache layout before tracks)
     max_faces: int = 1
+    # frame sampler by name: even (single frames evenly spaced) | snippets (frames // snippet_len runs of
+    # snippet_len consecutive frames, evenly spaced: the LSTM sees local motion); snippet_len: even ignores it
+    sampling: str = "even"
+    snippet_len: int = 4
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -81,12 +90,39 @@ class PreprocessConfig:
             raise ValueError("timeout_s must be >= 0 (0 = no limit)")
         if self.smooth < 1:
             raise ValueError("smooth must be >= 1")
-        if self.detector not in ("dlib", "haar", "center", "mtcnn"):
-            raise ValueError("detector must be dlib, haar, center or mtcnn")
-        if self.align and self.detector != "mtcnn":
+        if self.detector not in ("auto", "dlib", "haar", "center", "mtcnn"):
+            raise ValueError("detector must be auto, dlib, haar, center or mtcnn")
+        if self.align and self.detector not in ("mtcnn", "auto"):
             raise ValueError("align needs eye positions, which only the mtcnn detector finds")
         if not 1 <= self.max_faces <= 16:
             raise ValueError("max_faces must be between 1 and 16")
+        if not isinstance(self.detector_device, str) or not self.detector_device.strip():
+            raise ValueError("detector_device must be a device name: auto, cpu, cuda or cuda:N")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be {' or '.join(SAMPLINGS)}")
+        if self.snippet_len < 1:
+            raise ValueError("snippet_len must be >= 1")
+        if self.sampling == "snippets" and self.frames % self.snippet_len:
+            raise ValueError(f"frames ({self.frames}) must be a multiple of snippet_len ({self.snippet_len})")
+
+
+#: ``PreprocessConfig.sampling`` names (the samplers themselves: ``data.video.SAMPLERS``)
+SAMPLINGS = ("even", "snippets")
+
+
+@dataclass
+class SegmentConfig:
+    """Scoring a long video window by window (``predict --segments``): the video's score is the highest
+    window's, so a short manipulated stretch is not averaged away by the rest."""
+
+    seconds: float = 10.0  # window width; wider when the video would need more than max_segments windows
+    max_segments: int = 64  # bound on the work per video
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.seconds) <= 86400.0:
+            raise ValueError("segment seconds must be > 0 (and at most a day)")
+        if not 1 <= int(self.max_segments) <= 4096:
+            raise ValueError("max segments must be between 1 and 4096")
 
 
 @dataclass

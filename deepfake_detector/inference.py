@@ -66,20 +66,30 @@ class Prediction:
     frames: int = 0
     face_ratio: float = 0.0
     seconds: float = 0.0
-    explanation: Optional[str] = None
+    # the heat-map PNG's path (explain_dir given); with ``faces`` listed: the list of the faces' PNGs
+    explanation: Optional[Union[str, list]] = None
     # with max_faces > 1: one ``{"track", "p_fake", "box"}`` per face track (box: mean [x0, y0, x1, y1] of
-    # its crop squares in source pixels); ``p_fake`` is the highest of them. Empty with one face.
+    # its crop squares in source pixels; with explain_dir also ``"explanation"``: that face's PNG or None);
+    # ``p_fake`` is the highest of them. Empty with one face.
     faces: list = field(default_factory=list)
+    # scored by segments (``segments=``): one ``{"start", "end", "p_fake", "frames", "status"}`` per time
+    # window (seconds from the first frame); ``p_fake`` is the highest window's. ``segment_seconds``: the
+    # windows' width, wider than asked when the video would need more than ``max_segments`` windows.
+    segments: list = field(default_factory=list)
+    segment_seconds: Optional[float] = None
 
     @property
     def scored(self) -> bool:
         return self.p_fake is not None
 
     def to_dict(self) -> dict:
-        """The fields as builtins; ``faces`` only when listed (one-face outputs keep today's keys)."""
+        """The fields as builtins; ``faces`` and ``segments`` only when listed (outputs without them keep
+        today's keys)."""
         out = asdict(self)
         if not out["faces"]:
             del out["faces"]
+        if not out["segments"]:
+            del out["segments"], out["segment_seconds"]
         return out
 
 
@@ -92,6 +102,9 @@ def label_for(p_fake: Optional[float], threshold: float) -> str:
     if p_fake is None:
         return ""
     return LABEL_FAKE if p_fake >= threshold else LABEL_REAL
+
+
+_UNSCORED = Prediction(path="", status="error", error="no result (bug)")
 
 
 def _failed(error: str) -> ClipResult:
@@ -132,6 +145,36 @@ def _extract(path: str, cfg: Any) -> Any:
     except Exception as exc:  # extract_clip's contract is to return a status; report bugs per item
         log.exception("extract_clip failed on %s", path)
         return _failed(f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _extract_segmented(path: str, cfg: Any, segments: Any) -> Any:
+    """``extract_segments`` (never raises for a bad video); a bug still becomes a status."""
+    from .data.preprocess import extract_segments
+
+    try:
+        return extract_segments(path, cfg, segments, threads=_WORKER.get("threads", 0))
+    except Exception as exc:
+        log.exception("extract_segments failed on %s", path)
+        return _failed(f"{type(exc).__name__}: {exc}"[:500])
+
+
+def segment_config(segments: Any) -> Any:
+    """``predict``'s ``segments`` argument as a ``SegmentConfig`` (None: off): None/False = off, True = the
+    defaults (10 s windows, at most 64), a number = the window width in seconds, or a ``SegmentConfig``."""
+    from .config import SegmentConfig
+
+    if segments is None or segments is False:
+        return None
+    if isinstance(segments, SegmentConfig):
+        return segments
+    try:
+        if segments is True:
+            return SegmentConfig()
+        if isinstance(segments, (int, float)):
+            return SegmentConfig(seconds=float(segments))
+    except ValueError as exc:
+        raise UserError(f"segments: {exc}") from None
+    raise UserError(f"segments must be True, a window width in seconds or a SegmentConfig, got {segments!r}")
 
 
 def extract_video(path: str, cfg: Any) -> Any:
@@ -192,7 +235,7 @@ class Detector:
     def __init__(self, model: Any, preprocess: Any, seq_len: int, threshold: float, device: Any = "cpu",
                  batch_size: int = 8, workers: Optional[int] = None, no_face: str = "center",
                  channel_order: str = "rgb", meta: Optional[dict] = None, amp: bool = True,
-                 pad_short: bool = True, compile: bool = False) -> None:
+                 pad_short: bool = True, compile: bool = False, detector_device: Any = None) -> None:
         import torch
 
         if no_face not in NO_FACE_MODES:
@@ -203,6 +246,11 @@ class Detector:
             raise UserError(f"workers must be >= 0, got {workers}")
         _check_threshold(threshold)
         self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
+        # where the face detector runs when it runs on torch (MTCNN): the model's device unless told
+        if detector_device is None:
+            detector_device = self.device
+        self.detector_device = (detector_device if isinstance(detector_device, torch.device)
+                                else resolve_device(str(detector_device)))
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -317,7 +365,7 @@ class Detector:
         thr = threshold if threshold is not None else onnx.threshold
         return cls(onnx.net, onnx.preprocess, onnx.seq_len, thr, device="cpu", batch_size=batch_size,
                    workers=workers, no_face=no_face, channel_order=onnx.channel_order, meta=onnx.meta,
-                   amp=False, pad_short=onnx.pad_short)
+                   amp=False, pad_short=onnx.pad_short, detector_device=_onnx_detector_device(device))
 
     @classmethod
     def _from_ours(cls, path: Path, obj: Any, device: str, threshold: Optional[float], batch_size: int,
@@ -455,29 +503,33 @@ class Detector:
     # ---- prediction -------------------------------------------------------------------------------
 
     def predict(self, paths: Union[PathLike, Iterable[PathLike]], explain_dir: Optional[PathLike] = None,
-                progress: bool = False) -> list[Prediction]:
-        """One ``Prediction`` per path, in input order; failures are rows, never exceptions."""
+                progress: bool = False, segments: Any = None) -> list[Prediction]:
+        """One ``Prediction`` per path, in input order; failures are rows, never exceptions.
+
+        ``segments`` (True, a window width in seconds, or a ``config.SegmentConfig``) scores each video
+        window by window and gives it the highest window's score (``Prediction.segments`` lists them)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         paths = [os.fspath(p) for p in paths]
         results: list[Optional[Prediction]] = [None] * len(paths)
-        for i, pred in self.iter_predict(paths, explain_dir=explain_dir, progress=progress):
+        for i, pred in self.iter_predict(paths, explain_dir, progress, segments):
             results[i] = pred
         return [r if r is not None else Prediction(path=paths[i], status="error", error="no result (bug)")
                 for i, r in enumerate(results)]
 
-    def predict_one(self, path: PathLike, explain_dir: Optional[PathLike] = None) -> Prediction:
+    def predict_one(self, path: PathLike, explain_dir: Optional[PathLike] = None,
+                    segments: Any = None) -> Prediction:
         """Classify one video in this process (no worker pool): the HTTP server's entry point."""
         p = os.fspath(path)
         out = None
-        for _, pred in self._run([p], explain_dir, progress=False, workers=0):
+        for _, pred in self._run([p], explain_dir, progress=False, workers=0, segments=segments):
             out = pred
         return out if out is not None else Prediction(path=p, status="error", error="no result (bug)")
 
     def iter_predict(self, paths: Sequence[PathLike], explain_dir: Optional[PathLike] = None,
-                     progress: bool = False) -> Iterator[tuple[int, Prediction]]:
+                     progress: bool = False, segments: Any = None) -> Iterator[tuple[int, Prediction]]:
         """Yield ``(index, Prediction)`` as verdicts become available (completion order)."""
-        yield from self._run([os.fspath(p) for p in paths], explain_dir, progress, self.workers)
+        yield from self._run([os.fspath(p) for p in paths], explain_dir, progress, self.workers, segments)
 
     def clip_config(self) -> Any:
         """The preprocessing config decoders must use for this detector (``extract_video``'s ``cfg``)."""
@@ -495,14 +547,15 @@ class Detector:
             if out[k] is None:
                 batch.append((k, path, res))
         for start in range(0, len(batch), self.batch_size):
-            for k, pred in self._score_batch(batch[start:start + self.batch_size], target):
+            for k, pred in self._score_any(batch[start:start + self.batch_size], target):
                 out[k] = pred
         return [p if p is not None else Prediction(path=items[k][0], status="error", error="no result (bug)")
                 for k, p in enumerate(out)]
 
     def _run(self, paths: list[str], explain_dir: Optional[PathLike], progress: bool,
-             workers: int) -> Iterator[tuple[int, Prediction]]:
+             workers: int, segments: Any = None) -> Iterator[tuple[int, Prediction]]:
         cfg = self._extract_config()
+        extract = self._segment_extractor(segments)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -524,12 +577,12 @@ class Detector:
             batch: list[tuple[int, str, Any]] = []
 
             def score(items: list[tuple[int, str, Any]]) -> Iterator[tuple[int, Prediction]]:
-                for out in self._score_batch(items, target):
+                for out in self._score_any(items, target):
                     if bar is not None:
                         bar.update(1)
                     yield out
 
-            for j, res in _iter_extracted(todo, cfg, workers):
+            for j, res in _iter_extracted(todo, cfg, workers, extract):
                 if j == IDLE:  # the decoders have nothing ready: score what is here while they go on
                     yield from score(batch)
                     batch = []
@@ -550,12 +603,26 @@ class Detector:
             if bar is not None:
                 bar.close()
 
+    def _segment_extractor(self, segments: Any) -> Any:
+        """The per-video extraction for ``segments`` (None: the plain clip, ``_extract``)."""
+        from .config import PreprocessConfig
+
+        seg = segment_config(segments)
+        if seg is None:
+            return None
+        if not isinstance(self.preprocess, PreprocessConfig):
+            raise UserError("scoring by segments needs this package's preprocessing (not the reference's: "
+                            "--legacy-preprocess ours)")
+        return functools.partial(_extract_segmented, segments=seg)
+
     def _extract_config(self):
         import dataclasses
 
         cfg = self.preprocess
         if any(f.name == "no_face" for f in dataclasses.fields(cfg)):
             cfg = dataclasses.replace(cfg, no_face=self.no_face)
+        if any(f.name == "detector_device" for f in dataclasses.fields(cfg)):  # MTCNN follows --device
+            cfg = dataclasses.replace(cfg, detector_device=str(self.detector_device))
         return cfg
 
     @staticmethod
@@ -574,6 +641,9 @@ class Detector:
         """A final Prediction for a clip that will not be scored, else None (goes to the model)."""
         status = str(getattr(res, "status", "error") or "error")
         clip = getattr(res, "clip", None)
+        segments = getattr(res, "segments", None)
+        if segments and any(self._prediction_from_clip(path, s.clip) is None for s in segments):
+            return None  # scored window by window (_score_segments)
         base = Prediction(path=path, status=status, error=str(getattr(res, "error", "") or ""),
                           frames=int(getattr(res, "frames", 0) or 0),
                           face_ratio=float(getattr(res, "face_ratio", 0.0) or 0.0),
@@ -673,6 +743,43 @@ class Detector:
                 probs[k] = float(v)
         return probs
 
+    def _score_any(self, batch: list[tuple[int, str, Any]],
+                   target: Optional[_ExplainTarget]) -> list[tuple[int, Prediction]]:
+        """``_score_batch`` for plain clips; a video extracted by segments is scored window by window."""
+        plain = [item for item in batch if not getattr(item[2], "segments", None)]
+        outs = self._score_batch(plain, target) if plain else []
+        return outs + [(i, self._score_segments(p, res, target)) for i, p, res in batch
+                       if getattr(res, "segments", None)]
+
+    def _score_segments(self, path: str, res: Any, target: Optional[_ExplainTarget]) -> Prediction:
+        """One video's ``Prediction`` from its windows' clips: every window scored, the video's score the
+        highest (a short manipulated stretch is not averaged away); the heat map is the top window's."""
+        t0 = time.perf_counter()
+        rows: list[Optional[Prediction]] = [self._prediction_from_clip(path, s.clip) for s in res.segments]
+        todo = [(k, path, s.clip) for k, s in enumerate(res.segments) if rows[k] is None]
+        for start in range(0, len(todo), self.batch_size):
+            for k, scored in self._score_batch(todo[start:start + self.batch_size], None):
+                rows[k] = scored
+        done = [r or _UNSCORED for r in rows]
+        pred = Prediction(path=path, status=str(res.status), error=str(res.error or ""),
+                          frames=int(res.frames), face_ratio=float(res.face_ratio),
+                          segment_seconds=round(float(res.segment_seconds), 3),
+                          segments=[{"start": s.start, "end": s.end, "p_fake": r.p_fake, "frames": r.frames,
+                                     "status": r.status} for s, r in zip(res.segments, done)])
+        best = max((k for k, r in enumerate(done) if r.p_fake is not None), key=lambda k: done[k].p_fake,
+                   default=None)  # the first of equal windows
+        if best is None:
+            pred.status = "error"
+            pred.error = next((r.error for r in done if r.error), "no window was scored")
+        else:
+            pred.p_fake, pred.faces = done[best].p_fake, done[best].faces
+            pred.label = label_for(pred.p_fake, self.threshold)
+            if target is not None:  # the top window's strip, drawn exactly as a plain clip's
+                again = self._score_batch([(0, path, res.segments[best].clip)], target)[0][1]
+                pred.explanation, pred.faces = again.explanation, again.faces or pred.faces
+        pred.seconds = round(float(res.seconds) + time.perf_counter() - t0, 4)
+        return pred
+
     def _score_batch(self, batch: list[tuple[int, str, Any]], target: Optional[_ExplainTarget]):
         import torch
 
@@ -722,8 +829,9 @@ class Detector:
                 pred.p_fake = prob
                 pred.faces = faces
                 pred.label = label_for(prob, self.threshold)
-                if target is not None:
-                    pred.explanation = self._explain(x, res, pred, target)
+                if target is not None:  # every scored face's strip (the other tracks' inputs follow x)
+                    pred.explanation = self._explain(x, res, pred, target,
+                                                     [q for o, q in zip(owner, inputs) if o == k][1:])
             pred.seconds = round(float(getattr(res, "seconds", 0.0) or 0.0) + share, 4)
             outs.append((i, pred))
         return outs
@@ -746,8 +854,38 @@ class Detector:
                 faces.append({"track": k, "p_fake": q, "box": box})
         return max(f["p_fake"] for f in faces), faces
 
-    def _explain(self, x: Any, res: Any, pred: Prediction, target: _ExplainTarget) -> Optional[str]:
-        """Write the heat-map strip for one scored video; None (and a warning) when it cannot.
+    def _explain(self, x: Any, res: Any, pred: Prediction, target: _ExplainTarget,
+                 others: Sequence[Any] = ()) -> Optional[Union[str, list]]:
+        """The heat-map strips of one scored video: its PNG's path, or (``pred.faces`` listed, max_faces > 1)
+        the list of its faces' PNGs, each face's path also put in its ``faces`` entry (``explanation``).
+
+        ``x`` is the main face's model input, ``others`` the other tracks' (``res.others``' order). A video
+        with several scored faces names each file by its track (``..._face<k>.png``); one face keeps
+        today's name. A face whose strip cannot be written gets None (see ``_explain_one``).
+        """
+        import dataclasses
+
+        if not pred.faces:
+            return self._explain_one(x, res, pred, target)
+        tracks, inputs = [res, *getattr(res, "others", ())], [x, *others]
+        several = len(pred.faces) > 1
+        files: list[str] = []
+        for face in pred.faces:
+            k = int(face["track"])
+            view = dataclasses.replace(  # the strip shows this face's verdict, score and face ratio
+                pred, p_fake=face["p_fake"], label=label_for(face["p_fake"], self.threshold), faces=[],
+                face_ratio=float(getattr(tracks[k], "face_ratio", 0.0) or 0.0))
+            face["explanation"] = self._explain_one(inputs[k], tracks[k], view, target,
+                                                    face=k if several else None,
+                                                    frame_indices=getattr(res, "indices", None))
+            if face["explanation"] is not None:
+                files.append(face["explanation"])
+        return files or None
+
+    def _explain_one(self, x: Any, res: Any, pred: Prediction, target: _ExplainTarget,
+                     **where: Any) -> Optional[str]:
+        """Write one heat-map strip (``where``: ``explain_video``'s ``face``, ``frame_indices``); None (and
+        a warning) when it cannot.
 
         An explanation never costs the verdict. A file-system error is one warning line; one that will
         hit every other video too (disk full, quota, read-only, no permission) stops explanations for
@@ -767,7 +905,7 @@ class Detector:
             x = clips_to_device(x.unsqueeze(0), "cpu")[0]  # normalised [T,3,H,W], as the model saw it
             out = explain.explain_video(self.model, x, res, pred, target.folder, threshold=self.threshold,
                                         seq_len=self.seq_len, channel_order=self.channel_order,
-                                        device=self.device)
+                                        device=self.device, **where)
             return os.fspath(out)
         except OSError as exc:
             if exc.errno in WRITE_STOP_ERRNOS:
@@ -803,6 +941,15 @@ def _write_hint(code: int) -> str:
 def _shown(path: Any) -> str:
     """A path for a log line (undecodable file-name bytes as replacement characters)."""
     return os.fsencode(os.fspath(path)).decode("utf-8", "replace")
+
+
+def _onnx_detector_device(device: str) -> Any:
+    """Where an ONNX model's face detector (torch) runs: ``device`` as ``device.resolve_device`` reads it;
+    the CPU when ONNX Runtime has the CUDA asked for but this torch has not (the provider is checked)."""
+    try:
+        return resolve_device(device)
+    except UserError:
+        return resolve_device("cpu")
 
 
 def _check_threshold(threshold: Any) -> None:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.helpers import BAD_KINDS, astronaut_image, carphone_path, make_bad_file
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests never download weights, and see the same (empty) weights cache on every machine: the ``auto``
+    face detector then resolves to its offline fallback (dlib) everywhere, subprocesses included."""
+    os.environ["DEEPFAKE_DETECTOR_OFFLINE"] = "1"
+    os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="dfd-test-torch-home-")
 
 
 @pytest.fixture(scope="session")

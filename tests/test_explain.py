@@ -200,3 +200,126 @@ def test_a_bug_while_explaining_keeps_its_traceback(tmp_path, three_videos, monk
     assert pred.p_fake is not None and pred.explanation is None
     (warning,) = _explain_warnings(caplog)
     assert warning.exc_info is not None
+
+
+# --- several faces (--max-faces N): one strip per face ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_faces(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A two-person video (the tracker finds both with haar) and tiny checkpoints for 1 and 2 faces."""
+    from tests.data.test_tracks import FRAMES, _cfg, _two_person_frames, _write_video
+    from tests.helpers import make_tiny_checkpoint as tiny
+
+    d = tmp_path_factory.mktemp("two_faces")
+    video = _write_video(d / "two people.mp4", _two_person_frames())
+    one = tiny(d / "one.pt", _cfg(1), seq_len=FRAMES, hidden_size=8, fc_scale=50.0)
+    two = tiny(d / "two.pt", _cfg(2), seq_len=FRAMES, hidden_size=8, fc_scale=50.0)
+    return video, one, two
+
+
+def _is_png(path) -> bool:
+    return Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_face_gets_its_own_strip(tmp_path, two_faces):
+    video, _, ckpt = two_faces
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0)
+    (pred,) = det.predict([video], explain_dir=tmp_path / "ex")
+    assert pred.scored and [f["track"] for f in pred.faces] == [0, 1]
+    names = [explanation_filename(os.fspath(video), face=k) for k in (0, 1)]
+    assert names[0].endswith("_face0.png") and names[1].endswith("_face1.png")
+    assert pred.explanation == [os.fspath(tmp_path / "ex" / n) for n in names]
+    assert [f["explanation"] for f in pred.faces] == pred.explanation
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == sorted(names)
+    assert all(_is_png(p) for p in pred.explanation)
+    a, b = (Path(p).read_bytes() for p in pred.explanation)
+    assert a != b  # two faces, two crops, two strips
+    # the verdict and the face scores do not depend on explaining
+    plain = det.predict_one(video)
+    assert plain.explanation is None and "explanation" not in plain.faces[0]
+    assert [f["p_fake"] for f in plain.faces] == pytest.approx([f["p_fake"] for f in pred.faces])
+
+
+def test_one_face_keeps_todays_strip_and_name(tmp_path, two_faces):
+    video, ckpt, _ = two_faces
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0)
+    (pred,) = det.predict([video], explain_dir=tmp_path / "ex")
+    assert pred.faces == [] and isinstance(pred.explanation, str)
+    assert Path(pred.explanation).name == explanation_filename(os.fspath(video))
+    assert [p.name for p in (tmp_path / "ex").iterdir()] == [explanation_filename(os.fspath(video))]
+
+
+def test_a_face_whose_strip_fails_keeps_the_others(tmp_path, two_faces, monkeypatch, caplog):
+    import errno
+
+    import deepfake_detector.explain as ex
+
+    video, _, ckpt = two_faces
+    real = ex.atomic_write_bytes
+
+    def write(path, data):
+        if Path(path).name.endswith("_face1.png"):
+            raise OSError(errno.ENOENT, "No such file or directory")
+        return real(path, data)
+
+    monkeypatch.setattr(ex, "atomic_write_bytes", write)
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0)
+    with caplog.at_level("WARNING"):
+        (pred,) = det.predict([video], explain_dir=tmp_path / "ex")
+    assert pred.scored and len(pred.faces) == 2
+    assert pred.faces[1]["explanation"] is None and pred.explanation == [pred.faces[0]["explanation"]]
+    assert len(_explain_warnings(caplog)) == 1
+
+
+def test_predict_cli_writes_and_lists_every_faces_strip(tmp_path, two_faces, capsys):
+    import csv
+    import json
+
+    from tests.helpers import run_cli_in_process
+
+    video, ckpt, _ = two_faces
+    out_csv, out_json, ex_dir = tmp_path / "r.csv", tmp_path / "r.json", tmp_path / "ex"
+    common = ("predict", ckpt, video, "--workers", "0", "--device", "cpu", "--max-faces", "2",
+              "--explain", ex_dir)
+    r = run_cli_in_process(capsys, *common, "--output", out_csv)
+    assert r.returncode == 0, r.stderr
+    assert "2 explanation(s) written to" in r.stdout
+    with open(out_csv, newline="") as fh:
+        row = next(csv.DictReader(fh))
+    files = json.loads(row["explanation"])
+    faces = json.loads(row["faces"])
+    assert [Path(f).name for f in files] == [explanation_filename(os.fspath(video), face=k) for k in (0, 1)]
+    assert [f["explanation"] for f in faces] == files and all(_is_png(f) for f in files)
+    assert run_cli_in_process(capsys, *common, "--output", out_json).returncode == 0
+    (pred,) = json.loads(out_json.read_text())["predictions"]
+    assert pred["explanation"] == files and [f["explanation"] for f in pred["faces"]] == files
+
+
+def test_serve_returns_every_faces_strip_inline(tmp_path, two_faces):
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from deepfake_detector.serve import ServeSettings, create_app
+
+    video, _, ckpt = two_faces
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0)
+    (tmp_path / "serve").mkdir()
+    app = create_app(det, ServeSettings(tmp_dir=str(tmp_path / "serve"), warmup=False))
+    with TestClient(app) as client:
+        for explain in (True, False):
+            with open(video, "rb") as fh:
+                r = client.post("/api/v1/predict" + ("?explain=true" if explain else ""),
+                                files={"file": (video.name, fh, "video/mp4")})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert [f["track"] for f in body["faces"]] == [0, 1]
+            assert all("explanation" not in f for f in body["faces"])  # never a server path
+            if not explain:
+                assert "explanation_png" not in body
+                assert all("explanation_png" not in f for f in body["faces"])
+                continue
+            pngs = [base64.b64decode(f["explanation_png"]) for f in body["faces"]]
+            assert all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs) and pngs[0] != pngs[1]
+            assert base64.b64decode(body["explanation_png"]) == pngs[0]  # the main face's, as before

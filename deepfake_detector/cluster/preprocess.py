@@ -5,8 +5,9 @@ shard, resume), keeps the manifest and prints the summary; only its to-do list i
 ``RayEngine.run``. Each actor runs ``data.preprocess``'s own task (``extract_clip``, the atomic clip
 write, the manifest row) with its settings and face detector loaded once, and writes the clip
 straight into the cache, so the cache folder must be a path every node sees (a shared file system).
-The rows come back to the driver as the videos finish. Same clips (byte for byte) and the same
-``manifest.csv`` as the local engine, apart from the per-video ``seconds``.
+The rows come back to the driver as the videos finish (with ``max_faces > 1``, a video's other faces'
+rows ride on its main row as ``track_rows``; their clips and sidecars are written by the actor). Same clips
+(byte for byte), sidecars and ``manifest.csv`` as the local engine, apart from the per-video ``seconds``.
 """
 
 from __future__ import annotations

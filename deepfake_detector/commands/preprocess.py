@@ -60,13 +60,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="celebdf: List_of_testing_videos.txt (default: the one in DATA)")
     g = p.add_argument_group("clips")
     g.add_argument("--frames", type=int, default=d.frames, help="frames sampled evenly across each video")
+    g.add_argument("--sampling", default=d.sampling, choices=["even", "snippets"],
+                   help="even: single frames evenly spaced over the whole video; snippets: FRAMES / "
+                        "--snippet-len runs of consecutive frames, evenly spaced (the model sees local "
+                        "motion and the whole clip)")
+    g.add_argument("--snippet-len", type=int, default=d.snippet_len, metavar="L",
+                   help="with --sampling snippets: consecutive frames per snippet (FRAMES must be a "
+                        "multiple)")
     g.add_argument("--size", type=int, default=d.size, help="side of the square face crop, pixels")
     g.add_argument("--margin", type=float, default=d.margin, help="context around the face box (fraction)")
-    g.add_argument("--detector", default=d.detector, choices=["dlib", "haar", "center", "mtcnn"],
-                   help="face detector: dlib HOG, OpenCV Haar cascade, centre crop (no detection), or MTCNN "
-                        "(rotated, dark, turned and small faces; five landmarks; weights fetched once)")
+    g.add_argument("--detector", default=d.detector, choices=["auto", "mtcnn", "dlib", "haar", "center"],
+                   help="face detector: auto (default: MTCNN, or dlib HOG with a warning where MTCNN's "
+                        "weights cannot be had; a resumed cache keeps its own), MTCNN (rotated, dark, turned "
+                        "and small faces; five landmarks; weights fetched once), dlib HOG, OpenCV Haar, "
+                        "centre crop")
     g.add_argument("--align", action="store_true",
-                   help="turn each crop so the eyes are level (needs --detector mtcnn)")
+                   help="turn each crop so the eyes are level (needs MTCNN's landmarks)")
     g.add_argument("--max-faces", type=int, default=d.max_faces, metavar="N",
                    help="keep up to N faces (tracks) per video, one clip and manifest row each (recommended: "
                         "4 for footage with several people; default 1: the main face only)")
@@ -111,7 +120,8 @@ def _config(args: argparse.Namespace):
 
     try:
         return PreprocessConfig(
-            frames=args.frames, size=args.size, margin=args.margin, detector=args.detector,
+            frames=args.frames, sampling=args.sampling, snippet_len=args.snippet_len,
+            size=args.size, margin=args.margin, detector=args.detector,
             upsample=args.upsample, detect_max_side=args.detect_max_side, no_face=args.no_face,
             max_decode_side=args.max_decode_side, max_duration_s=args.max_duration,
             max_pixels=args.max_pixels, timeout_s=args.timeout, align=args.align, max_faces=args.max_faces,
@@ -123,7 +133,7 @@ def _config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..data.faces import detector_available
-    from ..data.preprocess import CacheWriteError, parse_shard, run_preprocess
+    from ..data.preprocess import CacheWriteError, parse_shard, resolve_config, run_preprocess
     from ..data.sources import (
         count_by_split,
         dataset_summary,
@@ -142,9 +152,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--workers must be >= 0")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be >= 1")
+    try:
+        cfg = resolve_config(cfg, args.out)
+    except ValueError as exc:
+        raise UserError(f"bad preprocessing setting: {exc}") from exc
     why = detector_available(cfg.detector, cfg.mtcnn_weights)
     if why:
         raise UserError(f"face detector '{cfg.detector}' cannot run: {why}")
+    if args.detector == "auto":
+        print(f"face detector: {cfg.detector} (auto)")
     if not os.path.exists(args.data):
         raise UserError(f"{args.data}: no such file or folder")
 

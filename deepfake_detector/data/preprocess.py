@@ -33,13 +33,14 @@ import os
 import stat
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..config import PreprocessConfig, from_dict, to_dict
+from ..config import PreprocessConfig, SegmentConfig, from_dict, to_dict
 from ..errors import DISK_FULL_ERRNOS, NO_WRITE_ERRNOS, WRITE_STOP_ERRNOS, UserError
 from ..utils import atomic_write_json
 from . import cache
@@ -51,7 +52,9 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 # settings whose change makes existing clips incompatible
 CLIP_KEYS = ("frames", "size", "margin", "detector", "upsample", "no_face", "detect_max_side", "smooth",
-             "align", "max_faces")
+             "align", "max_faces", "sampling", "snippet_len")
+# what a settings record older than a key meant by it (caches made before tracks / frame samplers)
+_CLIP_KEY_BEFORE = {"max_faces": 1, "sampling": "even"}
 _FLUSH_EVERY_S = 5.0
 HARD_TIMEOUT_GRACE_S = 60.0  # a video still running after 2 * timeout_s + this is killed with its worker
 # write errors that no later video can escape: the run stops at the first one
@@ -125,7 +128,7 @@ def _detector_for(cfg: PreprocessConfig):
     """One detector per process and setting (building dlib's detector costs ~0.5 s)."""
     from .faces import detector_from_config
 
-    key = (cfg.detector, cfg.detect_max_side, cfg.upsample, cfg.mtcnn_weights)
+    key = (cfg.detector, cfg.detect_max_side, cfg.upsample, cfg.mtcnn_weights, cfg.detector_device)
     det = _DETECTOR_CACHE.get(key)
     if det is None:
         det = detector_from_config(cfg)
@@ -166,50 +169,130 @@ def extract_clip(
     ``too_short``, ``refused``, ``missing``, ``error``). ``detector`` overrides the one named in
     ``cfg`` (tests, benchmarks); ``threads`` is the decoder thread count (0 = automatic).
     """
-    from .faces import FaceCropper
-    from .video import VideoError, read_frames
+    from .video import read_frames
 
-    t0 = time.perf_counter()
     path = os.fspath(path)
     res = ClipResult(clip=None, status=cache.ERROR)
-    try:
+    with _outcome(res, path):
+        pre = check_video_file(path)
+        if pre is not None:
+            res.status, res.error = pre
+        else:
+            _crop_into(res, read_frames(path, cfg.frames, **_read_options(cfg, threads)), cfg, detector)
+    return res
+
+
+@dataclass
+class SegmentClip:
+    """One time window of a video scored by segments: its span in seconds and its clip."""
+
+    start: float
+    end: float
+    clip: ClipResult
+
+
+@dataclass
+class SegmentedResult(ClipResult):
+    """``extract_segments``' outcome: the video's status, frames and face ratio over all windows, and
+    one ``SegmentClip`` per window (``clip`` stays None: the windows carry the clips)."""
+
+    segments: list[SegmentClip] = field(default_factory=list)
+    segment_seconds: float = 0.0  # the windows' width: wider than asked when the video is long
+
+
+def extract_segments(
+    path: str | os.PathLike, cfg: PreprocessConfig, segments: SegmentConfig, *, detector=None,
+    threads: int = 0,
+) -> SegmentedResult:
+    """``extract_clip`` for each consecutive time window (``segments.seconds`` wide, at most
+    ``segments.max_segments``; ``video.read_windows``): every window is sampled and cropped like a whole
+    clip with ``cfg``, one window's frames in memory at a time. Never raises for a bad video."""
+    from .video import read_windows
+
+    path = os.fspath(path)
+    res = SegmentedResult(clip=None, status=cache.ERROR)
+    with _outcome(res, path):
         pre = check_video_file(path)
         if pre is not None:
             res.status, res.error = pre
             return res
-        sampled = read_frames(
-            path,
-            cfg.frames,
-            max_side=cfg.max_decode_side,
-            max_pixels=cfg.max_pixels,
-            max_duration_s=cfg.max_duration_s,
-            threads=threads,
-            deadline_s=cfg.timeout_s or None,
-        )
-        info = sampled.info
-        res.source_frames = int(info.frames)
-        res.fps = float(info.fps)
-        res.duration = float(info.duration)
-        res.width, res.height = (int(v) for v in info.display_size)
-        res.indices = list(sampled.indices)
-        det = detector if detector is not None else _detector_for(cfg)
-        cropper = FaceCropper(det, size=cfg.size, margin=cfg.margin, smooth=cfg.smooth, align=cfg.align,
-                              max_faces=getattr(cfg, "max_faces", 1))
-        crop = cropper.crop(sampled.frames)
-        res.frames = len(sampled.frames)
-        _fill_track(res, crop, sampled.scale)
-        res.others = [_fill_track(ClipResult(clip=o.crops, status=cache.OK, frames=res.frames), o,
-                                  sampled.scale) for o in crop.others]
-        if crop.found:
-            res.status, res.clip = cache.OK, crop.crops
+        windows = read_windows(path, cfg.frames, seconds=segments.seconds, max_windows=segments.max_segments,
+                               **_read_options(cfg, threads))
+        for sampled in windows:
+            seg = _crop_into(ClipResult(clip=None, status=cache.ERROR), sampled, cfg, detector)
+            res.segments.append(SegmentClip(*(sampled.window or (0.0, 0.0)), seg))
+            res.segment_seconds = float(sampled.window_s)
+        _summarise_segments(res)
+    if res.status not in (cache.OK, cache.NO_FACE):
+        res.segments = []
+    return res
+
+
+def _summarise_segments(res: SegmentedResult) -> None:
+    """The video's status, frames, face ratio and source facts from its windows' clips."""
+    clips = [s.clip for s in res.segments]
+    last = clips[-1]
+    res.source_frames, res.fps, res.duration = last.source_frames, last.fps, last.duration
+    res.width, res.height = last.width, last.height
+    res.indices = [i for c in clips for i in c.indices]
+    res.frames = sum(c.frames for c in clips)
+    sampled = sum(len(c.indices) for c in clips)
+    res.face_ratio = sum(c.face_ratio * len(c.indices) for c in clips) / sampled if sampled else 0.0
+    for status in (cache.OK, cache.NO_FACE):
+        if any(c.status == status for c in clips):
+            res.status = status
+            res.error = "" if status == cache.OK else f"no face found in any of {len(clips)} segment(s)"
+            return
+    res.status, res.error = clips[0].status, clips[0].error
+
+
+def _read_options(cfg: PreprocessConfig, threads: int) -> dict:
+    """``read_frames``' options from a preprocessing config."""
+    return dict(max_side=cfg.max_decode_side, max_pixels=cfg.max_pixels, max_duration_s=cfg.max_duration_s,
+                threads=threads, deadline_s=cfg.timeout_s or None, sampling=getattr(cfg, "sampling", "even"),
+                snippet_len=getattr(cfg, "snippet_len", 1))
+
+
+def _crop_into(res: ClipResult, sampled: Any, cfg: PreprocessConfig, detector: Any) -> ClipResult:
+    """Find and track the face in ``sampled`` frames and fill ``res``: crops, boxes, status."""
+    from .faces import FaceCropper
+
+    info = sampled.info
+    res.source_frames = int(info.frames)
+    res.fps = float(info.fps)
+    res.duration = float(info.duration)
+    res.width, res.height = (int(v) for v in info.display_size)
+    res.indices = list(sampled.indices)
+    det = detector if detector is not None else _detector_for(cfg)
+    cropper = FaceCropper(det, size=cfg.size, margin=cfg.margin, smooth=cfg.smooth, align=cfg.align,
+                          max_faces=getattr(cfg, "max_faces", 1))
+    crop = cropper.crop(sampled.frames)
+    res.frames = len(sampled.frames)
+    _fill_track(res, crop, sampled.scale)
+    res.others = [_fill_track(ClipResult(clip=o.crops, status=cache.OK, frames=res.frames), o,
+                              sampled.scale) for o in crop.others]
+    if crop.found:
+        res.status, res.clip = cache.OK, crop.crops
+    else:
+        res.status = cache.NO_FACE
+        res.error = f"no face found in {res.frames} sampled frames"
+        if cfg.no_face == "center":
+            res.clip = crop.crops
+            res.error += " (centre crops used)"
         else:
-            res.status = cache.NO_FACE
-            res.error = f"no face found in {res.frames} sampled frames"
-            if cfg.no_face == "center":
-                res.clip = crop.crops
-                res.error += " (centre crops used)"
-            else:
-                res.frames = 0
+            res.frames = 0
+    return res
+
+
+@contextlib.contextmanager
+def _outcome(res: ClipResult, path: str) -> Iterator[None]:
+    """Turn whatever reading a video raises into ``res``' status and one-line error (never raises), and
+    time it; a result that is not ``ok``/``no_face`` keeps no clip."""
+    from .video import VideoError
+
+    t0 = time.perf_counter()
+    try:
+        yield
     except VideoError as exc:
         res.status, res.error = exc.status, str(exc)
     except MemoryError:
@@ -221,7 +304,16 @@ def extract_clip(
         res.seconds = time.perf_counter() - t0
     if res.status not in (cache.OK, cache.NO_FACE):
         res.clip, res.frames = None, 0
-    return res
+
+
+def clip_settings(settings: dict) -> dict:
+    """The ``CLIP_KEYS`` of a preprocessing record as the clips depend on them: keys an older record lacks
+    take the value they had then, and ``snippet_len`` counts only with ``sampling: snippets``. Compare
+    two records with this to tell whether their clips were made the same way."""
+    out = {**_CLIP_KEY_BEFORE, **{k: settings[k] for k in CLIP_KEYS if k in settings}}
+    if out.get("sampling") != "snippets":
+        out.pop("snippet_len", None)
+    return out
 
 
 def _fill_track(res: ClipResult, crop: Any, scale: float) -> ClipResult:
@@ -326,9 +418,9 @@ def _check_cache(out_dir: Path, cfg: PreprocessConfig, force: bool) -> bool:
             raise UserError(f"{exc.path} is unreadable ({exc.detail}); use --force to rebuild this "
                             "cache") from exc
         return True
-    new = to_dict(cfg)
-    old = {"max_faces": 1, **old}  # caches made before tracks hold the main face only
-    diff = [k for k in CLIP_KEYS if k in old and old.get(k) != new.get(k)]
+    new = clip_settings(to_dict(cfg))
+    old = clip_settings(old)  # caches made before tracks hold the main face only, before samplers: even
+    diff = [k for k in CLIP_KEYS if k in old and k in new and old[k] != new[k]]
     if not diff:
         return False
     if not force:
@@ -452,13 +544,11 @@ def run_preprocess(
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    cfg = resolve_config(cfg, out_dir)
     if engine is not None and engine != "local":
         from ..cluster.preprocess import make_engine
 
         engine = make_engine(engine, workers)
-    if engine is not None and engine != "local" and cfg.max_faces > 1:
-        # the cluster engine returns one manifest row per video; the other faces' rows would be lost
-        raise UserError("--max-faces above 1 needs the local engine for now (--engine local)")
     redo_all = _prepare_cache(out_dir, cfg, force, dataset_root, fmt, dataset)
     mine = select_shard(records, shard)
     writer = cache.ManifestWriter(out_dir, shard)
@@ -484,6 +574,19 @@ def run_preprocess(
         stop.summary = summary
         raise stop
     return summary
+
+
+def resolve_config(cfg: PreprocessConfig, out_dir: str | os.PathLike) -> PreprocessConfig:
+    """``cfg`` with its detector resolved (``auto``: the cache's own when resuming it, else mtcnn or the
+    dlib fallback; see ``faces.resolve_detector``), so the cache records the detector that made its clips."""
+    from .faces import resolve_detector
+
+    try:
+        previous = read_cache_config(out_dir)
+    except Exception as exc:  # an unreadable preprocess.json is reported by _prepare_cache
+        log.debug("cache config unreadable while resolving the detector: %s", exc)
+        previous = None
+    return resolve_detector(cfg, previous)
 
 
 def _prepare_cache(out_dir: Path, cfg: PreprocessConfig, force: bool,
@@ -623,6 +726,9 @@ __all__ = [
     "ClipResult",
     "cache_write_error",
     "extract_clip",
+    "extract_segments",
+    "SegmentClip",
+    "SegmentedResult",
     "run_preprocess",
     "PreprocessSummary",
     "parse_shard",
@@ -630,4 +736,5 @@ __all__ = [
     "select_shard",
     "read_cache_config",
     "CLIP_KEYS",
+    "clip_settings",
 ]

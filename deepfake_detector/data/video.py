@@ -4,7 +4,10 @@ Why this is more than ``for frame in container.decode()``:
 
 * Frames are chosen by presentation time: ``k`` targets at the centres of ``k`` equal time segments.
   For constant frame rate this is exactly ``sample_indices(n, k)``; for variable frame rate it still
-  spreads the samples evenly over the clip's time line.
+  spreads the samples evenly over the clip's time line. Samplers have names (``SAMPLERS``): ``even``
+  (that) and ``snippets`` (runs of consecutive frames anchored the same way, for local motion).
+* ``read_windows`` samples each consecutive time window of a long video like a whole clip (scoring
+  by segments), holding one window's frames at a time.
 * The frame table (every frame's timestamp and keyframe flag) comes from the container index when it
   is complete (MP4/MOV/AVI), else from a demux-only pass (packets are read, nothing is decoded). So
   wrong or missing frame counts in headers do not matter.
@@ -22,12 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -106,6 +111,8 @@ class SampledFrames:
     decoded: int = 0  # frames decoded (converted or not)
     seeks: int = 0
     stats: dict = field(default_factory=dict)
+    window: Optional[tuple[float, float]] = None  # read_windows: this window's (start, end), seconds
+    window_s: float = 0.0  # read_windows: the width of the windows (wider than asked for long videos)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,6 +173,68 @@ def sample_by_time(times: np.ndarray, k: int, end: Optional[float] = None) -> li
             i = min(cands, key=lambda j: (abs(times[j] - target), j))
         chosen.add(i)
     return sorted(chosen)
+
+
+def sample_snippets(times: np.ndarray, k: int, snippet_len: int, end: Optional[float] = None) -> list[int]:
+    """Ordinals of ``k`` frames as ``k // snippet_len`` snippets of ``snippet_len`` consecutive frames.
+
+    Why: single frames spread over the clip show the LSTM no motion; snippets show local motion (flicker,
+    blending seams that move) and still cover the whole clip. Each snippet starts at an anchor frame:
+    the anchors are ``sample_by_time(times, k // snippet_len, end)`` (evenly spread in presentation
+    time, so variable frame rate is handled like the even sampler). Snippets that would run past the end
+    or into the next one are pushed back, so there are always ``k`` distinct frames when the video has
+    more than ``k``; shorter videos give every frame, like ``sample_by_time``.
+    """
+    n, k, length = len(times), int(k), int(snippet_len)
+    if length < 1 or k % length:
+        raise ValueError(f"frames ({k}) must be a positive multiple of snippet_len ({length})")
+    if n == 0 or k <= 0:
+        return []
+    if n <= k:
+        return list(range(n))
+    starts = sample_by_time(times, k // length, end)
+    for j in range(1, len(starts)):  # no overlap with the snippet before
+        starts[j] = max(starts[j], starts[j - 1] + length)
+    starts[-1] = min(starts[-1], n - length)  # clamped at the end, pushing earlier snippets back
+    for j in range(len(starts) - 2, -1, -1):
+        starts[j] = min(starts[j], starts[j + 1] - length)
+    return [s + i for s in starts for i in range(length)]
+
+
+def _sample_even(times: np.ndarray, k: int, snippet_len: int, end: Optional[float]) -> list[int]:
+    return sample_by_time(times, k, end)
+
+
+#: frame samplers by name (``PreprocessConfig.sampling``): ``f(times, k, snippet_len, end) -> ordinals``
+SAMPLERS = {"even": _sample_even, "snippets": sample_snippets}
+
+
+def sample_frames(times: Any, k: int, *, sampling: str = "even", snippet_len: int = 1,
+                  end: Optional[float] = None) -> list[int]:
+    """Ordinals of the frames sampler ``sampling`` picks from a video whose frames start at ``times``."""
+    if sampling not in SAMPLERS:
+        raise ValueError(f"unknown sampling {sampling!r}; choose from {', '.join(SAMPLERS)}")
+    return SAMPLERS[sampling](np.asarray(times, dtype=np.float64), int(k), int(snippet_len), end)
+
+
+def segment_windows(duration: float, seconds: float,
+                    max_windows: int) -> tuple[list[tuple[float, float]], float]:
+    """Consecutive time windows ``[(start, end), ...]`` covering ``[0, duration)`` and their width.
+
+    Windows are ``seconds`` wide, or wider when that would make more than ``max_windows`` (the work per
+    video stays bounded; the width returned says so). The last window takes the remainder; a remainder
+    shorter than half a window joins the window before, so no window is a sliver of a few frames.
+    """
+    if seconds <= 0 or max_windows < 1:
+        raise ValueError("seconds must be > 0 and max_windows >= 1")
+    if not duration > 0:
+        return [], float(seconds)
+    width = max(float(seconds), float(duration) / int(max_windows))
+    count = max(1, int(np.ceil(duration / width - 1e-9)))
+    if count > 1 and duration - (count - 1) * width < width / 2:
+        count -= 1
+    bounds = [round(i * width, 6) for i in range(count)] + [round(float(duration), 6)]
+    return list(zip(bounds[:-1], bounds[1:])), width
 
 
 def rotate_upright(img: np.ndarray, rotation: int) -> np.ndarray:
@@ -619,8 +688,10 @@ class _AvReader:
             yield from frames
 
 
-def _read_av(path: str, k: int, max_side: Optional[int], max_pixels: int, max_duration_s: Optional[float],
-             threads: int, deadline: _Deadline, skip_nonref: bool) -> SampledFrames:
+def _av_table(path: str, max_pixels: int, max_duration_s: Optional[float],
+              deadline: _Deadline) -> tuple[VideoInfo, _Table, float]:
+    """The video's header info, its frame table (index, else a demux pass; capped at ``max_duration_s``)
+    and the stream's time base."""
     import av
 
     container = _open(path, max_pixels)
@@ -643,12 +714,18 @@ def _read_av(path: str, k: int, max_side: Optional[int], max_pixels: int, max_du
         if not keep.all():
             table = _Table(table.ts[keep], table.key[keep], table.raw[keep], table.source)
     _apply_table(info, table, tb)
+    return info, table, tb
 
+
+def _read_av(path: str, pick: Callable[..., list[int]], max_side: Optional[int], max_pixels: int,
+             max_duration_s: Optional[float], threads: int, deadline: _Deadline,
+             skip_nonref: bool) -> SampledFrames:
+    info, table, tb = _av_table(path, max_pixels, max_duration_s, deadline)
     reader = _AvReader(path, table, tb, threads, max_side, deadline, skip_nonref)
     reader.max_pixels = max_pixels
     have: dict[int, tuple[np.ndarray, int, float]] = {}
     times_s = (table.ts - table.ts[0]) * tb
-    targets = sample_by_time(times_s, k)
+    targets = pick(times_s)
     reader.run(targets, have)
     if len(have) < len(targets) and reader.last_ord >= 0:
         # fewer frames decodable than the table claims (truncated/corrupt): re-plan over what exists
@@ -657,7 +734,7 @@ def _read_av(path: str, k: int, max_side: Optional[int], max_pixels: int, max_du
         info.frames = real
         info.frames_source = "decode"
         info.duration = float(times_s[min(real, len(times_s) - 1)]) if real < len(times_s) else info.duration
-        targets = sample_by_time(times_s[:real], k)
+        targets = pick(times_s[:real])
         kept = {t: v for t, v in have.items() if t < real}
         have = kept
         reader.run(targets, have)
@@ -667,6 +744,12 @@ def _read_av(path: str, k: int, max_side: Optional[int], max_pixels: int, max_du
         raise NoFramesError("no frame could be decoded")
     if reader.decode_errors:
         log.debug("%s: %d packets failed to decode", path, reader.decode_errors)
+    return _collect(have, info, reader, table)
+
+
+def _collect(have: dict[int, tuple[np.ndarray, int, float]], info: VideoInfo, reader: _AvReader,
+             table: _Table) -> SampledFrames:
+    """The decoded targets as ``SampledFrames``, in order."""
     # several targets can land on one real frame (decode gaps): keep each real frame once, in order
     seen: dict[int, tuple[np.ndarray, float]] = {}
     for t in sorted(have):
@@ -687,13 +770,49 @@ def _read_av(path: str, k: int, max_side: Optional[int], max_pixels: int, max_du
     )
 
 
+def _iter_av_windows(path: str, pick: Callable[..., list[int]], seconds: float, max_windows: int,
+                     max_side: Optional[int], max_pixels: int, max_duration_s: Optional[float], threads: int,
+                     deadline: _Deadline) -> Iterator[SampledFrames]:
+    """Each time window's sampled frames, in order (see ``read_windows``).
+
+    One frame table for the whole file, then one decoder pass per window that starts at the keyframe
+    before the window's first target: frames are decoded once, except at most one GOP per window when
+    two windows share a GOP. Only one window's frames are held at a time.
+    """
+    info, table, tb = _av_table(path, max_pixels, max_duration_s, deadline)
+    reader = _AvReader(path, table, tb, threads, max_side, deadline, skip_nonref=True)
+    reader.max_pixels = max_pixels
+    times_s = (table.ts - table.ts[0]) * tb
+    spans, width = segment_windows(info.duration, seconds, max_windows)
+    for start, end in spans:
+        lo, hi = (int(i) for i in np.searchsorted(times_s, [start - 1e-9, end - 1e-9], side="left"))
+        if hi <= lo:
+            continue  # a gap in a variable-frame-rate video: no frame starts in this window
+        targets = [lo + i for i in pick(times_s[lo:hi], end=end)]
+        have: dict[int, tuple[np.ndarray, int, float]] = {}
+        try:
+            reader.run(targets, have)
+        except VideoError as exc:
+            if isinstance(exc, DecodeTimeout) or reader.last_ord < 0:
+                raise
+            log.debug("%s: decoding stopped in the window at %.1f s: %s", path, start, exc)
+            return  # damaged from here on: the windows before it stand
+        if have:
+            out = _collect(have, info, reader, table)
+            out.window, out.window_s = (float(start), float(end)), width
+            yield out
+        if len(have) < len(targets) and reader.last_ord < targets[-1]:
+            log.debug("%s: decoding stopped at frame %d of %d", path, reader.last_ord + 1, len(table.ts))
+            return  # the file ends early (truncated): later windows have nothing to decode
+
+
 # --------------------------------------------------------------------------------------------------
 # OpenCV fallback
 # --------------------------------------------------------------------------------------------------
 
 
 def _read_cv2(path: str, k: int, max_side: Optional[int], max_pixels: int, max_duration_s: Optional[float],
-              deadline: _Deadline) -> SampledFrames:
+              deadline: _Deadline, pick: Optional[Callable[..., list[int]]] = None) -> SampledFrames:
     import cv2
 
     # OpenCV's bundled FFmpeg prints "[mov,mp4,...] moov atom not found" & co. to stderr; the status and
@@ -727,7 +846,8 @@ def _read_cv2(path: str, k: int, max_side: Optional[int], max_pixels: int, max_d
             info.frames_source = "decode"
         if cap_frames:
             n = min(n, cap_frames)
-        targets = sample_indices(n, k)
+        # no timestamps here: frame ordinals are the time line (the even sampler in its integer form)
+        targets = sample_indices(n, k) if pick is None else pick(np.arange(n, dtype=np.float64))
         frames, indices = [], []
         want = set(targets)
         i = 0
@@ -772,39 +892,103 @@ def read_frames(
     deadline_s: Optional[float] = None,
     backend: str = "auto",
     skip_nonref: bool = True,
+    sampling: str = "even",
+    snippet_len: int = 1,
 ) -> SampledFrames:
-    """Read ``k`` frames evenly spread over the whole video (fewer when the video is shorter).
+    """Read ``k`` frames spread over the whole video (fewer when the video is shorter).
 
+    ``sampling`` names the sampler (``SAMPLERS``): ``even`` (single frames evenly spaced in time) or
+    ``snippets`` (``k // snippet_len`` runs of ``snippet_len`` consecutive frames, evenly spaced).
     ``max_side`` down-scales decoded frames (longest side), ``max_pixels`` refuses absurd headers,
     ``max_duration_s`` only considers the first seconds, ``deadline_s`` bounds the wall time,
     ``threads`` is the decoder thread count (0 = automatic). ``backend``: ``auto`` (PyAV, then
     OpenCV when PyAV cannot open the file), ``av`` or ``cv2``. Raises ``VideoError`` subclasses.
     """
     path = os.fspath(path)
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    if not os.path.exists(path):
-        raise VideoError("file does not exist")
-    if os.path.isdir(path):
-        raise VideoError("is a directory")
-    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
-        raise VideoError("not a regular file (pipe, device or socket)")
+    pick = _picker(k, sampling, snippet_len)
+    _check_file(path)
     deadline = _Deadline(deadline_s)
+    cv2_pick = None if sampling == "even" else pick
     if backend == "cv2":
-        return _read_cv2(path, k, max_side, max_pixels, max_duration_s, deadline)
+        return _read_cv2(path, k, max_side, max_pixels, max_duration_s, deadline, cv2_pick)
     try:
-        return _read_av(path, k, max_side, max_pixels, max_duration_s, threads, deadline, skip_nonref)
+        return _read_av(path, pick, max_side, max_pixels, max_duration_s, threads, deadline, skip_nonref)
     except _OpenFailed as exc:
         if backend != "auto" or os.path.getsize(path) == 0:
             raise
         try:
-            return _read_cv2(path, k, max_side, max_pixels, max_duration_s, deadline)
+            return _read_cv2(path, k, max_side, max_pixels, max_duration_s, deadline, cv2_pick)
         except VideoError as exc2:
             log.debug("%s: OpenCV fallback failed too: %s", path, exc2)
             raise exc from None
         except Exception as exc2:  # OpenCV's own errors (cv2.error) on hostile input
             log.debug("%s: OpenCV fallback raised %r", path, exc2)
             raise exc from None
+
+
+def _picker(k: int, sampling: str, snippet_len: int) -> Callable[..., list[int]]:
+    """``pick(times, end=None) -> ordinals``: the sampler by name with ``k`` and ``snippet_len`` bound
+    (checked here, before any file is opened)."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    if sampling not in SAMPLERS:
+        raise ValueError(f"unknown sampling {sampling!r}; choose from {', '.join(SAMPLERS)}")
+    if sampling == "snippets" and (snippet_len < 1 or k % snippet_len):
+        raise ValueError(f"frames ({k}) must be a positive multiple of snippet_len ({snippet_len})")
+    return functools.partial(sample_frames, k=k, sampling=sampling, snippet_len=snippet_len)
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise VideoError("file does not exist")
+    if os.path.isdir(path):
+        raise VideoError("is a directory")
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+        raise VideoError("not a regular file (pipe, device or socket)")
+
+
+def read_windows(
+    path: str | os.PathLike,
+    k: int,
+    *,
+    seconds: float,
+    max_windows: int,
+    sampling: str = "even",
+    snippet_len: int = 1,
+    max_side: Optional[int] = 1920,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_duration_s: Optional[float] = None,
+    threads: int = 0,
+    deadline_s: Optional[float] = None,
+) -> Iterator[SampledFrames]:
+    """``read_frames`` for each consecutive time window of a long video, one window at a time.
+
+    Why: a short manipulated stretch of a long video is a few frames of an evenly sampled clip and is
+    averaged away; scored window by window, it is not. Windows come from ``segment_windows`` (``seconds``
+    wide, wider when there would be more than ``max_windows``); each is sampled like a whole clip (``k``
+    frames, same sampler) and carries ``window`` and ``window_s``. A window without frames (a gap in a
+    variable-frame-rate video) is skipped. Cost: one frame-table pass, then decoding moves forward
+    through the file, seeking to each window's keyframe. When only OpenCV can open the file (no cheap
+    seeking), the whole video is one window. Raises ``VideoError`` subclasses, like ``read_frames``.
+    """
+    path = os.fspath(path)
+    pick = _picker(k, sampling, snippet_len)
+    _check_file(path)
+    deadline = _Deadline(deadline_s)
+    try:
+        windows = _iter_av_windows(path, pick, seconds, max_windows, max_side, max_pixels, max_duration_s,
+                                   threads, deadline)
+        first = next(windows, None)
+    except _OpenFailed:
+        one = read_frames(path, k, max_side=max_side, max_pixels=max_pixels, max_duration_s=max_duration_s,
+                          deadline_s=deadline_s, sampling=sampling, snippet_len=snippet_len)
+        one.window, one.window_s = (0.0, float(one.info.duration)), float(one.info.duration)
+        yield one
+        return
+    if first is None:
+        raise NoFramesError("no frame could be decoded")
+    yield first
+    yield from windows
 
 
 def even_times(duration: float, k: int) -> list[float]:
@@ -825,6 +1009,11 @@ __all__ = [
     "read_frames",
     "sample_indices",
     "sample_by_time",
+    "sample_snippets",
+    "sample_frames",
+    "SAMPLERS",
+    "segment_windows",
+    "read_windows",
     "rotate_upright",
     "normalize_rotation",
     "even_times",

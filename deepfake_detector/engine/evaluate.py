@@ -555,14 +555,15 @@ def cross_dataset_of(train_cfg: TrainConfig, cache: Cache, run: Optional[RunFold
 def _warn_if_preprocessing_differs(trained: dict, cache: Cache, checkpoint: Any) -> None:
     """One warning line when the cache's clips were made differently (frames, size, margin, detector...)
     from the clips the checkpoint was trained on: its metrics then say little about the model."""
-    from ..data.preprocess import CLIP_KEYS
+    from ..data.preprocess import CLIP_KEYS, clip_settings
 
     if not trained or not cache.has_meta():
         return
     try:
-        data = cache.preprocess
+        data = clip_settings(cache.preprocess)  # older records: what they meant (e.g. sampling even)
     except UserError:
         return
+    trained = clip_settings(trained)
     diff = [
         f"{k} {data[k]!r} (trained on {trained[k]!r})"
         for k in CLIP_KEYS

@@ -53,6 +53,14 @@ class Upload:
     sha256: str
     t0: float
     t_uploaded: float
+    segments: Any = None  # ?segments=true: the request's ``config.SegmentConfig`` (None: one clip)
+
+
+def key_for(upload: Upload, explain: bool) -> tuple:
+    """The result-cache key of ``upload`` analysed this way (scored by segments answers differently)."""
+    seg = upload.segments
+    variant = f"segments:{seg.seconds:g}:{seg.max_segments}" if seg is not None else ""
+    return cache_key(upload.sha256, explain, upload.filename, variant)
 
 
 def retry_after(settings: ServeSettings) -> dict:
@@ -146,7 +154,7 @@ async def analyse(state: ServerState, upload: Upload, explain: bool,
     """Steps 3 and 4: the verdict body, from the cache, from the same upload in progress, or analysed now."""
     results, metrics = state.results, state.metrics
     assert results is not None and metrics is not None
-    key = cache_key(upload.sha256, explain, upload.filename)
+    key = key_for(upload, explain)
     cached = results.get(key)
     if cached is not None:
         metrics.cache.labels(outcome="hit").inc()
@@ -199,15 +207,30 @@ async def _analyse_now(state: ServerState, upload: Upload, explain: bool,
     pred = _jsonable(_prediction_dict(result["pred"]))
     body = _verdict_body(state, files, pred, result)
     if explain:
-        body["explanation_png"] = _read_explanation(pred.get("explanation"), explain_dir, state.settings)
+        body["explanation_png"] = _read_explanation(_main_explanation(pred), explain_dir, state.settings)
+    for face in body["faces"]:  # several faces: each face's own strip, inline; never a server path
+        path = face.pop("explanation", None)
+        if explain:
+            face["explanation_png"] = _read_explanation(path, explain_dir, state.settings)
     return body
 
 
-def _predict(detector: Any, batcher: Optional[ClipBatcher], path: str, explain_dir: Optional[str]) -> Any:
+def _main_explanation(pred: dict) -> Any:
+    """The main face's heat map: the Prediction's one PNG, or (faces listed) track 0's."""
+    if not isinstance(pred.get("explanation"), list):
+        return pred.get("explanation")
+    return next((f.get("explanation") for f in pred.get("faces") or [] if f.get("track") == 0), None)
+
+
+def _predict(detector: Any, batcher: Optional[ClipBatcher], path: str, explain_dir: Optional[str],
+             segments: Any = None) -> Any:
     """The detector's Prediction; with a batcher the network call is shared with other requests' clips.
 
-    Heat maps need the model's gradients for this one clip, so an explained upload runs on its own.
+    Heat maps need the model's gradients for this one clip, so an explained upload runs on its own; an
+    upload scored by segments too (its windows are batched among themselves).
     """
+    if segments is not None:
+        return detector.predict_one(path, explain_dir=explain_dir, segments=segments)
     if batcher is None or explain_dir is not None:
         return detector.predict_one(path, explain_dir=explain_dir)
     return batcher.predict(path)
@@ -215,7 +238,8 @@ def _predict(detector: Any, batcher: Optional[ClipBatcher], path: str, explain_d
 
 def _infer(detector: Any, admission: Admission, files: RequestFiles, explain_dir: Optional[Path],
            settings: ServeSettings, t_uploaded: float, metrics: Metrics,
-           on_start: Optional[Callable[[], None]], batcher: Optional[ClipBatcher] = None) -> dict:
+           on_start: Optional[Callable[[], None]], batcher: Optional[ClipBatcher] = None,
+           segments: Any = None) -> dict:
     """In a worker thread: check the content by decoding, then run the model; with the step times."""
     t_start = time.perf_counter()
     admission.started()
@@ -229,7 +253,7 @@ def _infer(detector: Any, admission: Admission, files: RequestFiles, explain_dir
             return {"not_video": str(exc), "queued": t_start - t_uploaded}
         t_probed = time.perf_counter()
         out = str(explain_dir) if explain_dir else None
-        pred = _predict(detector, batcher, str(files.upload), out)
+        pred = _predict(detector, batcher, str(files.upload), out, segments)
         done = time.perf_counter()
         metrics.analysis.observe(done - t_start)
         return {"pred": pred, "probe": probe, "queued": t_start - t_uploaded,
@@ -248,7 +272,7 @@ async def _run_inference(state: ServerState, upload: Upload, explain_dir: Option
     settings, files = state.settings, upload.files
     assert state.admission is not None and state.executor is not None and state.metrics is not None
     work = functools.partial(_infer, state.detector, state.admission, files, explain_dir, settings,
-                             upload.t_uploaded, state.metrics, on_start, state.batcher)
+                             upload.t_uploaded, state.metrics, on_start, state.batcher, upload.segments)
     files.hold()
     try:
         future = state.executor.submit(work)
@@ -311,6 +335,8 @@ def _verdict_body(state: ServerState, files: RequestFiles, pred: dict, result: d
         "frames": pred.get("frames"),
         "face_ratio": pred.get("face_ratio"),
         "faces": (pred.get("faces") or []) if scored else [],
+        "segments": (pred.get("segments") or []) if scored else [],
+        "segment_seconds": pred.get("segment_seconds") if scored else None,
         "video": result["probe"],
         "model": _model_summary(state.info),
         "timing": _analysis_timing(pred, result),

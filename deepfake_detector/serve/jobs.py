@@ -33,9 +33,11 @@ _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 FILE_PLACEHOLDER = "\x00file\x00"
 
 
-def cache_key(sha256: str, explain: bool, filename: str) -> tuple:
-    """The cache key of an upload: its bytes, plus its name when a heat map (which shows it) is asked."""
-    return (sha256, True, filename) if explain else (sha256, False, "")
+def cache_key(sha256: str, explain: bool, filename: str, variant: str = "") -> tuple:
+    """The cache key of an upload: its bytes, plus its name when a heat map (which shows it) is asked, plus
+    ``variant`` for analyses that answer differently (scored by segments: their width and bound)."""
+    key = (sha256, True, filename) if explain else (sha256, False, "")
+    return key + (variant,) if variant else key
 
 
 class ResultCache:

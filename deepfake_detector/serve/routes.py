@@ -12,15 +12,16 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from .. import __version__
+from ..config import SegmentConfig
 from . import analysis
-from .jobs import Job, cache_key
+from .jobs import Job
 from .responses import ErrorReply, _error, _jsonable, _model_summary
 from .schemas import Job as JobBody
 from .schemas import Verdict, error
@@ -176,22 +177,41 @@ async def model_info(state: ServerState = Depends(server_state)) -> JSONResponse
 # --------------------------------------------------------------------------------------------------
 
 _EXPLAIN = Query(False, description="also return the heat-map strip as base64 PNG")
+_SEGMENTS = Query(False, description="long videos: score consecutive time windows, each sampled like a whole "
+                                     "clip; the verdict is the highest window's, `segments` lists them all")
+_SEGMENT_SECONDS = Query(None, gt=0, le=3600, description="with `segments=true`: window width in seconds "
+                                                          "(default 10; wider when a video would need more "
+                                                          "than 64 windows)")
+
+
+def _segment_request(segments: bool, segment_seconds: Optional[float]) -> Optional[SegmentConfig]:
+    """The upload's segment settings from the query (None: one clip for the whole video)."""
+    if not segments:
+        if segment_seconds is not None:
+            raise ErrorReply(400, "segment_seconds needs segments=true", reason="bad_parameter")
+        return None
+    return SegmentConfig() if segment_seconds is None else SegmentConfig(seconds=segment_seconds)
 
 
 @router.post("/api/v1/predict", summary="Screen one video", dependencies=[Depends(require_token)],
              openapi_extra=_PREDICT_REQUEST_BODY, responses=_PREDICT_RESPONSES)
-async def predict(request: Request, explain: bool = _EXPLAIN,
+async def predict(request: Request, explain: bool = _EXPLAIN, segments: bool = _SEGMENTS,
+                  segment_seconds: Optional[float] = _SEGMENT_SECONDS,
                   state: ServerState = Depends(server_state)) -> JSONResponse:
     """Upload a video as multipart field `file`; get the verdict as JSON.
 
     `status` says what happened to the video (`ok`, `no_face` = no face found and the centre of the
     frame was scored, `unreadable`, ...); `label` and `p_fake` are empty when it could not be scored.
     `cached` is true when the same bytes were analysed before (the verdict is reused, not recomputed).
+    With `segments=true` the video is scored window by window (`segments`: each window's start, end and
+    p_fake; the verdict is the highest window's).
     """
     try:
+        seg = _segment_request(segments, segment_seconds)
         upload = await analysis.receive(state, request)
     except ErrorReply as exc:
         return _refused(state, exc)
+    upload.segments = seg
     try:
         return JSONResponse(await analysis.analyse(state, upload, explain))
     except ErrorReply as exc:
@@ -203,7 +223,8 @@ async def predict(request: Request, explain: bool = _EXPLAIN,
 @router.post("/api/v1/jobs", summary="Screen one video asynchronously", status_code=202,
              dependencies=[Depends(require_token)], openapi_extra=_PREDICT_REQUEST_BODY,
              responses=_JOB_RESPONSES)
-async def create_job(request: Request, explain: bool = _EXPLAIN,
+async def create_job(request: Request, explain: bool = _EXPLAIN, segments: bool = _SEGMENTS,
+                     segment_seconds: Optional[float] = _SEGMENT_SECONDS,
                      state: ServerState = Depends(server_state)) -> JSONResponse:
     """Upload a video as for `/api/v1/predict`; get a job id at once (202) and poll it.
 
@@ -212,9 +233,11 @@ async def create_job(request: Request, explain: bool = _EXPLAIN,
     analysed before is `done` at once. Finished jobs are kept for the server's job time-to-live.
     """
     try:
+        seg = _segment_request(segments, segment_seconds)
         upload = await analysis.receive(state, request)
     except ErrorReply as exc:
         return _refused(state, exc)
+    upload.segments = seg
     try:
         job = _start_job(state, upload, explain)
     except ErrorReply as exc:
@@ -226,7 +249,7 @@ async def create_job(request: Request, explain: bool = _EXPLAIN,
 def _start_job(state: ServerState, upload: analysis.Upload, explain: bool) -> Job:
     """A job for ``upload``: done at once from the cache, else analysed by a task that owns the files."""
     assert state.jobs is not None and state.results is not None and state.admission is not None
-    key = cache_key(upload.sha256, explain, upload.filename)
+    key = analysis.key_for(upload, explain)
     cached = state.results.get(key)
     shared = cached is None and state.results.pending(key) is not None
     if cached is None and not shared and not upload.files.take_slot(state.admission):

@@ -32,13 +32,20 @@ class Verdict(BaseModel):
     frames: Optional[int] = None
     face_ratio: Optional[float] = None
     faces: list[dict[str, Any]] = Field(default_factory=list, description="each tracked face's track, "
-                                        "p_fake and box; the verdict is the highest face's")
+                                        "p_fake and box (with ?explain=true also its own heat-map strip, "
+                                        "explanation_png); the verdict is the highest face's")
+    segments: list[dict[str, Any]] = Field(default_factory=list, description="with ?segments=true: each "
+                                           "time window's start and end (seconds), p_fake, frames and "
+                                           "status; the verdict is the highest window's")
+    segment_seconds: Optional[float] = Field(None, description="with ?segments=true: the windows' width "
+                                             "(wider than asked when the video needs more windows than "
+                                             "max_segments)")
     video: Optional[dict[str, Any]] = Field(None, description="container, codec, size and duration")
     model: dict[str, Any] = Field(description="name, sha256 and version of the loaded model")
     timing: dict[str, float] = Field(description="seconds per step")
     cached: bool = Field(description="the same bytes were analysed before; this is that verdict")
     explanation_png: Optional[str] = Field(None, description="with ?explain=true: the heat-map strip (PNG, "
-                                                               "base64)")
+                                                               "base64) of the main face (track 0)")
 
 
 class JobError(BaseModel):

@@ -83,8 +83,12 @@ def test_tiny_run_writes_the_table_run_all_reads(bench, tmp_path, capsys, monkey
     monkeypatch.setattr(fetch, "pip_download", offline)
     monkeypatch.setattr(mtcnn, "_NETS", {})
     out = tmp_path / "faces.json"
-    assert bench.main(["--frames", "2", "--detectors", "haar,center,mtcnn", "--json", str(out)]) == 0
+    assert bench.main(["--frames", "2", "--detectors", "haar,center,mtcnn", "--json", str(out),
+                       "--videos", "1", "--video-seconds", "1", "--workers", "0"]) == 0
     rep = json.loads(out.read_text())
+    speed = rep["preprocess_speed"]  # videos/s: each measured detector, then the no-detection floor
+    assert [r["detector"] for r in speed] == ["center (floor: no detection)"]
+    assert speed[0]["videos"] == 1 and speed[0]["videos_per_s"] > 0 and speed[0]["face_ratio"] == 0.0
     assert rep["device"] == "CPU" and rep["frames_per_condition"] == 2
     assert "could not be fetched" in rep["skipped"]["mtcnn"]  # offline: the others still measured
     rows = rep["rows"]

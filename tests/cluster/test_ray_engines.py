@@ -1,10 +1,13 @@
 """``--engine ray`` against the local engine on the same generated videos (bad files included), on a
 2-CPU local Ray instance: the same cache (manifest and clip bytes) and the same scores; a worker killed
 mid-video is retried and every video appears exactly once; a rerun resumes; a video that keeps killing
-its worker becomes an error row."""
+its worker becomes an error row. With ``--max-faces 2`` a two-person video gives the local engine's
+rows, clips and sidecars per face, and the local per-face scores."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import threading
@@ -51,8 +54,8 @@ def _manifest(out: Path) -> list[dict]:
     return [{k: v for k, v in vars(r).items() if k != "seconds"} for r in rows]
 
 
-def _clips(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / cache.CLIPS_DIR).rglob("*.npy"))}
+def _clips(out: Path, pattern: str = "*.npy") -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / cache.CLIPS_DIR).rglob(pattern))}
 
 
 def _engine(**kw):
@@ -162,6 +165,8 @@ def _compare(got: list, want: list) -> None:
             assert g.p_fake is None
         else:
             assert g.p_fake == pytest.approx(w.p_fake, abs=1e-5)
+        assert [(f["track"], f["box"]) for f in g.faces] == [(f["track"], f["box"]) for f in w.faces], g.path
+        assert [f["p_fake"] for f in g.faces] == pytest.approx([f["p_fake"] for f in w.faces], abs=1e-5)
 
 
 def _paths(root: Path) -> list[str]:
@@ -269,3 +274,55 @@ def test_shard_k_of_n_works_with_the_ray_engine(ray_local, videos, tmp_path):
     read = lambda out: [{k: v for k, v in vars(r).items() if k != "seconds"}  # noqa: E731
                         for r in cache.read_manifest_file(out / "manifest-1-of-2.csv", cache.MANIFEST_SCHEMA)]
     assert read(tmp_path / "ray") == read(tmp_path / "local")
+
+
+# --------------------------------------------------------------------------------------------------
+# several faces (--max-faces 2)
+# --------------------------------------------------------------------------------------------------
+
+CFG2 = dataclasses.replace(CFG, max_faces=2)
+
+
+@pytest.fixture(scope="module")
+def two_faces(videos, tmp_path_factory) -> Path:
+    """Two real faces side by side (``tests/data/test_tracks.py``'s video) beside a one-face, a faceless
+    and a bad file (plus a missing one in the records)."""
+    from tests.data.test_tracks import _two_person_frames, _write_video
+
+    root = tmp_path_factory.mktemp("two_faces")
+    _write_video(root / "two.mp4", _two_person_frames())
+    for n in ("face0", "noface", "random"):
+        os.symlink(videos / f"{n}.mp4", root / f"{n}.mp4")
+    return root
+
+
+def test_preprocess_on_ray_keeps_every_face_like_the_local_engine(ray_local, two_faces, tmp_path):
+    local = pp.run_preprocess(_records(two_faces), tmp_path / "local", CFG2, workers=0, progress=False)
+    s = pp.run_preprocess(_records(two_faces), tmp_path / "ray", CFG2, progress=False, engine=_engine())
+    assert s.counts == local.counts == {"ok": 2, "no_face": 1, "unreadable": 1, "missing": 1}
+    rows = _manifest(tmp_path / "ray")
+    assert [(r["track"], r["tracks"]) for r in rows if r["path"] == "two.mp4"] == [(0, 2), (1, 2)]
+    assert rows == _manifest(tmp_path / "local")
+    assert _clips(tmp_path / "ray") == _clips(tmp_path / "local")  # one clip per face, byte for byte
+    sidecars = _clips(tmp_path / "ray", "*.json")
+    assert sidecars == _clips(tmp_path / "local", "*.json") and len(sidecars) == len(_clips(tmp_path / "ray"))
+
+    again = pp.run_preprocess(_records(two_faces), tmp_path / "ray", CFG2, progress=False, engine=_engine())
+    assert again.skipped == 3 and again.todo == 2  # both faces of two.mp4 count as done
+    assert _manifest(tmp_path / "ray") == _manifest(tmp_path / "local")
+
+
+def test_predict_on_ray_scores_every_face_like_the_local_detector(ray_local, two_faces, checkpoint):
+    from deepfake_detector.cluster.predict import RayPredictor
+    from deepfake_detector.inference import Detector
+
+    load = {"device": "cpu", "batch_size": 2, "workers": 0}
+    det = Detector.from_checkpoint(checkpoint, **load)
+    det.preprocess = dataclasses.replace(det.preprocess, max_faces=2)  # as predict --max-faces 2 does
+    want = det.predict(_paths(two_faces))
+    two = next(p for p in want if p.path.endswith("two.mp4"))
+    assert [f["track"] for f in two.faces] == [0, 1] and two.p_fake == max(f["p_fake"] for f in two.faces)
+    got = RayPredictor(det, checkpoint, load, RayOptions(workers=1, videos_per_task=1)).predict(
+        _paths(two_faces))
+    _compare(got, want)
+    assert json.dumps([p.to_dict() for p in got if p.faces])  # the faces list is plain JSON

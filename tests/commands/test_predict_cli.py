@@ -113,6 +113,9 @@ def test_worker_pool_from_the_cli(data, capsys):
     (["{ckpt}", "{face}", "--device", "cuda:7"], "CUDA"),
     (["{ckpt}", "{face}", "--output", "/proc/results.csv"], "not writable"),  # before any scoring
     (["{ckpt}", "{face}", "--explain", "/proc/heatmaps"], "explanation folder"),
+    (["{ckpt}", "{face}", "--segment-seconds", "5"], "need --segments"),
+    (["{ckpt}", "{face}", "--segments", "--segment-seconds", "0"], "--segments: segment seconds must be > 0"),
+    (["{ckpt}", "{face}", "--segments", "--max-segments", "0"], "max segments"),
 ])
 def test_usage_errors_exit_2(data, capsys, tmp_path, argv, message):
     if "cuda" in argv and torch.cuda.device_count() > 7:
@@ -306,3 +309,30 @@ def test_legacy_readout_flag(data, capsys, tmp_path):
     assert scores["last"] != scores["mean"]
     code, _, err = _run(capsys, path, data["face"], "--legacy", "--legacy-readout", "mean", "--workers", "0")
     assert code == 2 and "--legacy-mode exact" in err  # fixed mode has no such readout
+
+
+def test_segments_in_table_csv_and_json(data, capsys, tmp_path):
+    video = make_video(tmp_path / "long.mp4", frames=100, size=(176, 144), face=True)  # 4 s
+    out_csv, out_json = tmp_path / "r.csv", tmp_path / "r.json"
+    code, out, err = _run(capsys, data["ckpt"], video, "--workers", "0", "--segments", "--segment-seconds",
+                          "1", "-o", out_csv)
+    assert code == 0, out + err
+    assert "long.mp4: highest of 4 window(s)" in out and "wider than" not in out
+    with open(out_csv, newline="", encoding="utf-8") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert list(row) == PREDICTION_FIELDS + ["segments"]
+    cells = row["segments"].split(";")
+    assert [c.split(":")[0] for c in cells] == ["0.0-1.0", "1.0-2.0", "2.0-3.0", "3.0-4.0"]
+    assert f"{float(row['p_fake']):.3f}" == max((c.split(":")[1] for c in cells), key=float)
+    code, out, _ = _run(capsys, data["ckpt"], video, "--workers", "0", "--segments", "--segment-seconds", "1",
+                        "--max-segments", "2", "-o", out_json)
+    assert code == 0 and "1 long video(s) scored in windows wider than 1 s (at most 2 per video" in out
+    doc = json.loads(out_json.read_text())
+    (pred,) = doc["predictions"]
+    assert doc["segments"] == {"seconds": 1.0, "max_segments": 2} and pred["segment_seconds"] == 2.0
+    assert [(s["start"], s["end"]) for s in pred["segments"]] == [(0.0, 2.0), (2.0, 4.0)]
+    assert pred["p_fake"] == max(s["p_fake"] for s in pred["segments"])
+    assert set(pred["segments"][0]) == {"start", "end", "p_fake", "frames", "status"}
+    # without --segments nothing changes
+    code, _, _ = _run(capsys, data["ckpt"], video, "--workers", "0", "-o", out_json)
+    assert code == 0 and set(json.loads(out_json.read_text())["predictions"][0]) == set(PREDICTION_FIELDS)

@@ -92,7 +92,8 @@ def test_nothing_processable_exits_1(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "extra", [["--shard", "3/2"], ["--shard", "x"], ["--frames", "0"], ["--margin", "5"], ["--workers", "-1"],
-              ["--limit", "0"]],
+              ["--limit", "0"], ["--sampling", "snippets", "--frames", "6", "--snippet-len", "4"],
+              ["--snippet-len", "0"]],
 )
 def test_bad_arguments_exit_2(tmp_path, folders_dataset, extra, capsys):
     rc = main(["preprocess", str(folders_dataset), "--out", str(tmp_path / "c"), "--no-progress", *extra])
@@ -190,3 +191,19 @@ def test_group_by_flag(tmp_path, capsys):
         assert main(_quick(root, tmp_path / "c3", "--group-by", bad)) == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_snippet_sampling_flag(tmp_path, folders_dataset, capsys):
+    import json
+
+    out = tmp_path / "cache"
+    args = ["preprocess", str(folders_dataset), "--out", str(out), "--frames", "6", "--size", "32",
+            "--detector", "haar", "--workers", "0", "--no-progress"]
+    assert main([*args, "--sampling", "snippets", "--snippet-len", "3"]) == 0
+    settings = json.loads((out / cache.CONFIG_NAME).read_text())["preprocess"]
+    assert settings["sampling"] == "snippets" and settings["snippet_len"] == 3
+    rows = {r.path: r for r in cache.read_manifest_file(out / "manifest.csv")}
+    assert cache.load_clip(out, rows["Real/face.mp4"].clip).shape == (6, 32, 32, 3)
+    capsys.readouterr()
+    assert main(args) == 2  # the even sampler into a snippet cache: other clips, refused
+    assert "sampling: 'snippets' -> 'even'" in capsys.readouterr().err

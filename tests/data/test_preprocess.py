@@ -520,3 +520,81 @@ def test_a_cache_made_before_the_method_column_gains_it_on_rerun_without_new_cli
     methods = {r.path: r.method for r in cache.Cache.open(out).rows()}
     assert methods == {"r.mp4": "", "f.mp4": "NeuralTextures"}
     assert cache.Cache.open(out).dataset_info()["grouping"] == "per-video"
+
+
+# ---------------------------------------------------------------------------------------------
+# frame samplers by name; windows of a long video (predict --segments)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sampling_settings_are_checked():
+    assert PreprocessConfig().sampling == "even"  # the default keeps today's clips
+    PreprocessConfig(frames=10, sampling="even", snippet_len=4)  # even ignores snippet_len
+    PreprocessConfig(frames=20, sampling="snippets", snippet_len=5)
+    for bad in (dict(sampling="random"), dict(frames=10, sampling="snippets", snippet_len=4),
+                dict(snippet_len=0)):
+        with pytest.raises(ValueError):
+            PreprocessConfig(**bad)
+
+
+def test_extract_clip_with_snippets(carphone):
+    r = extract_clip(carphone, PreprocessConfig(frames=8, size=48, sampling="snippets", snippet_len=4))
+    assert r.status == "ok", r.error
+    assert r.indices == [30, 31, 32, 33, 90, 91, 92, 93] and r.clip.shape == (8, 48, 48, 3)
+
+
+def test_a_cache_made_with_other_sampling_is_another_cache(tmp_path, dataset):
+    _, recs = dataset
+    out = tmp_path / "cache"
+    run_preprocess(recs[:1], out, CFG, workers=0, progress=False)
+    # even sampling ignores snippet_len: the same clips, the same cache
+    run_preprocess(recs[:1], out, PreprocessConfig(frames=6, size=32, detector="haar", snippet_len=3),
+                   workers=0, progress=False)
+    snippets = PreprocessConfig(frames=6, size=32, detector="haar", sampling="snippets", snippet_len=3)
+    with pytest.raises(UserError, match="sampling: 'even' -> 'snippets'"):
+        run_preprocess(recs[:1], out, snippets, workers=0, progress=False)
+    run_preprocess(recs[:1], out, snippets, workers=0, progress=False, force=True)
+    assert read_cache_config(out).sampling == "snippets"
+    with pytest.raises(UserError, match="snippet_len: 3 -> 2"):
+        other = PreprocessConfig(frames=6, size=32, detector="haar", sampling="snippets", snippet_len=2)
+        run_preprocess(recs[:1], out, other, workers=0, progress=False)
+
+
+def test_a_cache_made_before_samplers_is_an_even_cache(tmp_path, dataset):
+    from deepfake_detector.data.preprocess import clip_settings
+
+    _, recs = dataset  # recs[1:2]: a video without a face (done, so a rerun skips it)
+    out = tmp_path / "cache"
+    run_preprocess(recs[1:2], out, CFG, workers=0, progress=False)
+    meta = json.loads((out / cache.CONFIG_NAME).read_text())
+    for key in ("sampling", "snippet_len"):
+        del meta["preprocess"][key]
+    (out / cache.CONFIG_NAME).write_text(json.dumps(meta))
+    assert clip_settings(meta["preprocess"]) == clip_settings({**meta["preprocess"], "sampling": "even"})
+    assert read_cache_config(out).sampling == "even"
+    assert run_preprocess(recs[1:2], out, CFG, workers=0, progress=False).skipped == 1
+    snippets = PreprocessConfig(frames=6, size=32, detector="haar", sampling="snippets", snippet_len=3)
+    with pytest.raises(UserError, match="sampling"):
+        run_preprocess(recs[1:2], out, snippets, workers=0, progress=False)
+
+
+def test_extract_segments_crops_each_window(tmp_path):
+    from deepfake_detector.config import SegmentConfig
+    from deepfake_detector.data.preprocess import extract_segments
+
+    path = make_video(tmp_path / "v.mp4", frames=100, size=(96, 80), face=True)  # 4 s at 25 fps
+    res = extract_segments(path, CFG, SegmentConfig(seconds=1.0))
+    assert res.status in ("ok", "no_face") and res.clip is None
+    assert [(s.start, s.end) for s in res.segments] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
+    assert res.segment_seconds == 1.0 and res.duration == pytest.approx(4.0)
+    for k, seg in enumerate(res.segments):
+        assert seg.clip.clip.shape == (6, 32, 32, 3)
+        assert all(25 * k <= i < 25 * (k + 1) for i in seg.clip.indices)
+    assert res.frames == 24 and res.indices == [i for s in res.segments for i in s.clip.indices]
+    bounded = extract_segments(path, CFG, SegmentConfig(seconds=0.5, max_segments=2))
+    assert len(bounded.segments) == 2 and bounded.segment_seconds == pytest.approx(2.0)
+    missing = extract_segments(tmp_path / "gone.mp4", CFG, SegmentConfig())
+    assert missing.status == "missing" and missing.segments == []
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    assert extract_segments(broken, CFG, SegmentConfig()).status == "unreadable"

@@ -16,9 +16,13 @@ from deepfake_detector.data.video import (
     VideoRefused,
     probe,
     read_frames,
+    read_windows,
     rotate_upright,
     sample_by_time,
+    sample_frames,
     sample_indices,
+    sample_snippets,
+    segment_windows,
 )
 from tests.helpers import make_video, read_index
 
@@ -355,3 +359,153 @@ def test_mutated_mp4_never_crashes(tmp_path):
         except VideoError:
             continue
         assert all(f.dtype == np.uint8 and f.ndim == 3 for f in s.frames)
+
+
+# ---------------------------------------------------------------------------------------------
+# samplers by name: snippets of consecutive frames; time windows (predict --segments)
+# ---------------------------------------------------------------------------------------------
+
+
+def _runs(idx: list[int]) -> list[list[int]]:
+    """Maximal runs of consecutive ordinals."""
+    runs: list[list[int]] = []
+    for i in idx:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def test_sampler_registry_matches_the_config_names():
+    from deepfake_detector.config import SAMPLINGS
+    from deepfake_detector.data.video import SAMPLERS
+
+    assert tuple(SAMPLERS) == SAMPLINGS
+    with pytest.raises(ValueError, match="unknown sampling"):
+        sample_frames(np.arange(10.0), 4, sampling="random")
+
+
+def test_snippets_are_consecutive_and_spread_over_the_whole_video():
+    idx = sample_snippets(np.arange(100) / 25.0, 20, 4)
+    assert idx == [10, 11, 12, 13, 30, 31, 32, 33, 50, 51, 52, 53, 70, 71, 72, 73, 90, 91, 92, 93]
+    # each snippet starts at the frame the even sampler picks for its segment
+    assert [r[0] for r in _runs(idx)] == sample_by_time(np.arange(100) / 25.0, 5)
+    assert sample_frames(np.arange(100.0), 20, sampling="snippets", snippet_len=4) == idx
+    # the even sampler by name is today's sampler
+    assert sample_frames(np.arange(100.0), 5) == sample_indices(100, 5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 3000), snippets=st.integers(1, 8), length=st.integers(1, 8))
+def test_snippet_properties(n, snippets, length):
+    k = snippets * length
+    idx = sample_snippets(np.arange(n) / 30.0, k, length)
+    assert idx == sorted(set(idx)) and all(0 <= i < n for i in idx)
+    if n <= k:
+        assert idx == list(range(n))  # short videos: every frame, like the even sampler
+        return
+    assert len(idx) == k
+    starts = [idx[j] for j in range(0, k, length)]
+    assert all(idx[j:j + length] == list(range(s, s + length)) for j, s in zip(range(0, k, length), starts))
+    # spread over the whole video: the first snippet starts in the first segment, the last ends in the last
+    assert starts[0] < n / snippets + 1 and idx[-1] >= n - n / snippets - 1
+
+
+def test_snippets_under_variable_frame_rate_are_anchored_by_time():
+    # 40 frames crammed in the first 0.4 s, then 20 frames one second apart
+    times = np.concatenate([np.arange(40) * 0.01, 1.0 + np.arange(20)])
+    idx = sample_snippets(times, 8, 2)
+    assert [r[0] for r in _runs(idx)] == sample_by_time(times, 4)
+    assert sum(i >= 40 for i in idx) >= 6  # most of the time line is the slow part
+    assert all(len(r) % 2 == 0 for r in _runs(idx))
+
+
+def test_snippets_at_the_end_are_clamped():
+    # one snippet of 6 anchored at the centre of a 10-frame video runs past the end: pushed back
+    assert sample_snippets(np.arange(10.0), 6, 6) == [4, 5, 6, 7, 8, 9]
+    with pytest.raises(ValueError, match="multiple of snippet_len"):
+        sample_snippets(np.arange(10.0), 6, 4)
+
+
+def test_read_frames_with_snippets_decodes_consecutive_frames(tmp_path):
+    path = make_video(tmp_path / "g.mp4", frames=120, size=(96, 64), face=False, gop=12,
+                      options={"preset": "medium", "crf": "20"})
+    s = read_frames(path, 12, sampling="snippets", snippet_len=4)
+    assert s.indices == [20, 21, 22, 23, 60, 61, 62, 63, 100, 101, 102, 103]
+    assert [read_index(f) for f in s.frames] == s.indices  # the pixels say which frame it really is
+    full = _full_decode(path)
+    for i, frame in zip(s.indices, s.frames):
+        np.testing.assert_array_equal(frame, full[i])
+    cv = read_frames(path, 12, sampling="snippets", snippet_len=4, backend="cv2")
+    assert cv.indices == s.indices
+    with pytest.raises(ValueError, match="multiple"):
+        read_frames(path, 10, sampling="snippets", snippet_len=4)
+
+
+def test_read_frames_with_snippets_on_vfr_and_short_videos(tmp_path):
+    pts = [i * 10 for i in range(20)] + [1000 * (i + 1) for i in range(10)]
+    vfr = make_video(tmp_path / "vfr.mp4", frames=30, size=(96, 64), face=False, pts=pts)
+    s = read_frames(vfr, 6, sampling="snippets", snippet_len=3)
+    got = [read_index(f) for f in s.frames]
+    assert got == s.indices and len(got) == 6
+    assert all(len(r) % 3 == 0 for r in _runs(got)) and got[-1] >= 20
+    short = make_video(tmp_path / "short.mp4", frames=5, size=(64, 64), face=False)
+    assert read_frames(short, 8, sampling="snippets", snippet_len=4).indices == [0, 1, 2, 3, 4]
+
+
+def test_segment_windows_boundaries_and_bound():
+    assert segment_windows(25.0, 10.0, 64) == ([(0.0, 10.0), (10.0, 20.0), (20.0, 25.0)], 10.0)
+    # a remainder under half a window joins the window before: no sliver windows
+    assert segment_windows(24.0, 10.0, 64) == ([(0.0, 10.0), (10.0, 24.0)], 10.0)
+    assert segment_windows(4.0, 10.0, 64) == ([(0.0, 4.0)], 10.0)
+    assert segment_windows(0.0, 10.0, 64) == ([], 10.0)
+    # long videos: at most max_windows windows, each wider than asked (and the width says so)
+    spans, width = segment_windows(3600.0, 10.0, 64)
+    assert len(spans) == 64 and width == pytest.approx(56.25)
+    assert spans[0][0] == 0.0 and spans[-1][1] == 3600.0
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(duration=st.floats(0.05, 20000.0), seconds=st.floats(0.1, 100.0), most=st.integers(1, 100))
+def test_segment_windows_properties(duration, seconds, most):
+    spans, width = segment_windows(duration, seconds, most)
+    assert 1 <= len(spans) <= most and width >= seconds
+    assert spans[0][0] == 0.0 and spans[-1][1] == pytest.approx(duration, abs=1e-5)
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_read_windows_samples_each_window_like_a_clip(tmp_path):
+    # 10 s at 25 fps, GOP 1 s: windows of 2 s; each one's frames come from inside it
+    path = make_video(tmp_path / "long.mp4", frames=250, size=(96, 64), face=False, gop=25)
+    windows = list(read_windows(path, 4, seconds=2.0, max_windows=64))
+    assert [w.window for w in windows] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0), (8.0, 10.0)]
+    assert all(w.window_s == 2.0 for w in windows)
+    for w in windows:
+        start, end = w.window
+        assert w.indices == [int(start * 25) + i for i in sample_indices(50, 4)]
+        assert [read_index(f) for f in w.frames] == [i % 256 for i in w.indices]
+        assert all(start - 1e-6 <= t < end for t in w.times)
+    assert windows[-1].decoded <= 250  # one forward pass over the file, not one per window
+    snippets = list(read_windows(path, 4, seconds=5.0, max_windows=64, sampling="snippets", snippet_len=2))
+    assert [w.indices for w in snippets] == [[31, 32, 93, 94], [156, 157, 218, 219]]
+    # the bound: 3 windows at most, so each is wider than asked
+    wide = list(read_windows(path, 4, seconds=1.0, max_windows=3))
+    assert len(wide) == 3 and wide[0].window_s == pytest.approx(10 / 3)
+
+
+def test_read_windows_skips_empty_windows_in_variable_frame_rate(tmp_path):
+    # frames at 0-0.9 s, then a 5 s gap, then frames at 6-6.9 s: the windows in the gap have no frames
+    pts = [100 * i for i in range(10)] + [6000 + 100 * i for i in range(10)]
+    path = make_video(tmp_path / "gap.mp4", frames=20, size=(96, 64), face=False, pts=pts)
+    windows = list(read_windows(path, 2, seconds=1.0, max_windows=64))
+    assert [w.window[0] for w in windows] == [0.0, 6.0]
+    assert [read_index(f) for f in windows[1].frames] == windows[1].indices and windows[1].indices[0] >= 10
+
+
+def test_read_windows_errors_are_video_errors(tmp_path, bad_videos):
+    with pytest.raises(VideoError):
+        list(read_windows(bad_videos["random"], 4, seconds=1.0, max_windows=4))
+    with pytest.raises(VideoError, match="does not exist"):
+        list(read_windows(tmp_path / "nope.mp4", 4, seconds=1.0, max_windows=4))

@@ -675,3 +675,63 @@ def test_warm_up_runs_in_every_worker_thread(serve_tmp: Path) -> None:
         assert all(c["path"].endswith("warmup.mp4") for c in det.calls)
         assert client.get("/healthz").status_code == 200
         assert upload_dir_files(serve_tmp) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# long videos by segments (?segments=true)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_real_detector_segments(real_detector, tmp_path: Path, serve_tmp: Path) -> None:
+    video = make_video(tmp_path / "long.mp4", frames=100, size=(96, 80))  # 4 s
+    with client_for(real_detector, serve_tmp) as client:
+        with open(video, "rb") as fh:
+            r = client.post("/api/v1/predict?segments=true&segment_seconds=1",
+                            files={"file": ("long.mp4", fh, "video/mp4")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["segment_seconds"] == 1.0 and body["cached"] is False
+        assert [(s["start"], s["end"]) for s in body["segments"]] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0),
+                                                                      (3.0, 4.0)]
+        assert body["p_fake"] == max(s["p_fake"] for s in body["segments"])
+        direct = real_detector.predict_one(str(video), segments=1.0)
+        assert body["p_fake"] == pytest.approx(direct.p_fake, abs=1e-5)
+        # the same bytes without segments are another analysis (not the cached segmented one) ...
+        plain = post_video(client, video).json()
+        assert plain["cached"] is False and plain["segments"] == [] and plain["segment_seconds"] is None
+        # ... and the same request again is the cached one
+        with open(video, "rb") as fh:
+            again = client.post("/api/v1/jobs?segments=true&segment_seconds=1",
+                                files={"file": ("long.mp4", fh, "video/mp4")}).json()
+        assert again["state"] == "done" and again["result"]["cached"] is True
+        assert again["result"]["segments"] == body["segments"]
+        assert upload_dir_files(serve_tmp) == []
+
+
+@pytest.mark.parametrize("query, words", [("?segment_seconds=5", "segment_seconds needs segments=true"),
+                                          ("?segments=true&segment_seconds=0", "segment_seconds"),
+                                          ("?segments=maybe", "segments")])
+def test_bad_segment_parameters_are_400(query: str, words: str, face_video: Path, serve_tmp: Path) -> None:
+    with client_for(StubDetector(), serve_tmp) as client:
+        for route in ("/api/v1/predict", "/api/v1/jobs"):
+            with open(face_video, "rb") as fh:
+                r = client.post(route + query, files={"file": ("face.mp4", fh, "video/mp4")})
+            assert r.status_code == 400 and words in r.json()["detail"]
+
+
+def test_openapi_documents_segments(serve_tmp: Path) -> None:
+    with client_for(StubDetector(), serve_tmp) as client:
+        spec = client.get("/openapi.json").json()
+    verdict = spec["components"]["schemas"]["Verdict"]["properties"]
+    assert "segments" in verdict and "segment_seconds" in verdict
+    for route in ("/api/v1/predict", "/api/v1/jobs"):
+        names = {p["name"] for p in spec["paths"][route]["post"]["parameters"]}
+        assert {"explain", "segments", "segment_seconds"} <= names
+
+
+def test_page_offers_segments_and_escapes_them(serve_tmp: Path) -> None:
+    with client_for(StubDetector(), serve_tmp) as client:
+        html = client.get("/").text
+        js = client.get("/static/app.js").text
+    assert 'id="segments"' in html and 'id="segments-list"' in html
+    assert 'query.set("segments", "true")' in js and "innerHTML" not in js.replace("never innerHTML", "")

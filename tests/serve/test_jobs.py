@@ -237,3 +237,9 @@ def test_result_cache_is_bounded_in_entries_bytes_and_time() -> None:
             await failing
 
     asyncio.run(shared())
+
+
+def test_cache_key_variant_keeps_segmented_verdicts_apart() -> None:
+    assert cache_key("s", False, "") == ("s", False, "")  # no variant: the key it always was
+    assert cache_key("s", False, "", "segments:10:64") != cache_key("s", False, "")
+    assert cache_key("s", False, "", "segments:10:64") != cache_key("s", False, "", "segments:5:64")

@@ -20,6 +20,8 @@
     meter: $("meter"), meterFill: $("meter-fill"), meterThreshold: $("meter-threshold"),
     thresholdValue: $("threshold-value"), note: $("note"),
     frames: $("fact-frames"), faces: $("fact-faces"), video: $("fact-video"), time: $("fact-time"),
+    segments: $("segments"), segmentsBox: $("segments-box"), segmentsNote: $("segments-note"),
+    segmentsList: $("segments-list"),
     explainFig: $("explain-fig"), explainImg: $("explain-img"), explainOpen: $("explain-open"),
     explainName: $("explain-name"), explainFull: $("explain-full"), explainSave: $("explain-save"),
     dialog: $("explain-dialog"), dialogName: $("explain-dialog-name"), dialogImg: $("explain-full-img"),
@@ -122,7 +124,10 @@
     const form = new FormData();
     form.append("file", file, file.name);
     const xhr = new XMLHttpRequest();
-    const url = "/api/v1/jobs" + (els.explain.checked ? "?explain=true" : "");
+    const query = new URLSearchParams();
+    if (els.explain.checked) query.set("explain", "true");
+    if (els.segments.checked) query.set("segments", "true");
+    const url = "/api/v1/jobs" + (query.toString() ? "?" + query.toString() : "");
     xhr.open("POST", url);
     const headers = authHeaders();
     for (const k in headers) xhr.setRequestHeader(k, headers[k]);
@@ -330,9 +335,36 @@
     const t = r.timing || {};
     els.time.textContent = typeof t.seconds === "number" ? t.seconds.toFixed(2) + " s" : "\u2013";
 
+    showSegments(r);
     showExplanation(r.explanation_png, r.filename || file.name);
     show(els.result);
     els.verdict.focus();
+  }
+
+  // ---------------------------------------------------------------- scores per time window
+
+  function showSegments(r) {
+    const segs = Array.isArray(r.segments) ? r.segments : [];
+    els.segmentsList.replaceChildren();
+    els.segmentsBox.hidden = segs.length === 0;
+    if (!segs.length) return;
+    let top = false;
+    for (const s of segs) {
+      const li = document.createElement("li");
+      const scored = typeof s.p_fake === "number";
+      const span = Number(s.start).toFixed(1) + "\u2013" + Number(s.end).toFixed(1) + " s: ";
+      let text = span + (scored ? s.p_fake.toFixed(3) : "not scored (" + String(s.status || "") + ")");
+      if (scored && !top && s.p_fake === r.p_fake) {
+        top = true;
+        text += " \u2190 highest: the video's score";
+      }
+      li.textContent = text;
+      if (scored && typeof r.threshold === "number") li.className = s.p_fake >= r.threshold ? "fake" : "real";
+      els.segmentsList.appendChild(li);
+    }
+    const width = typeof r.segment_seconds === "number" ? r.segment_seconds.toFixed(1) + "-second" : "time";
+    els.segmentsNote.textContent = "The video was scored in " + segs.length + " " + width +
+      " window(s), each sampled like a whole clip; its score is the highest window's.";
   }
 
   // ---------------------------------------------------------------- heat maps at full size
