@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .config import ModelConfig, PreprocessConfig, TrainConfig, from_dict
+from .config import ModelConfig, PreprocessConfig, TrainConfig, from_dict, preprocess_config_from_record
 from .errors import UnsafeFileError, UserError
 from .utils import atomic_torch_save, upgrade_schema
 
@@ -237,7 +237,7 @@ class Checkpoint:
     def preprocess_config(self) -> Optional[PreprocessConfig]:
         """How the training clips were made; None for a checkpoint that did not record it."""
         pre = self.config.get("preprocess")
-        return from_dict(PreprocessConfig, pre) if isinstance(pre, dict) else None
+        return preprocess_config_from_record(pre) if isinstance(pre, dict) else None
 
     def train_config(self) -> TrainConfig:
         return from_dict(TrainConfig, {k: v for k, v in self.section("train").items() if k != "model"})

@@ -62,8 +62,8 @@ class PreprocessConfig:
     # where a torch face detector (mtcnn) runs: auto | cpu | cuda[:N], resolved by device.resolve_device.
     # A run-time setting like mtcnn_weights, not a clip setting: predict/serve set it to their --device.
     detector_device: str = "auto"
-    # faces (tracks) kept per video, one clip each; 1 = the main face only (the cache layout before tracks)
-    max_faces: int = 1
+    # faces (tracks) kept per video, one clip each (the main face first); 1 = the main face only
+    max_faces: int = 4
     # frame sampler by name: even (single frames evenly spaced) | snippets (frames // snippet_len runs of
     # snippet_len consecutive frames, evenly spaced: the LSTM sees local motion); snippet_len: even ignores it
     sampling: str = "even"
@@ -123,6 +123,16 @@ class SegmentConfig:
             raise ValueError("segment seconds must be > 0 (and at most a day)")
         if not 1 <= int(self.max_segments) <= 4096:
             raise ValueError("max segments must be between 1 and 4096")
+
+
+#: what a preprocessing record (a cache's preprocess.json, a checkpoint's ``preprocess``) written before a
+#: setting existed meant by its absence: the behaviour of the time, not today's default
+PREPROCESS_BEFORE = {"max_faces": 1, "sampling": "even", "detector": "dlib"}
+
+
+def preprocess_config_from_record(record: dict) -> PreprocessConfig:
+    """The ``PreprocessConfig`` a stored record describes; keys it predates read as ``PREPROCESS_BEFORE``."""
+    return from_dict(PreprocessConfig, {**PREPROCESS_BEFORE, **record})
 
 
 @dataclass

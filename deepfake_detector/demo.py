@@ -62,14 +62,20 @@ class DemoSettings:
     size: int = 96
     detector: str = "auto"  # the product's default: MTCNN (weights fetched like MobileNetV2's), else dlib
     max_faces: int = 2
+    sampling: str = "even"  # frame sampler (PreprocessConfig.sampling) and its snippet length
+    snippet_len: int = 2
     # model and training
     backbone: str = "mobilenet_v2"
     hidden_size: int = 256
     dropout: float = 0.4
+    temporal_diff: bool = False
+    pooling: str = "mean"
     epochs: int = 16
     batch_size: int = 8
     lr: float = 2e-4
     weight_decay: float = 1e-4
+    lr_backbone: Optional[float] = None
+    augment: str = "base"
     patience: int = 6
     monitor: str = "val_loss"
     # how many held-out videos get a heat-map strip (0 = none, -1 = all)
@@ -330,7 +336,8 @@ def _stage_preprocess(d: _DemoRun) -> None:
     d.say("      " + ", ".join(f"{k}: {v.get('REAL', 0)} REAL / {v.get('FAKE', 0)} FAKE"
                                for k, v in counts.items()))
     pcfg = resolve_detector(PreprocessConfig(frames=s.clip_frames, size=s.size, detector=s.detector,
-                                             max_faces=s.max_faces), fetch=d.download)
+                                             max_faces=s.max_faces, sampling=s.sampling,
+                                             snippet_len=s.snippet_len), fetch=d.download)
     cache_dir = d.out / "cache"
     summary = run_preprocess(loaded.records, cache_dir, pcfg, workers=s.workers, progress=d.progress,
                              dataset_root=data_dir, fmt="dfdc", force=_stale_cache(cache_dir, pcfg),
@@ -354,9 +361,11 @@ def _stage_train(d: _DemoRun) -> None:
                 f"up to {s.epochs} epochs")
     t0 = time.perf_counter()
     mcfg = ModelConfig(backbone=s.backbone, pretrained=res.pretrained, weights_file=d.weights_file,
-                       hidden_size=s.hidden_size, dropout=s.dropout)
+                       hidden_size=s.hidden_size, dropout=s.dropout, temporal_diff=s.temporal_diff,
+                       pooling=s.pooling)
     tcfg = TrainConfig(cache=res.cache_dir, name="demo", runs_dir=str(d.out / "runs"), model=mcfg,
                        epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+                       lr_backbone=s.lr_backbone, augment=s.augment,
                        seq_len=s.clip_frames,
                        seed=d.seed, patience=s.patience, monitor=s.monitor, workers=min(s.workers, 1),
                        device=d.device, overwrite=True)

@@ -68,7 +68,8 @@ class Prediction:
     seconds: float = 0.0
     # the heat-map PNG's path (explain_dir given); with ``faces`` listed: the list of the faces' PNGs
     explanation: Optional[Union[str, list]] = None
-    # with max_faces > 1: one ``{"track", "p_fake", "box"}`` per face track (box: mean [x0, y0, x1, y1] of
+    # a video with several face tracks (max_faces > 1): one ``{"track", "p_fake", "box"}`` per track (box:
+    # mean [x0, y0, x1, y1] of
     # its crop squares in source pixels; with explain_dir also ``"explanation"``: that face's PNG or None);
     # ``p_fake`` is the highest of them. Empty with one face.
     faces: list = field(default_factory=list)
@@ -845,7 +846,7 @@ class Detector:
                for q in probs]
         if not cal or cal[0] is None or not math.isfinite(cal[0]):
             return None, []
-        if len(cal) == 1 and getattr(self.preprocess, "max_faces", 1) <= 1:
+        if len(cal) == 1:  # one face: the output of a single-face model (no ``faces`` list, one heat map)
             return cal[0], []
         faces = []
         for k, (q, r) in enumerate(zip(cal, [res] + list(getattr(res, "others", ())))):

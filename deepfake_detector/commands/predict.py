@@ -57,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="no face found: classify the centre crop (status no_face) or leave it unscored")
     p.add_argument("--max-faces", type=int, default=None, metavar="N",
                    help="score up to N faces (tracks) per video; the video's score is the highest, and the "
-                        "CSV/JSON list each face's score and box (recommended: 4 for footage with several "
-                        "people; default: the model's preprocessing setting, 1 for most models)")
+                        "CSV/JSON list each face's score and box (default: the model's preprocessing "
+                        "setting)")
     p.add_argument("--segments", action="store_true",
                    help="long videos: score consecutive time windows (each sampled like a whole clip) and "
                         "give the video the highest window's score, so a short swapped stretch is not "

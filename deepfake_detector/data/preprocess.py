@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..config import PreprocessConfig, SegmentConfig, from_dict, to_dict
+from ..config import PREPROCESS_BEFORE, PreprocessConfig, SegmentConfig, from_dict, to_dict
 from ..errors import DISK_FULL_ERRNOS, NO_WRITE_ERRNOS, WRITE_STOP_ERRNOS, UserError
 from ..utils import atomic_write_json
 from . import cache
@@ -53,8 +53,6 @@ CACHE_FORMAT = 1
 # settings whose change makes existing clips incompatible
 CLIP_KEYS = ("frames", "size", "margin", "detector", "upsample", "no_face", "detect_max_side", "smooth",
              "align", "max_faces", "sampling", "snippet_len")
-# what a settings record older than a key meant by it (caches made before tracks / frame samplers)
-_CLIP_KEY_BEFORE = {"max_faces": 1, "sampling": "even"}
 _FLUSH_EVERY_S = 5.0
 HARD_TIMEOUT_GRACE_S = 60.0  # a video still running after 2 * timeout_s + this is killed with its worker
 # write errors that no later video can escape: the run stops at the first one
@@ -310,7 +308,7 @@ def clip_settings(settings: dict) -> dict:
     """The ``CLIP_KEYS`` of a preprocessing record as the clips depend on them: keys an older record lacks
     take the value they had then, and ``snippet_len`` counts only with ``sampling: snippets``. Compare
     two records with this to tell whether their clips were made the same way."""
-    out = {**_CLIP_KEY_BEFORE, **{k: settings[k] for k in CLIP_KEYS if k in settings}}
+    out = {**PREPROCESS_BEFORE, **{k: settings[k] for k in CLIP_KEYS if k in settings}}
     if out.get("sampling") != "snippets":
         out.pop("snippet_len", None)
     return out
@@ -468,7 +466,7 @@ def _process_one(rec: tuple[str, str, str, str, str, str]) -> cache.ManifestRow:
     if res.clip is not None:
         try:
             row.clip = cache.save_clip(_WORKER["out_dir"], rel, res.clip)
-            if cfg.max_faces > 1:
+            if res.others:  # several faces (max_faces > 1): a single-face video is stored as before tracks
                 _save_tracks(row, res, _WORKER["out_dir"])
         except OSError as exc:
             clip = cache.clip_relpath(rel)
@@ -480,7 +478,7 @@ def _process_one(rec: tuple[str, str, str, str, str, str]) -> cache.ManifestRow:
 
 
 def _save_tracks(row: cache.ManifestRow, res: ClipResult, out_dir: str) -> None:
-    """With ``max_faces > 1``: each track's sidecar, the other tracks' clips, and their rows, which travel
+    """A video with several faces: each track's sidecar, the other tracks' clips, and their rows, which travel
     on the main row as ``row.track_rows`` (not a column: one task still returns one row, so the pool and
     its crash handling stay per video)."""
     cache.save_track_info(out_dir, row.clip, res.track_info(0))
