@@ -172,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--frames", type=int, default=10, help="frames per clip (preprocess and --seq-len)")
     p.add_argument("--size", type=int, default=96, help="face crop side (preprocess)")
-    p.add_argument("--detector", default="dlib")
+    p.add_argument("--detector", default="auto", help="face detector (default: auto, as preprocess)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-train", action="store_true",
@@ -189,6 +189,8 @@ def _base_recipe(args: argparse.Namespace) -> dict:
     return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": 1e-4,
             "patience": args.patience, "seq_len": args.frames, "workers": 0, "device": args.device,
             "model.backbone": args.backbone, "model.hidden_size": args.hidden_size,
+            # the seed's head: the configurations name what they add (train's default is diff+attention)
+            "model.temporal_diff": False, "model.pooling": "mean",
             "model.pretrained": weights is not None, "model.weights_file": weights}
 
 

@@ -29,6 +29,19 @@ def test_auc_by_manipulation():
     assert math.isnan(out["faceswap"]) and out["lowres"] == 1.0
 
 
+def test_two_person_kind_is_scored_against_two_person_reals():
+    labels = ["REAL", "REAL", "REAL", "FAKE", "FAKE", "FAKE"]
+    manips = ["none", "none", "none", "faceswap", "two-person", "two-person"]
+    people = [1, 2, 2, 1, 2, 2]
+    p = [0.1, 0.2, 0.9, 0.8, 0.85, 0.95]  # one two-person REAL scores high (its other face)
+    auc = demo.auc_by_manipulation(labels, manips, p, people)
+    assert auc == {"faceswap": 1.0, "two-person": 0.75}  # against the 1 one-person / 2 two-person REALs
+    assert demo.kind_counts(labels, manips, p, people) == {"faceswap": {"n_real": 1, "n_fake": 1},
+                                                           "two-person": {"n_real": 2, "n_fake": 2}}
+    fpr = demo.false_positive_rates(labels, p, people, threshold=0.5)
+    assert fpr == {"1": 0.0, "2": 0.5}
+
+
 def test_pick_for_explain_covers_every_kind():
     class R:
         def __init__(self, path):

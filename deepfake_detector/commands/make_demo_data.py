@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-real", type=int, default=d.n_real, help="number of REAL videos (all splits)")
     p.add_argument("--n-fake", type=int, default=d.n_fake,
                    help="number of FAKE videos, spread over the REAL ones and the manipulations")
+    p.add_argument("--n-pair-real", type=int, default=d.n_pair_real,
+                   help="two-person REAL videos (two real renderings side by side)")
+    p.add_argument("--n-pair-fake", type=int, default=d.n_pair_fake,
+                   help="two-person FAKE videos: one of the two faces of a two-person REAL swapped")
     p.add_argument("--frames", type=int, default=d.frames, help="frames per video")
     p.add_argument("--test-fraction", type=float, default=d.test_fraction,
                    help="share of REAL videos (with their fakes) in the held-out 'test' split")
@@ -57,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         cfg = synthetic.SyntheticConfig(
-            seed=args.seed, n_real=args.n_real, n_fake=args.n_fake, frames=args.frames,
+            seed=args.seed, n_real=args.n_real, n_fake=args.n_fake, n_pair_real=args.n_pair_real,
+            n_pair_fake=args.n_pair_fake, frames=args.frames,
             test_fraction=args.test_fraction, val_fraction=args.val_fraction,
             manipulations=tuple(m.strip() for m in args.manipulations.split(",") if m.strip()),
             workers=args.workers,

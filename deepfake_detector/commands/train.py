@@ -116,8 +116,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"LSTM layers (default {m.num_layers})",
     )
     g.add_argument("--bidirectional", action="store_true", default=None, help="bidirectional LSTM")
-    g.add_argument("--temporal-diff", action="store_true", default=None,
-                   help="feed the LSTM per-frame feature differences f[t]-f[t-1] beside the features")
+    g.add_argument("--temporal-diff", action=argparse.BooleanOptionalAction, default=None,
+                   help="feed the LSTM per-frame feature differences f[t]-f[t-1] beside the features "
+                        f"(default {'on' if m.temporal_diff else 'off'}; --no-temporal-diff --pooling mean: "
+                        "the seed's design)")
     g.add_argument("--pooling", choices=["mean", "attention"], default=None,
                    help=f"how the LSTM outputs over time are pooled (default {m.pooling})")
     g.add_argument(

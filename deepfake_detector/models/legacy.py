@@ -350,7 +350,8 @@ def _load_strict(module: nn.Module, sd: dict, what: str) -> None:
 def legacy_model_config(spec: LegacySpec) -> ModelConfig:
     """Our ModelConfig for a legacy network (weights come from the file: never downloaded)."""
     return ModelConfig(backbone=spec.trunk, pretrained=False, weights_file=None, hidden_size=spec.hidden_dim,
-                       num_layers=spec.num_layers, bidirectional=False, dropout=0.4, num_classes=2)
+                       num_layers=spec.num_layers, bidirectional=False, dropout=0.4, num_classes=2,
+                       temporal_diff=False, pooling="mean")  # the reference's head: features only, mean
 
 
 def map_legacy_state_dict(state: dict, target_state: dict) -> OrderedDict:

@@ -286,3 +286,47 @@ def test_study_set_protocols(tmp_path, capsys):
     kept = {n for n, m in plain.items() if m["split"] == "test" or m["manipulation"] != "temporal"}
     assert set(heldout) == kept
     assert all((out / "heldout" / n).is_file() for n in heldout)
+
+
+# --------------------------------------------------------------------------------------------------
+# Two-person videos
+# --------------------------------------------------------------------------------------------------
+
+
+def test_two_person_plan_splits_links_and_metadata():
+    cfg = S.SyntheticConfig(seed=3, n_real=6, n_fake=6, n_pair_real=4, n_pair_fake=6, frames=12)
+    plans = S.plan_dataset(cfg)
+    pairs = [p for p in plans if p.partner_params]
+    reals = {p.name: p for p in pairs if p.label == "REAL"}
+    fakes = [p for p in pairs if p.label == "FAKE"]
+    assert len(reals) == 4 and len(fakes) == 6 and len(plans) == 6 + 6 + 10
+    for r in reals.values():  # one person of each source, both halves the same size
+        assert {r.source, r.partner_source} == set(S.SOURCES)
+        assert [r.params[k] for k in ("out_w", "out_h")] == [r.partner_params[k] for k in ("out_w", "out_h")]
+    for f in fakes:  # a fake follows its original's split and people; one side swapped
+        real = reals[f.original]
+        assert f.manipulation == S.TWO_PERSON and f.split == real.split and f.swap_side in ("left", "right")
+        assert f.params == real.params and f.partner_params == real.partner_params
+    meta = S.metadata_for(plans)
+    assert meta[fakes[0].name]["people"] == 2 and meta[fakes[0].name]["method"] == S.TWO_PERSON
+    assert "people" not in meta["real_000.mp4"]
+    with pytest.raises(ValueError, match="two-person fakes need two-person reals"):
+        S.SyntheticConfig(n_pair_fake=2)
+
+
+def test_two_person_fake_swaps_one_face_and_leaves_the_other(footage):
+    cfg = S.SyntheticConfig(seed=3, n_real=2, n_fake=0, n_pair_real=2, n_pair_fake=4, frames=8)
+    plans = S.plan_dataset(cfg)
+    by_name = {p.name: p for p in plans}
+    sides = set()
+    for fake in (p for p in plans if p.label == "FAKE"):
+        fv, rv = S.render_video(fake, footage), S.render_video(by_name[fake.original], footage)
+        w = S.PAIR_SIZE[0]
+        assert fv.frames[0].shape == (S.PAIR_SIZE[1], 2 * w, 3)
+        assert fv.partner_boxes is not None and (fv.partner_boxes[:, 0] >= w).all()  # the right face
+        diff = np.abs(np.stack(fv.frames).astype(int) - np.stack(rv.frames).astype(int))
+        left, right = diff[..., :w, :].mean(), diff[..., w:, :].mean()
+        swapped, kept = (left, right) if fake.swap_side == "left" else (right, left)
+        assert kept == 0.0 and swapped > 2.0, (fake.name, fake.swap_side, left, right)
+        sides.add(fake.swap_side)
+    assert sides == {"left", "right"}

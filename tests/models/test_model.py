@@ -17,7 +17,9 @@ from tests.helpers import MkdirPayload
 
 def tiny(**kw) -> nn.Module:
     torch.manual_seed(0)
-    cfg = dict(backbone="tiny", pretrained=False, hidden_size=12, dropout=0.4)
+    # the seed's head (features only, mean over time); the default recipe's variants: tests/engine
+    cfg = dict(backbone="tiny", pretrained=False, hidden_size=12, dropout=0.4, temporal_diff=False,
+               pooling="mean")
     cfg.update(kw)
     return build_model(ModelConfig(**cfg))
 
@@ -121,7 +123,8 @@ def test_parameter_count_matches_the_architecture(layers, bidir):
 
 
 def test_resnext_parameter_count_is_the_seed_architecture():
-    model = build_model(ModelConfig(pretrained=False))  # defaults: resnext50_32x4d, hidden 2048, 1 layer
+    # resnext50_32x4d, hidden 2048, 1 layer (the defaults) with the seed's head
+    model = build_model(ModelConfig(pretrained=False, temporal_diff=False, pooling="mean"))
     from torchvision.models import resnext50_32x4d
 
     full = resnext50_32x4d(weights=None)
