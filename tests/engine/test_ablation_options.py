@@ -35,11 +35,11 @@ def _clip(seed: int = 0, t: int = 6, size: int = 32) -> np.ndarray:
 # --- config -----------------------------------------------------------------------------------------
 
 
-def test_defaults_are_the_measured_recipe():
-    """Feature differences and attention pooling won the ablation (docs/quality.md); one learning rate and
-    the base augmentations stay."""
+def test_defaults_are_the_seed_recipe():
+    """Feature differences + attention won on clean video and lost on re-encoded video (docs/quality.md):
+    no clear win, so the seed's head stays the default."""
     t, m = TrainConfig(), ModelConfig()
-    assert (t.lr_backbone, t.augment, m.temporal_diff, m.pooling) == (None, "base", True, "attention")
+    assert (t.lr_backbone, t.augment, m.temporal_diff, m.pooling) == (None, "base", False, "mean")
 
 
 def test_augment_lists_are_canonical_and_checked():
