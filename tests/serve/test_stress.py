@@ -51,7 +51,9 @@ def _start(checkpoint: Path, workers: int, port: int, tmp_dir: Path,
 
 async def _fire(base: str, videos: list[bytes]) -> list[int]:
     limit = asyncio.Semaphore(N_PARALLEL)
-    limits = httpx.Limits(max_connections=N_PARALLEL, max_keepalive_connections=N_PARALLEL)
+    # no keep-alive: a request sent on a kept-alive connection just as the server closes it idle is lost
+    # (HTTP/1.1's close race, on the client), so -1 below means the server really dropped a connection
+    limits = httpx.Limits(max_connections=N_PARALLEL, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base, timeout=90, limits=limits) as client:
         async def one(i: int) -> int:
             async with limit:
