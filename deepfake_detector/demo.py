@@ -506,8 +506,9 @@ def _score_predictions(res: DemoResult, rows: list[dict], threshold: float) -> N
 
 def _stale_cache(cache_dir: Path, pcfg: Any) -> bool:
     """True when an earlier demo made the cache with other clip settings (the demo then redoes it)."""
+    from .config import to_dict
     from .data.cache import Cache
-    from .data.preprocess import CLIP_KEYS
+    from .data.preprocess import clip_settings
 
     try:
         old = Cache(cache_dir).preprocess_config()
@@ -516,7 +517,7 @@ def _stale_cache(cache_dir: Path, pcfg: Any) -> bool:
         return True
     if old is None:
         return False
-    return any(getattr(old, k, None) != getattr(pcfg, k, None) for k in CLIP_KEYS)
+    return clip_settings(to_dict(old)) != clip_settings(to_dict(pcfg))  # preprocess's own rule
 
 
 def _pick_for_explain(records: list, manip_of: dict[str, str], n: int) -> list[str]:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import PreprocessConfig, from_dict, to_dict
+from .config import from_dict, preprocess_config_from_record, to_dict
 from .constants import FAKE, REAL
 from .errors import UserError
 from .utils import process_umask, sha256_file
@@ -361,9 +361,10 @@ def load_onnx(path: PathLike, device: str = "auto") -> OnnxModel:
     providers = _providers(device)
     sess = _session(path, providers)
     meta = read_metadata(dict(sess.get_modelmeta().custom_metadata_map), path)
-    kind = ReferencePreprocess if meta.get("preprocess_kind") == "reference" else PreprocessConfig
-    try:
-        pcfg = from_dict(kind, meta["preprocess"])
+    reference = meta.get("preprocess_kind") == "reference"
+    try:  # a record from before a setting existed reads it with its old meaning, as checkpoints do
+        pcfg = (from_dict(ReferencePreprocess, meta["preprocess"]) if reference
+                else preprocess_config_from_record(meta["preprocess"]))
         seq_len, threshold = int(meta["seq_len"]), float(meta["threshold"])
     except (TypeError, ValueError) as exc:
         raise UserError(f"{path}: invalid preprocess config in ONNX metadata: {exc}") from None
