@@ -6,8 +6,9 @@
 
 Every run trains with a frozen backbone on its cached per-frame features (``--freeze-backbone``: the
 backbone runs once per cache, each epoch then costs only the LSTM and classifier), so a screening of
-many configurations fits on a CPU. What a frozen feature cache cannot screen: augmentation (features
-are computed once, unaugmented) and the backbone's learning rate; those need full training runs.
+many configurations fits on a CPU. Augmentation is screened through augmented feature views
+(``feature_views``: each training clip's features cached for V augmented copies); the backbone's own
+learning rate and what fine-tuning learns from augmentation need full training runs.
 
 Per protocol (``plain``, ``compressed``, ``heldout``: see ``data.synthetic.make_study_set``) the folder
 is preprocessed once into ``WORK/cache-PROTOCOL``; each (protocol, configuration, seed) run is recorded
@@ -38,12 +39,20 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "attention": {"model.pooling": "attention"},
     "bidir": {"model.bidirectional": True},
     "diff+attention": {"model.temporal_diff": True, "model.pooling": "attention"},
+    # augmentation through augmented feature views (train --feature-views): 4 views of each training clip
+    "h264": {"augment": "base+h264", "feature_views": 4},
+    "diff+attention+h264": {"model.temporal_diff": True, "model.pooling": "attention",
+                            "augment": "base+h264", "feature_views": 4},
+    # order pseudo-fakes (train --order-fakes): a quarter of the REAL clips shuffled in time, labelled FAKE
+    "diff+attention+h264+order": {"model.temporal_diff": True, "model.pooling": "attention",
+                                  "augment": "base+h264", "feature_views": 4, "order_fakes": 0.25},
 }
 KINDS = ("faceswap", "lowres", "temporal")
 
 
 def parse_config(spec: str) -> tuple[str, dict[str, Any]]:
-    """``base`` (a name in CONFIGS) or ``NAME:key=value,key=value`` (values read as YAML scalars)."""
+    """``base`` (a name in CONFIGS) or ``NAME:key=value,key=value`` (values read as YAML scalars; a list
+    value such as ``augment`` is spelt with ``+``: ``augment=base+h264``)."""
     import yaml
 
     if ":" not in spec:
@@ -66,6 +75,8 @@ def train_config(cache: Path, runs: Path, name: str, base: dict, overrides: dict
     merged = {**base, **overrides}
     model = {k[6:]: v for k, v in merged.items() if k.startswith("model.")}
     train = {k: v for k, v in merged.items() if not k.startswith("model.")}
+    if "augment" in train:
+        train["augment"] = str(train["augment"]).replace("+", ",")
     return TrainConfig(cache=str(cache), name=name, runs_dir=str(runs), seed=seed, overwrite=True,
                        tensorboard=False, model=ModelConfig(freeze_backbone=True, **model), **train)
 

@@ -240,7 +240,10 @@ class Checkpoint:
         return preprocess_config_from_record(pre) if isinstance(pre, dict) else None
 
     def train_config(self) -> TrainConfig:
-        return from_dict(TrainConfig, {k: v for k, v in self.section("train").items() if k != "model"})
+        """The run's TrainConfig with its own model config (settings such as ``feature_views`` are only
+        valid with the model they were trained with)."""
+        train = {k: v for k, v in self.section("train").items() if k != "model"}
+        return from_dict(TrainConfig, {**train, "model": self.model_config()})
 
 
 def save_checkpoint(ckpt: Checkpoint | dict, path: str | os.PathLike) -> None:

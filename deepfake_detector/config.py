@@ -225,6 +225,12 @@ class TrainConfig:
     tensorboard: bool = True  # TensorBoard event files in the run folder (tensorboard/)
     lr_backbone: Optional[float] = None  # learning rate of the backbone; None = lr (one rate for all)
     augment: str = "base"  # training augmentations, comma-separated: base,h264,noise,cutout (or none)
+    # with model.freeze_backbone + feature_cache: augmented feature views per training clip (0 = none: the
+    # head sees the un-augmented features every epoch); each epoch reads one view per clip
+    feature_views: int = 0
+    # share of REAL training clips shown as order pseudo-fakes (a window of frames shuffled, labelled FAKE):
+    # a prior for temporal manipulations training has no examples of (data/augment.py: shuffle_window)
+    order_fakes: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -232,6 +238,15 @@ class TrainConfig:
         if self.lr_backbone is not None and not self.lr_backbone > 0:
             raise ValueError("lr_backbone must be > 0 (leave it unset for the same rate as lr)")
         self.augment = ",".join(parse_augment(self.augment)) or "none"
+        if not 0.0 <= self.order_fakes < 1.0:
+            raise ValueError("order_fakes must be in [0, 1)")
+        if self.feature_views < 0:
+            raise ValueError("feature_views must be >= 0")
+        if self.feature_views and not (self.model.freeze_backbone and self.feature_cache):
+            raise ValueError("feature_views needs a frozen backbone with the feature cache "
+                             "(--freeze-backbone, without --no-feature-cache)")
+        if self.feature_views and self.augment == "none":
+            raise ValueError("feature_views needs augmentations to draw (--augment is none)")
         if self.epochs < 1:
             raise ValueError("epochs must be >= 1")
         if self.batch_size < 0:
@@ -308,7 +323,8 @@ _NESTED = {"ModelConfig": ModelConfig, "PreprocessConfig": PreprocessConfig}
 #: 2: ``train.tensorboard``
 #: 3: ``train.fake_tracks``
 #: 4: ``train.lr_backbone``, ``train.augment``, ``model.temporal_diff``, ``model.pooling``
-RUN_CONFIG_SCHEMA = 4
+#: 5: ``train.feature_views``, ``train.order_fakes``
+RUN_CONFIG_SCHEMA = 5
 
 
 def _run_config_v1_to_v2(data: dict) -> dict:
@@ -337,8 +353,16 @@ def _run_config_v3_to_v4(data: dict) -> dict:
     return data
 
 
+def _run_config_v4_to_v5(data: dict) -> dict:
+    """Schema 4 trained a frozen backbone's head on un-augmented features only, and had no pseudo-fakes."""
+    if isinstance(data.get("train"), dict):
+        data["train"].setdefault("feature_views", 0)
+        data["train"].setdefault("order_fakes", 0.0)
+    return data
+
+
 _RUN_CONFIG_UPGRADERS: dict[int, Callable[[dict], dict]] = {
-    1: _run_config_v1_to_v2, 2: _run_config_v2_to_v3, 3: _run_config_v3_to_v4,
+    1: _run_config_v1_to_v2, 2: _run_config_v2_to_v3, 3: _run_config_v3_to_v4, 4: _run_config_v4_to_v5,
 }
 #: sections of config.yaml that only record what happened (not settings ``train --config`` takes)
 RUN_CONFIG_RECORDS = ("preprocess", "runtime")

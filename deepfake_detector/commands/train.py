@@ -56,6 +56,8 @@ _TRAIN_FIELDS = [
     "tensorboard",
     "lr_backbone",
     "augment",
+    "feature_views",
+    "order_fakes",
 ]
 _MODEL_FIELDS = [
     "backbone",
@@ -130,7 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="train only the LSTM and classifier (backbone weights fixed); per-frame features are computed "
-        "once and cached in CACHE/features/ (fast epochs, no augmentation)",
+        "once and cached in CACHE/features/ (fast epochs; augmentation via --feature-views)",
     )
     g.add_argument(
         "--no-feature-cache",
@@ -138,6 +140,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         default=None,
         help="with --freeze-backbone: run the frozen backbone on augmented clips every epoch instead",
+    )
+    g.add_argument(
+        "--feature-views", type=int, default=None, metavar="V",
+        help="with --freeze-backbone: also cache V augmented views of each training clip's features "
+        "(--augment's set, drawn once per view); each epoch reads one view per clip (default 0: none)",
     )
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default {t.epochs})")
@@ -152,6 +159,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training augmentations, comma-separated: base (flip, affine, colour, blur, JPEG), "
                         f"h264 (re-encoding at random CRF), noise, cutout (face parts), or none "
                         f"(default {t.augment})")
+    g.add_argument("--order-fakes", type=float, default=None, metavar="P",
+                   help="show this share of REAL training clips with a window of frames shuffled, labelled "
+                        "FAKE: a prior for temporal manipulations the training set lacks "
+                        f"(default {t.order_fakes})")
     g.add_argument(
         "--weight-decay", type=float, default=None, help=f"weight decay (default {t.weight_decay})"
     )

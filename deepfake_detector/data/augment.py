@@ -11,6 +11,12 @@ Each is drawn once per clip from the clip's own random stream (after the base se
 - ``cutout``: one face part (eyes, nose or mouth band of the canonical crop, jittered) blacked out in
   every frame, like the DFDC winner's landmark cutout: the model must not rely on one region alone.
   Crops carry no landmarks, so the parts are the canonical places of a face centred with margin 0.3.
+
+``shuffle_window`` is not an augmentation but a pseudo-fake (``train --order-fakes P``): a REAL clip
+with the frames of a random window (3 frames up to the whole clip) put in a random order, labelled
+FAKE. Real video is continuous in time; a model taught that broken order is fake has a prior for
+temporal manipulations (frames dropped, repeated, re-ordered, spliced) that training never showed it,
+as self-blended images give a spatial prior for blending.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import fractions
 
 import numpy as np
 
-__all__ = ["EXTRA_AUGMENTS", "apply_extra", "h264_roundtrip", "gaussian_noise", "cutout_face_part"]
+__all__ = ["EXTRA_AUGMENTS", "apply_extra", "h264_roundtrip", "gaussian_noise", "cutout_face_part",
+           "shuffle_window"]
 
 EXTRA_AUGMENTS = ("h264", "noise", "cutout")
 # face parts as (top, bottom, left, right) fractions of a face crop centred with margin 0.3
@@ -87,3 +94,19 @@ def apply_extra(clip: np.ndarray, rng: np.random.Generator, kinds: tuple[str, ..
         part = ("eyes", "nose", "mouth")[int(rng.integers(0, 3))]
         out = cutout_face_part(out, part, tuple(rng.uniform(-0.04, 0.04, size=2)))
     return out
+
+
+def shuffle_window(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """``frames`` (time first: a clip or per-frame features) with one window of >= 3 frames (2 for a
+    2-frame clip) put in a random order that differs from the original; None for fewer than 2 frames."""
+    t = len(frames)
+    if t < 2:
+        return None
+    length = int(rng.integers(min(3, t), t + 1))
+    start = int(rng.integers(0, t - length + 1))
+    order = np.arange(length)
+    while np.array_equal(order, np.arange(length)):
+        order = rng.permutation(length)
+    idx = np.arange(t)
+    idx[start:start + length] = start + order
+    return frames[idx]

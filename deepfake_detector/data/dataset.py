@@ -29,6 +29,7 @@ __all__ = [
     "clips_to_device",
     "eval_clip",
     "eval_transform",
+    "normalize_clip",
     "train_transform",
     "fit_length",
     "split_rows",
@@ -73,7 +74,7 @@ def uint8_tensor(clip: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(clip, dtype=np.uint8, copy=True))
 
 
-def _normalize(clip_uint8: np.ndarray) -> torch.Tensor:
+def normalize_clip(clip_uint8: np.ndarray) -> torch.Tensor:
     """uint8 ``[T,H,W,3]`` RGB -> float ``[T,3,H,W]``, ImageNet-normalised: ``clips_to_device`` on the CPU."""
     return clips_to_device(uint8_tensor(clip_uint8).unsqueeze(0), "cpu")[0]
 
@@ -88,7 +89,7 @@ def eval_clip(clip_uint8: np.ndarray, seq_len: int) -> np.ndarray:
 
 def eval_transform(clip_uint8: np.ndarray, seq_len: int) -> torch.Tensor:
     """Test-time transform shared by evaluate and predict: length fit + ImageNet normalisation only."""
-    return _normalize(eval_clip(clip_uint8, seq_len))
+    return normalize_clip(eval_clip(clip_uint8, seq_len))
 
 
 _STATS: dict = {}
@@ -185,7 +186,7 @@ def train_transform(
     clip_uint8: np.ndarray, seq_len: int, rng: np.random.Generator, augment: str = "base"
 ) -> torch.Tensor:
     """Training transform: length fit, clip-consistent augmentation, ImageNet normalisation."""
-    return _normalize(train_clip(clip_uint8, seq_len, rng, augment))
+    return normalize_clip(train_clip(clip_uint8, seq_len, rng, augment))
 
 
 def train_clip(
@@ -205,6 +206,18 @@ def train_clip(
     if len(kinds) > ("base" in kinds):
         out = np.ascontiguousarray(apply_extra(out, rng, kinds))
     return out
+
+
+def order_fake(frames: np.ndarray, label: int, rng: np.random.Generator, p: float) -> tuple[np.ndarray, int]:
+    """With probability ``p``, a REAL clip (or its features) turned into an order pseudo-fake labelled
+    FAKE (``augment.shuffle_window``); anything else as it was. Draws nothing when ``p`` is 0, so runs
+    without pseudo-fakes keep their augmentation stream."""
+    from .augment import shuffle_window
+
+    if p <= 0 or label != 0 or not rng.random() < p:
+        return frames, label
+    shuffled = shuffle_window(frames, rng)
+    return (frames, label) if shuffled is None else (shuffled, 1)
 
 
 def usable_rows(rows: Sequence[ManifestRow], include_no_face: bool = False) -> list[ManifestRow]:
@@ -307,8 +320,10 @@ class ClipDataset(Dataset):
         return_index: bool = False,
         raw: bool = False,
         augment: str = "base",
+        order_fakes: float = 0.0,
     ) -> None:
         self.cache = Cache.of(cache)
+        self.order_fakes = float(order_fakes)  # share of REAL training clips made order pseudo-fakes
         self.raw = bool(raw)
         self.augment = augment  # training augmentation sets (TrainConfig.augment); unused when not train
         self.rows = list(rows)
@@ -339,19 +354,20 @@ class ClipDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]):
         """``ds[i]``, or ``ds[(i, epoch)]`` from a sampler that carries the epoch (persistent workers)."""
         i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
-        clip = self.load(i)
+        clip, label = self.load(i), self.labels[i]
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, int(i)])
             arr = train_clip(clip, self.seq_len, rng, self.augment)
+            arr, label = order_fake(arr, label, rng, self.order_fakes)
         else:
             arr = eval_clip(clip, self.seq_len)
         if self.raw:
             x = uint8_tensor(arr)
         else:
-            x = _normalize(arr)
+            x = normalize_clip(arr)
         if self.return_index:
-            return x, self.labels[i], i
-        return x, self.labels[i]
+            return x, label, i
+        return x, label
 
 
 def _split_train_val(rows: list[ManifestRow], val_fraction: float, seed: int) -> tuple[list, list]:

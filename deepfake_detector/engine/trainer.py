@@ -225,7 +225,7 @@ def _load_data(s: TrainingSession) -> None:
     # a video with several faces (preprocess --max-faces) trains on the faces its label is true of
     samples = training_rows(s.cache, s.splits["train"], rows, cfg.fake_tracks)
     s.train_ds = ClipDataset(s.cache, samples, cfg.seq_len, train=True, seed=cfg.seed, return_index=True,
-                             raw=True, augment=cfg.augment)
+                             raw=True, augment=cfg.augment, order_fakes=cfg.order_fakes)
     s.val_ds = ClipDataset(s.cache, s.splits["val"], cfg.seq_len, train=False, return_index=True, raw=True)
     counts = np.bincount(np.asarray(s.train_ds.labels, dtype=np.int64), minlength=2)
     if (counts == 0).any():
@@ -242,7 +242,9 @@ def _load_data(s: TrainingSession) -> None:
             len(s.val_ds),
             len(s.splits["test"]),
         )
-    s.class_weights = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
+    # order pseudo-fakes move a share of the REAL clips to FAKE: weigh the classes as they are seen
+    seen = counts * np.array([1.0 - cfg.order_fakes, 1.0]) + np.array([0.0, counts[0] * cfg.order_fakes])
+    s.class_weights = torch.tensor(seen.sum() / (2.0 * seen), dtype=torch.float32)
     _make_sampler(s, counts)
 
 
@@ -292,14 +294,16 @@ def _build_model(s: TrainingSession) -> None:
     s.scaler = grad_scaler(s.amp_dtype)
     s.raw_model = s.net = model
     if cfg.model.freeze_backbone and cfg.feature_cache:
-        from .features import FeatureDataset, HeadOnly, extract_features
+        from .features import FeatureDataset, HeadOnly, extract_feature_views, extract_features
 
         samples = s.train_ds.rows  # the training faces (training_rows), the videos' main faces for one face
-        feat_dir = extract_features(
-            s.raw_model, s.cache, samples + s.splits["val"], cfg.model, cfg.seed, s.device,
-            s.amp_dtype, cfg.batch_size, cfg.workers, s.info,
-        )
-        s.train_ds = FeatureDataset(feat_dir, samples, cfg.seq_len)
+        opts = dict(device=s.device, amp_dtype=s.amp_dtype, batch_size=cfg.batch_size, workers=cfg.workers,
+                    info=s.info)
+        feat_dir = extract_features(s.raw_model, s.cache, samples + s.splits["val"], cfg.model, cfg.seed,
+                                    **opts)
+        views = extract_feature_views(s.raw_model, s.cache, samples, cfg.model, cfg.seed, cfg.feature_views,
+                                      cfg.augment, **opts)
+        s.train_ds = FeatureDataset(views or [feat_dir], samples, cfg.seq_len, cfg.seed, cfg.order_fakes)
         s.val_ds = FeatureDataset(feat_dir, s.splits["val"], cfg.seq_len)
         s.net = HeadOnly(s.raw_model)
 

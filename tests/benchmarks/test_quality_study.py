@@ -29,7 +29,8 @@ def test_two_configs_one_seed_make_one_table(tmp_path):
     _with_methods(make_synthetic_cache(tmp_path / "data" / "cache-plain", n_real=10, n_fake=10, frames=4,
                                        size=24, splits=splits))
     out = tmp_path / "quality.md"
-    configs = "base;small:lr=0.01,model.temporal_diff=true"  # a named one and an inline one
+    # a named one and an inline one, with augmented feature views (a list value spelt with +)
+    configs = "base;small:lr=0.01,model.temporal_diff=true,augment=base+noise,feature_views=2"
     argv = ["--data", str(tmp_path / "data"), "--caches", "--work", str(tmp_path / "work"), "--out", str(out),
             "--protocols", "plain", "--configs", configs, "--seeds", "0", "--backbone", "tiny",
             "--hidden-size", "8", "--epochs", "2", "--batch-size", "4", "--frames", "4", "--device", "cpu"]
@@ -40,7 +41,10 @@ def test_two_configs_one_seed_make_one_table(tmp_path):
     assert "faceswap AUC (n)" in text and "temporal AUC (n)" in text and "| 4/4 |" in text
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     assert set(results) == {"plain|base|0", "plain|small|0"}
-    assert results["plain|small|0"]["overrides"] == {"lr": 0.01, "model.temporal_diff": True}
+    assert results["plain|small|0"]["overrides"] == {"lr": 0.01, "model.temporal_diff": True,
+                                                     "augment": "base+noise", "feature_views": 2}
+    views = list((tmp_path / "data" / "cache-plain" / "features").iterdir())
+    assert len(views) == 3  # the un-augmented features and small's two views
     # a rerun finds every run done and only rewrites the table; --no-train never trains
     assert quality_study.main(argv) == 0
     assert out.read_text().split("\n", 2)[2] == text.split("\n", 2)[2]

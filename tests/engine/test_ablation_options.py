@@ -4,6 +4,8 @@ here each option must change what it names, be recorded, and be rebuilt by predi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,7 @@ from deepfake_detector.config import (
     write_run_config,
 )
 from deepfake_detector.data.augment import cutout_face_part, gaussian_noise, h264_roundtrip
+from deepfake_detector.data.cache import Cache
 from deepfake_detector.data.dataset import _augment, train_clip
 from deepfake_detector.engine.trainer import fit, param_groups
 from deepfake_detector.inference import Detector
@@ -169,3 +172,104 @@ def test_a_run_with_the_options_is_recorded_and_rebuilt_by_predict(tmp_path):
     det = Detector.from_checkpoint(run / "best.pt", device="cpu", workers=0)
     assert det.model.temporal_diff and det.model.attn is not None
     assert det.model.lstm.input_size == 2 * det.model.feature_dim
+
+
+# --- augmented feature views (frozen backbone) ------------------------------------------------------
+
+
+def test_feature_views_are_checked_and_flagged():
+    frozen = ModelConfig(freeze_backbone=True, **TINY)
+    with pytest.raises(ValueError, match="frozen backbone"):
+        TrainConfig(feature_views=2)
+    with pytest.raises(ValueError, match="frozen backbone"):
+        TrainConfig(feature_views=2, feature_cache=False, model=frozen)
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(feature_views=2, augment="none", model=frozen)
+    with pytest.raises(ValueError, match=">= 0"):
+        TrainConfig(feature_views=-1, model=frozen)
+    args = build_parser().parse_args(["train", "CACHE", "--name", "r", "--freeze-backbone",
+                                      "--feature-views", "3", "--augment", "base,h264"])
+    cfg, given = build_config(args)
+    assert cfg.feature_views == 3 and "feature_views" in given
+
+
+def test_frozen_training_reads_augmented_views_drawn_per_epoch(tmp_path):
+    from deepfake_detector.engine.features import FeatureDataset, feature_key
+
+    cache = make_synthetic_cache(tmp_path / "cache", n_real=6, n_fake=6, frames=4, size=24)
+    model = ModelConfig(freeze_backbone=True, **TINY)
+    cfg = TrainConfig(cache=str(cache), name="views", runs_dir=str(tmp_path / "runs"), epochs=2, batch_size=4,
+                      lr=3e-3, augment="base,h264", feature_views=3, seq_len=4, workers=0, device="cpu",
+                      tensorboard=False, model=model)
+    fit(cfg, progress=False)
+    plain = cache / "features" / feature_key(model, cfg.seed)[0]
+    views = [cache / "features" / feature_key(model, cfg.seed, cfg.augment, v)[0] for v in (1, 2, 3)]
+    assert len({plain, *views}) == 4 and all(d.is_dir() for d in views)
+    n_plain = len(list(plain.glob("*.npy")))
+    names = sorted(p.name for p in views[0].glob("*.npy"))
+    assert 0 < len(names) < n_plain  # training clips only; validation reads the un-augmented features
+    assert all(sorted(p.name for p in d.glob("*.npy")) == names for d in views)
+    a, b = (np.load(d / names[0]) for d in views[:2])
+    assert a.shape == np.load(plain / names[0]).shape and not np.array_equal(a, b)  # each view its own draw
+    mtimes = [p.stat().st_mtime_ns for p in views[0].glob("*.npy")]
+    fit(TrainConfig(**{**vars(cfg), "overwrite": True}), progress=False)  # a rerun reuses every view
+    assert [p.stat().st_mtime_ns for p in views[0].glob("*.npy")] == mtimes
+    saved = yaml.safe_load((tmp_path / "runs" / "views" / "config.yaml").read_text())
+    assert saved["train"]["feature_views"] == 3
+    # each epoch a clip reads one view, drawn from (seed, epoch, index): workers and resumes agree
+    rows = [r for r in Cache(cache).rows() if (views[0] / (Path(r.clip).stem + ".npy")).is_file()]
+    ds = FeatureDataset(views, rows, seq_len=4, seed=cfg.seed)
+    seen = {tuple(ds[(0, epoch)][0].flatten()[:4].tolist()) for epoch in range(12)}
+    assert len(seen) > 1 and torch.equal(ds[(0, 5)][0], ds[(0, 5)][0])
+
+
+# --- order pseudo-fakes -----------------------------------------------------------------------------
+
+
+def test_shuffle_window_breaks_the_order_of_one_window_and_keeps_the_frames():
+    from deepfake_detector.data.augment import shuffle_window
+
+    frames = np.arange(10)
+    lengths = set()
+    for seed in range(200):
+        out = shuffle_window(frames, np.random.default_rng(seed))
+        moved = np.flatnonzero(out != frames)
+        assert sorted(out) == list(frames) and len(moved) >= 2  # a permutation, never the identity
+        assert moved.max() - moved.min() + 1 <= 10
+        lengths.add(int(moved.max() - moved.min() + 1))
+    assert min(lengths) <= 3 and max(lengths) == 10  # from a local swap to the whole clip
+    assert shuffle_window(np.arange(1), np.random.default_rng(0)) is None
+    assert list(shuffle_window(np.arange(2), np.random.default_rng(0))) == [1, 0]
+
+
+def test_order_fakes_turn_real_training_clips_into_fakes_and_nothing_else(tmp_path):
+    from deepfake_detector.data.dataset import ClipDataset
+    from deepfake_detector.engine.features import FeatureDataset
+
+    cache = make_synthetic_cache(tmp_path / "cache", n_real=4, n_fake=4, frames=6, size=24)
+    rows = Cache(cache).rows()
+    plain = ClipDataset(cache, rows, 6, train=True, seed=1, raw=True, augment="none")
+    fakes = ClipDataset(cache, rows, 6, train=True, seed=1, raw=True, augment="none", order_fakes=0.99)
+    val = ClipDataset(cache, rows, 6, train=False, raw=True, order_fakes=0.99)
+    for i, label in enumerate(plain.labels):
+        (x0, y0), (x1, y1), (xv, yv) = plain[i], fakes[i], val[i]
+        assert y0 == yv == label and torch.equal(x0, xv)
+        if label == 0:  # REAL: same frames, another order, labelled FAKE
+            assert y1 == 1 and not torch.equal(x1, x0)
+            assert sorted(x1.flatten(1).sum(1).tolist()) == sorted(x0.flatten(1).sum(1).tolist())
+        else:
+            assert y1 == 1 and torch.equal(x1, x0)
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    for r in rows:
+        np.save(feats / (Path(r.clip).stem + ".npy"), np.arange(24, dtype=np.float16).reshape(6, 4))
+    ds = FeatureDataset(feats, rows, seq_len=6, seed=0, order_fakes=0.99)
+    real = plain.labels.index(0)
+    items = [ds[(real, epoch)] for epoch in range(5)]
+    assert sum(y for _, y, _ in items) >= 4  # p = 0.99 per epoch
+    assert all((y == 1) != torch.equal(x, torch.arange(24.0).reshape(6, 4)) for x, y, _ in items)
+    with pytest.raises(ValueError, match="order_fakes"):
+        TrainConfig(order_fakes=1.0)
+    args = build_parser().parse_args(["train", "C", "--name", "r", "--order-fakes", "0.25"])
+    cfg, given = build_config(args)
+    assert cfg.order_fakes == 0.25 and "order_fakes" in given
