@@ -200,8 +200,9 @@ def _base_recipe(args: argparse.Namespace) -> dict:
     return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": 1e-4,
             "patience": args.patience, "seq_len": args.frames, "workers": 0, "device": args.device,
             "model.backbone": args.backbone, "model.hidden_size": args.hidden_size,
-            # the seed's head: the configurations name what they add (train's default is diff+attention)
-            "model.temporal_diff": False, "model.pooling": "mean",
+            # the seed's recipe (head, augmentations): the configurations name what they add, so train's
+            # defaults are diff+attention+h264
+            "model.temporal_diff": False, "model.pooling": "mean", "augment": "base",
             "model.pretrained": weights is not None, "model.weights_file": weights}
 
 

@@ -149,10 +149,11 @@ class ModelConfig:
     dropout: float = 0.4
     num_classes: int = 2
     freeze_backbone: bool = False
-    # The seed's head by default: feature differences + attention won on clean video (temporal kind 0.88 ->
-    # 0.99) but collapsed on heavily re-encoded test video (overall 0.88 -> 0.72; docs/quality.md)
-    temporal_diff: bool = False  # the LSTM also sees per-frame feature differences f[t] - f[t-1]
-    pooling: str = "mean"  # how LSTM outputs over time are pooled: mean (the seed's) | attention
+    # Feature differences + attention pooling by default: with H.264 augmentation (TrainConfig.augment) they
+    # lift the temporal kind 0.89 -> 0.99 on clean video and hold the seed's head's AUC on CRF-40 re-encoded
+    # video (docs/quality.md). The seed's head: temporal_diff=False, pooling="mean".
+    temporal_diff: bool = True  # the LSTM also sees per-frame feature differences f[t] - f[t-1]
+    pooling: str = "attention"  # how LSTM outputs over time are pooled: mean (the seed's) | attention
 
     def __post_init__(self) -> None:
         if self.pooling not in ("mean", "attention"):
@@ -224,7 +225,9 @@ class TrainConfig:
     feature_cache: bool = True  # with model.freeze_backbone: train the head on cached per-frame features
     tensorboard: bool = True  # TensorBoard event files in the run folder (tensorboard/)
     lr_backbone: Optional[float] = None  # learning rate of the backbone; None = lr (one rate for all)
-    augment: str = "base"  # training augmentations, comma-separated: base,h264,noise,cutout (or none)
+    # training augmentations, comma-separated: base,h264,noise,cutout (or none). H.264 re-encoding by default:
+    # without it the feature-difference head fails on heavily compressed video (docs/quality.md)
+    augment: str = "base,h264"
     # with model.freeze_backbone + feature_cache: augmented feature views per training clip (0 = none: the
     # head sees the un-augmented features every epoch); each epoch reads one view per clip
     feature_views: int = 0

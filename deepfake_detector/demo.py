@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from .config import ModelConfig, TrainConfig
 from .errors import UserError, WeightsUnavailableError
 from .utils import atomic_write_json, atomic_write_text
 
@@ -69,15 +70,17 @@ class DemoSettings:
     backbone: str = "mobilenet_v2"
     hidden_size: int = 256
     dropout: float = 0.4
-    temporal_diff: bool = False  # train's defaults (docs/quality.md: what the alternatives bought)
-    pooling: str = "mean"
+    temporal_diff: bool = ModelConfig.temporal_diff  # train's defaults (docs/quality.md: what each bought)
+    pooling: str = ModelConfig.pooling
     freeze_backbone: bool = False  # ImageNet features as they are, cached once; only the LSTM head learns
+    feature_views: int = 0  # with freeze_backbone: augmented feature views per training clip (train's)
     epochs: int = 16
     batch_size: int = 8
     lr: float = 2e-4
     weight_decay: float = 1e-4
     lr_backbone: Optional[float] = None
-    augment: str = "base"
+    augment: str = TrainConfig.augment
+    order_fakes: float = TrainConfig.order_fakes
     patience: int = 6
     monitor: str = "val_loss"
     # how many held-out videos get a heat-map strip (0 = none, -1 = all)
@@ -355,7 +358,6 @@ def _stage_preprocess(d: _DemoRun) -> None:
 
 def _stage_train(d: _DemoRun) -> None:
     """3. ``fit`` on the cache: the run folder runs/demo with best.pt."""
-    from .config import ModelConfig, TrainConfig
     from .engine.trainer import fit
 
     s, res = d.s, d.res
@@ -369,7 +371,8 @@ def _stage_train(d: _DemoRun) -> None:
                        pooling=s.pooling, freeze_backbone=s.freeze_backbone)
     tcfg = TrainConfig(cache=res.cache_dir, name="demo", runs_dir=str(d.out / "runs"), model=mcfg,
                        epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
-                       lr_backbone=s.lr_backbone, augment=s.augment,
+                       lr_backbone=s.lr_backbone, augment=s.augment, order_fakes=s.order_fakes,
+                       feature_views=s.feature_views,
                        seq_len=s.clip_frames,
                        seed=d.seed, patience=s.patience, monitor=s.monitor, workers=min(s.workers, 1),
                        device=d.device, overwrite=True)

@@ -65,7 +65,7 @@ def test_run_config_round_trips_and_carries_its_schema(tmp_path):
 def test_config_yaml_without_a_schema_is_schema_1_and_upgraded(tmp_path, monkeypatch):
     # runs before schema 4 had the seed's head: an old config.yaml keeps it, whatever today's default
     seed_head = ModelConfig(temporal_diff=False, pooling="mean")
-    cfg = TrainConfig(cache="c", name="old", seq_len=6, model=seed_head)
+    cfg = TrainConfig(cache="c", name="old", seq_len=6, augment="base", model=seed_head)
     path = tmp_path / "config.yaml"
     record = _record(cfg)
     del record["train"]["tensorboard"]  # schema 1 had no tensorboard setting
