@@ -73,7 +73,7 @@ class DemoSettings:
     temporal_diff: bool = ModelConfig.temporal_diff  # train's defaults (docs/quality.md: what each bought)
     pooling: str = ModelConfig.pooling
     freeze_backbone: bool = False  # ImageNet features as they are, cached once; only the LSTM head learns
-    feature_views: int = 0  # with freeze_backbone: augmented feature views per training clip (train's)
+    feature_views: int = TrainConfig.feature_views  # with freeze_backbone: augmented views per clip (train's)
     epochs: int = 16
     batch_size: int = 8
     lr: float = 2e-4
