@@ -1,17 +1,22 @@
 """Golden run: a tiny seeded training run, evaluate and predict whose numbers must not move.
 
 It pins behaviour through restructurings of the engine, the checkpoint format, the cache and the
-inference path: the final weights (hash), every metric of every epoch, the chosen threshold, the
-evaluation metrics and the P(FAKE) of a predicted video are compared bit for bit (``repr`` of floats)
-with ``tests/golden/golden_run.json``. A deliberate change of behaviour regenerates that file with
-``DFD_UPDATE_GOLDEN=1 pytest tests/test_golden.py`` and says why in its commit.
+inference path: the final weights (per-tensor sums), every metric of every epoch, the chosen threshold,
+the evaluation metrics and the P(FAKE) of a predicted video are compared with
+``tests/golden/golden_run.json``. Text, labels and counts must match exactly; floats must match to
+``_RTOL`` relative. Not bit for bit across machines: the same torch wheel picks other SIMD kernels on
+another CPU and sums in another order (the 8th significant digit of a loss moved between two Xeons),
+while any change of behaviour moves these numbers by far more. Bit-exact repeatability on one machine
+is pinned by the resume tests, which compare an interrupted and an uninterrupted run tensor for tensor.
+A deliberate change of behaviour regenerates the file with ``DFD_UPDATE_GOLDEN=1 pytest
+tests/test_golden.py`` and says why in its commit.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -29,6 +34,9 @@ from tests.helpers import make_video
 GOLDEN = Path(__file__).parent / "golden" / "golden_run.json"
 # numbers that depend on the clock or on where the test runs, not on the computation
 _VOLATILE = {"seconds", "checkpoint", "cache"}
+# float rounding from another CPU's kernels drifts ~1e-8 relative over the 3 epochs; behaviour changes move
+# these numbers by 1e-3 and more
+_RTOL, _ATOL = 1e-5, 1e-7
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -52,12 +60,39 @@ def _exact(obj):
     return obj
 
 
-def _weights_hash(state: dict) -> str:
-    h = hashlib.sha256()
+def _weight_sums(state: dict) -> dict:
+    """Per tensor: sum and sum of absolute values in float64, a fingerprint that tolerates rounding."""
+    out = {}
     for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+        t = state[name].detach().cpu().double()
+        out[name] = [float(t.sum()), float(t.abs().sum())]
+    return out
+
+
+def _as_float(value) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _close(got, want, where: str = "") -> list[str]:
+    """Where ``got`` differs from ``want``: structure, text and integers exactly, floats to ``_RTOL``."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        diffs = [f"{where}: keys {sorted(set(got) ^ set(want))}"] if set(got) != set(want) else []
+        for key in sorted(set(got) & set(want)):
+            diffs += _close(got[key], want[key], f"{where}.{key}")
+        return diffs
+    if isinstance(want, list) and isinstance(got, list) and len(got) == len(want):
+        return [d for i, (g, w) in enumerate(zip(got, want)) for d in _close(g, w, f"{where}[{i}]")]
+    if got == want:
+        return []
+    g, w = _as_float(got), _as_float(want)
+    if g is not None and w is not None and math.isclose(g, w, rel_tol=_RTOL, abs_tol=_ATOL):
+        return []
+    return [f"{where}: got {got!r}, want {want!r}"]
 
 
 def _golden_run(tmp: Path) -> dict:
@@ -84,7 +119,7 @@ def _golden_run(tmp: Path) -> dict:
     return _exact({
         "best_epoch": summary["best_epoch"],
         "threshold": summary["threshold"],
-        "best_weights": _weights_hash(best["model"]),
+        "best_weight_sums": _weight_sums(best["model"]),
         "best_metrics": best["metrics"],
         "metrics_csv": _csv_rows(run / "metrics.csv"),
         "val_predictions": _csv_rows(run / "val_predictions.csv"),
@@ -97,13 +132,21 @@ def _golden_run(tmp: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_golden_run_is_bit_identical(tmp_path):
+def test_golden_run_matches_to_rounding(tmp_path):
     got = _golden_run(tmp_path)
     if os.environ.get("DFD_UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         pytest.skip(f"golden values written to {GOLDEN}")
     want = json.loads(GOLDEN.read_text(encoding="utf-8"))
-    for key in want:
-        assert got[key] == want[key], f"golden run changed: {key}"
-    assert set(got) == set(want)
+    diffs = _close(got, want)
+    assert not diffs, "golden run changed:\n" + "\n".join(diffs[:20])
+
+
+def test_the_comparison_tolerates_rounding_but_not_a_change_of_behaviour():
+    want = {"loss": "0.46649904549121857", "label": "FAKE", "n": 4, "rows": [{"p": "0.5"}]}
+    same = {"loss": "0.46649903804", "label": "FAKE", "n": 4, "rows": [{"p": "0.5000000001"}]}
+    assert _close(same, want) == []
+    changed = _close({"loss": "0.4668", "label": "REAL", "n": 5, "rows": [{"p": "0.5"}, {"p": "0.1"}]}, want)
+    assert [d.split(":")[0] for d in changed] == [".label", ".loss", ".n", ".rows"]
+    assert _close({"loss": "0.1"}, {"loss": "0.1", "extra": 1}) == [": keys ['extra']"]
