@@ -1,5 +1,5 @@
-"""Ablation options of issue 18: backbone/head learning rates, extra augmentations, temporal diff and
-attention pooling. Each defaults to the seed's behaviour (tests/test_golden.py pins that bit for bit);
+"""Ablation options: backbone/head learning rates, extra augmentations, temporal diff and attention
+pooling. The seed's behaviour stays selectable (tests/test_golden.py pins it with these options off);
 here each option must change what it names, be recorded, and be rebuilt by predict."""
 
 from __future__ import annotations
