@@ -10,7 +10,8 @@ Layout (schema :data:`SCHEMA_VERSION`)::
 
     schema      int, this layout's version (files without it are schema 1 and are upgraded on read)
     version     the package version that wrote the file
-    model       the network's state dict
+    model       the network's state dict (with ``train.ema_epochs``: the weight average, which is what
+                was validated)
     config      {"train", "model", "preprocess", "runtime"}: every setting needed to rebuild the model
                 and repeat the preprocessing (config.TrainConfig / ModelConfig / PreprocessConfig dicts)
     epoch       the epoch the weights come from
@@ -18,7 +19,8 @@ Layout (schema :data:`SCHEMA_VERSION`)::
     metrics     validation metrics of that epoch
     calibration score calibration (e.g. {"method": "temperature", "temperature": 1.3}) or None
     + training state in last.pt: optimizer, scheduler, scaler, rng, rng_per_rank, early_stopping and,
-      when that epoch was the best so far, best_pending (to rebuild best.pt after a kill between saves)
+      when that epoch was the best so far, best_pending (to rebuild best.pt after a kill between saves);
+      ema (with ``train.ema_epochs``: the training weights behind the average, and its update count)
 
 Extending the format is one change here: add the field to :class:`Checkpoint`, bump
 :data:`SCHEMA_VERSION` and add an upgrader to :data:`_UPGRADERS` that fills it in for older files.
@@ -63,7 +65,7 @@ SCHEMA_VERSION = 2
 
 #: keys of a last.pt that only resuming a training run needs
 TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "rng", "rng_per_rank", "early_stopping",
-                       "best_pending")
+                       "best_pending", "ema")
 
 
 def to_builtin(obj: Any) -> Any:

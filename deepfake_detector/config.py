@@ -9,6 +9,7 @@ and read here (:func:`write_run_config`, :func:`read_run_config`): it carries a 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -234,6 +235,9 @@ class TrainConfig:
     # share of REAL training clips shown as order pseudo-fakes (a window of frames shuffled, labelled FAKE):
     # a prior for temporal manipulations training has no examples of (data/augment.py: shuffle_window)
     order_fakes: float = 0.0
+    # horizon in epochs of the moving average of the weights that is validated and saved (0 = off: the
+    # last step's weights); the per-step decay follows the epoch's steps (engine/ema.py)
+    ema_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -245,6 +249,8 @@ class TrainConfig:
             raise ValueError("order_fakes must be in [0, 1)")
         if self.feature_views < 0:
             raise ValueError("feature_views must be >= 0")
+        if not (math.isfinite(self.ema_epochs) and self.ema_epochs >= 0):
+            raise ValueError("ema_epochs must be >= 0 (0 = no weight average)")
         if self.feature_views and not (self.model.freeze_backbone and self.feature_cache):
             raise ValueError("feature_views needs a frozen backbone with the feature cache "
                              "(--freeze-backbone, without --no-feature-cache)")
@@ -327,7 +333,8 @@ _NESTED = {"ModelConfig": ModelConfig, "PreprocessConfig": PreprocessConfig}
 #: 3: ``train.fake_tracks``
 #: 4: ``train.lr_backbone``, ``train.augment``, ``model.temporal_diff``, ``model.pooling``
 #: 5: ``train.feature_views``, ``train.order_fakes``
-RUN_CONFIG_SCHEMA = 5
+#: 6: ``train.ema_epochs``
+RUN_CONFIG_SCHEMA = 6
 
 
 def _run_config_v1_to_v2(data: dict) -> dict:
@@ -364,8 +371,16 @@ def _run_config_v4_to_v5(data: dict) -> dict:
     return data
 
 
+def _run_config_v5_to_v6(data: dict) -> dict:
+    """Schema 5 validated and saved the last step's weights: no weight average."""
+    if isinstance(data.get("train"), dict):
+        data["train"].setdefault("ema_epochs", 0.0)
+    return data
+
+
 _RUN_CONFIG_UPGRADERS: dict[int, Callable[[dict], dict]] = {
     1: _run_config_v1_to_v2, 2: _run_config_v2_to_v3, 3: _run_config_v3_to_v4, 4: _run_config_v4_to_v5,
+    5: _run_config_v5_to_v6,
 }
 #: sections of config.yaml that only record what happened (not settings ``train --config`` takes)
 RUN_CONFIG_RECORDS = ("preprocess", "runtime")

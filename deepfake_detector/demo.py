@@ -81,6 +81,7 @@ class DemoSettings:
     lr_backbone: Optional[float] = None
     augment: str = TrainConfig.augment
     order_fakes: float = TrainConfig.order_fakes
+    ema_epochs: float = TrainConfig.ema_epochs
     patience: int = 6
     monitor: str = "val_loss"
     # how many held-out videos get a heat-map strip (0 = none, -1 = all)
@@ -372,7 +373,7 @@ def _stage_train(d: _DemoRun) -> None:
     tcfg = TrainConfig(cache=res.cache_dir, name="demo", runs_dir=str(d.out / "runs"), model=mcfg,
                        epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
                        lr_backbone=s.lr_backbone, augment=s.augment, order_fakes=s.order_fakes,
-                       feature_views=s.feature_views,
+                       feature_views=s.feature_views, ema_epochs=s.ema_epochs,
                        seq_len=s.clip_frames,
                        seed=d.seed, patience=s.patience, monitor=s.monitor, workers=min(s.workers, 1),
                        device=d.device, overwrite=True)

@@ -58,6 +58,7 @@ _TRAIN_FIELDS = [
     "augment",
     "feature_views",
     "order_fakes",
+    "ema_epochs",
 ]
 _MODEL_FIELDS = [
     "backbone",
@@ -163,6 +164,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="show this share of REAL training clips with a window of frames shuffled, labelled "
                         "FAKE: a prior for temporal manipulations the training set lacks "
                         f"(default {t.order_fakes})")
+    g.add_argument("--ema-epochs", type=float, default=None, metavar="E",
+                   help="validate and save a moving average of the weights over about E epochs, 0 = the "
+                        f"last step's weights (default {t.ema_epochs})")
     g.add_argument(
         "--weight-decay", type=float, default=None, help=f"weight decay (default {t.weight_decay})"
     )

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -99,10 +99,12 @@ def train_epoch(
     limit_batches: int = 0,
     progress: bool = True,
     desc: str = "train",
+    on_step: Optional[Callable[[], None]] = None,
 ) -> dict:
     """Train for one pass over ``loader``; returns ``{loss, accuracy, n, skipped, seconds}``.
 
-    ``scheduler`` (if given) is stepped once per optimizer step. Loss and accuracy are averaged over
+    ``scheduler`` (if given) is stepped once per optimizer step, and then ``on_step`` (the weight
+    average's update). Loss and accuracy are averaged over
     the samples of non-skipped batches (this rank's share under DDP).
     """
     info = dist_info or DistInfo()
@@ -134,6 +136,8 @@ def train_epoch(
                 tracker.bad(what, _names(index, paths))
             continue
         _optimizer_step(optimizer, scaler, scheduler)
+        if on_step is not None:
+            on_step()
         tracker.ok()
         totals.add(loss, logits, y)
         if info.is_main and not getattr(bar, "disable", True) and step % 10 == 0:

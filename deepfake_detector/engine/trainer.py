@@ -54,6 +54,7 @@ from .distributed import (
     init_distributed,
 )
 from .early_stopping import EarlyStoppingWithCheckpoint
+from .ema import WeightAverage, decay_for
 from .loop import NonFiniteTracker, evaluate, train_epoch
 from .rng import get_rng_state, set_rng_state
 from .run import RunFolder, reconcile_best, resume_config, run_splits
@@ -104,6 +105,7 @@ class TrainingSession:
     optimizer: Optional[torch.optim.Optimizer] = None
     scheduler: Any = None
     criterion: Optional[nn.Module] = None
+    ema: Optional[WeightAverage] = None  # the weight average that is validated and saved (ema_epochs)
     monitor: str = "val_loss"
     stopper: Optional[EarlyStoppingWithCheckpoint] = None
     tracker: Optional[NonFiniteTracker] = None
@@ -351,6 +353,8 @@ def _build_optimiser(s: TrainingSession) -> None:
     # write=False: the epoch step writes best.pt itself, after last.pt (see _save_epoch)
     s.stopper = EarlyStoppingWithCheckpoint(s.run.best, s.monitor, cfg.patience, cfg.min_delta, write=False)
     s.tracker = NonFiniteTracker(cfg.max_nonfinite)
+    if cfg.ema_epochs > 0:
+        s.ema = WeightAverage(s.raw_model, decay_for(cfg.ema_epochs, s.steps_per_epoch))
     s.config_dict = {
         "train": to_dict(cfg),
         "model": to_dict(cfg.model),
@@ -390,6 +394,8 @@ def _restore(s: TrainingSession) -> None:
     if resume is None:
         return
     s.raw_model.load_state_dict(resume.model)
+    if s.ema is not None and resume.training.get("ema"):
+        s.ema.load(s.raw_model, resume.training["ema"])  # model: the average; back in it: training weights
     s.optimizer.load_state_dict(resume.training["optimizer"])
     s.scheduler.load_state_dict(resume.training["scheduler"])
     if s.scaler is not None and resume.training.get("scaler"):
@@ -454,22 +460,36 @@ def _epoch(s: TrainingSession, epoch: int) -> bool:
     t0 = time.perf_counter()
     tr = _train(s, epoch)
     broadcast_buffers(s.raw_model, s.info)
-    ev = evaluate(s.net, s.val_loader, s.device, amp_dtype=s.amp_dtype, dist_info=s.info,
-                  progress=s.progress, desc="val")
-    row = _record(s, epoch, tr, ev, t0)
-    improved = s.stopper.step(row[s.monitor], epoch, s.raw_model, lambda: _best_checkpoint(s, epoch, ev, row))
-    if improved:
-        s.best_val = {
-            "y_true": ev["y_true"],
-            "p_fake": ev["p_fake"],
-            "threshold": choose_threshold(ev["y_true"], ev["p_fake"], s.cfg.threshold_method),
-            "paths": [s.val_ds.paths[i] for i in ev["index"]],
-        }
-    rng = all_gather_objects(get_rng_state(), s.info)
-    if s.info.is_main:
-        _save_epoch(s, epoch, ev, row, improved, rng)
+    with _average_applied(s):
+        ev = evaluate(s.net, s.val_loader, s.device, amp_dtype=s.amp_dtype, dist_info=s.info,
+                      progress=s.progress, desc="val")
+        row = _record(s, epoch, tr, ev, t0)
+        improved = s.stopper.step(row[s.monitor], epoch, s.raw_model,
+                                  lambda: _best_checkpoint(s, epoch, ev, row))
+        if improved:
+            s.best_val = {
+                "y_true": ev["y_true"],
+                "p_fake": ev["p_fake"],
+                "threshold": choose_threshold(ev["y_true"], ev["p_fake"], s.cfg.threshold_method),
+                "paths": [s.val_ds.paths[i] for i in ev["index"]],
+            }
+        rng = all_gather_objects(get_rng_state(), s.info)
+        if s.info.is_main:
+            _save_epoch(s, epoch, ev, row, improved, rng)
     s.epochs_run += 1
     return _carry_on(s, epoch)
+
+
+@contextlib.contextmanager
+def _average_applied(s: TrainingSession) -> Iterator[None]:
+    """With ``ema_epochs``: the weight average in the model while it is validated and saved (every rank
+    holds rank 0's averaged buffers); the training weights back for the next epoch."""
+    if s.ema is None:
+        yield
+        return
+    with s.ema.applied(s.raw_model):
+        broadcast_buffers(s.raw_model, s.info)
+        yield
 
 
 def _train(s: TrainingSession, epoch: int) -> dict:
@@ -492,6 +512,7 @@ def _train(s: TrainingSession, epoch: int) -> dict:
         limit_batches=cfg.limit_train_batches,
         progress=s.progress,
         desc=f"epoch {epoch}/{cfg.epochs}",
+        on_step=(lambda: s.ema.update(s.raw_model)) if s.ema is not None else None,
     )
 
 
@@ -558,6 +579,7 @@ def _last_checkpoint(
         rng=rng[0],
         rng_per_rank=rng if s.info.enabled else None,
         early_stopping=s.stopper.state_dict(),
+        ema=s.ema.training_state() if s.ema is not None else None,  # model holds the average
     )
     return s.checkpoint(epoch, metrics=to_builtin(row), threshold=None, training=training)
 
