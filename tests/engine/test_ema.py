@@ -16,7 +16,7 @@ from deepfake_detector.config import TrainConfig
 from deepfake_detector.engine.ema import WeightAverage, decay_for
 from deepfake_detector.engine.trainer import fit
 from tests.cache_helpers import make_synthetic_cache
-from tests.engine.test_training import read_csv, tiny_cfg
+from tests.engine.test_training import assert_same_run, read_csv, tiny_cfg
 
 
 def _net() -> nn.Module:
@@ -97,12 +97,5 @@ def test_checkpoints_hold_the_average_and_a_resume_matches_an_uninterrupted_run(
     first = fit(tiny_cfg(cache, tmp_path / "runs", "b", stop_after=1, **kw), progress=False)
     assert first["interrupted"]
     fit(tiny_cfg(cache, tmp_path / "runs", "b", resume=True, **kw), progress=False)
-    a, b = read_csv(tmp_path / "runs/a/metrics.csv"), read_csv(tmp_path / "runs/b/metrics.csv")
-    for ra, rb in zip(a, b):
-        ra.pop("seconds"), rb.pop("seconds")
-        assert ra == rb
-    for name in ("last.pt", "best.pt"):
-        ca, cb = load_checkpoint(tmp_path / "runs/a" / name), load_checkpoint(tmp_path / "runs/b" / name)
-        for k in ca["model"]:
-            assert torch.equal(ca["model"][k], cb["model"][k]), (name, k)
+    assert_same_run(tmp_path / "runs/a", tmp_path / "runs/b")
     assert straight["best_epoch"] >= 1

@@ -45,6 +45,20 @@ def tiny_cfg(cache, runs, name="run", **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def assert_same_run(a, b) -> None:
+    """Two run folders with the same metrics (but the clock) and bit-identical checkpoints."""
+    rows_a, rows_b = read_csv(a / "metrics.csv"), read_csv(b / "metrics.csv")
+    assert len(rows_a) == len(rows_b)
+    for ra, rb in zip(rows_a, rows_b):
+        ra.pop("seconds"), rb.pop("seconds")
+        assert ra == rb
+    for name in ("last.pt", "best.pt"):
+        ca, cb = load_checkpoint(a / name), load_checkpoint(b / name)
+        for k in ca["model"]:
+            assert torch.equal(ca["model"][k], cb["model"][k]), (name, k)
+        assert ca["threshold"] == cb["threshold"]
+
+
 def read_csv(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -102,17 +116,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
     assert first["interrupted"] and first["epochs_run"] == 1
     resumed = fit(tiny_cfg(cache, tmp_path / "runs", "b", resume=True, **kw), progress=False)
     assert resumed["epochs_run"] == 2
-    a = read_csv(tmp_path / "runs/a/metrics.csv")
-    b = read_csv(tmp_path / "runs/b/metrics.csv")
-    assert len(a) == len(b) == 3
-    for ra, rb in zip(a, b):
-        ra.pop("seconds"), rb.pop("seconds")
-        assert ra == rb
-    for name in ("last.pt", "best.pt"):
-        ca, cb = load_checkpoint(tmp_path / "runs/a" / name), load_checkpoint(tmp_path / "runs/b" / name)
-        for k in ca["model"]:
-            assert torch.equal(ca["model"][k], cb["model"][k]), (name, k)
-        assert ca["threshold"] == cb["threshold"]
+    assert len(read_csv(tmp_path / "runs/a/metrics.csv")) == 3
+    assert_same_run(tmp_path / "runs/a", tmp_path / "runs/b")
     for k, v in straight["model"].state_dict().items():
         assert torch.equal(v, resumed["model"].state_dict()[k])
 
