@@ -76,7 +76,7 @@ class WeightAverage:
     def training_state(self) -> dict:
         """What a resume needs beside the checkpoint's model (the average): the training weights."""
         if self._held is None:
-            raise RuntimeError("training_state() is read while the average is applied")
+            raise RuntimeError("training_state() is only defined while the average is applied")
         return {"updates": self.updates, "training": {k: v.detach().cpu() for k, v in self._held.items()}}
 
     @torch.no_grad()
