@@ -199,7 +199,7 @@ class TrainConfig:
     seed: int = 0
     patience: int = 5
     min_delta: float = 0.0
-    monitor: str = "val_loss"  # val_loss | val_auc | val_f1 | val_accuracy
+    monitor: str = "val_loss"  # val_loss | val_auc | val_f1 | val_accuracy (ties: the lower val_loss)
     balance: str = "weighted_loss"  # weighted_loss | sampler | none
     grad_clip: float = 1.0
     max_nonfinite: int = 5  # consecutive non-finite steps before stopping with an error

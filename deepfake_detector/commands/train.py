@@ -217,7 +217,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--monitor",
         choices=["val_loss", "val_auc", "val_f1", "val_accuracy"],
         default=None,
-        help=f"metric for early stopping and best.pt (default {t.monitor})",
+        help=f"metric for early stopping and best.pt; ties go to the lower val_loss (default {t.monitor})",
     )
     g.add_argument(
         "--patience",

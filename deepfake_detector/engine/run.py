@@ -42,7 +42,7 @@ from ..data.records import index_to_label
 from ..errors import UserError
 from ..utils import atomic_write_text, path_from_text, path_to_text
 from .distributed import DistInfo, broadcast_object
-from .early_stopping import EarlyStoppingWithCheckpoint
+from .early_stopping import TIE_BREAK, EarlyStoppingWithCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -321,12 +321,13 @@ def reconcile_best(
     """
     state = None
     if info.is_main and stopper.best_epoch >= 1:
-        held_epoch, held_value = -1, None
+        held_epoch, held = -1, {}
         if run.best.is_file():
             ck = load_checkpoint(run.best)
             held_epoch = int(ck.get("epoch", -1))
-            held_value = (ck.get("metrics") or {}).get(stopper.monitor)
+            held = ck.get("metrics") or {}
             del ck
+        held_value = held.get(stopper.monitor)
         pending = resume.training.get("best_pending") or {}
         if held_epoch == stopper.best_epoch:
             pass
@@ -337,9 +338,11 @@ def reconcile_best(
         else:
             state = stopper.state_dict()
             if held_epoch >= 1 and isinstance(held_value, (int, float)):
-                state.update(best=float(held_value), best_epoch=held_epoch, counter=0)
+                tie = held.get(TIE_BREAK) if stopper.uses_tie_break else None
+                state.update(best=float(held_value), best_epoch=held_epoch, counter=0,
+                             best_tie=float(tie) if isinstance(tie, (int, float)) else None)
             else:
-                state.update(best=None, best_epoch=-1, counter=0)
+                state.update(best=None, best_epoch=-1, best_tie=None, counter=0)
             log.warning(
                 "best.pt holds epoch %s, not the best epoch %d recorded in last.pt (the run was stopped "
                 "while saving); continuing from best.pt",

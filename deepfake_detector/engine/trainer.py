@@ -53,7 +53,7 @@ from .distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from .early_stopping import EarlyStoppingWithCheckpoint
+from .early_stopping import TIE_BREAK, EarlyStoppingWithCheckpoint
 from .ema import WeightAverage, decay_for
 from .loop import NonFiniteTracker, evaluate, train_epoch
 from .rng import get_rng_state, set_rng_state
@@ -465,7 +465,7 @@ def _epoch(s: TrainingSession, epoch: int) -> bool:
                       progress=s.progress, desc="val")
         row = _record(s, epoch, tr, ev, t0)
         improved = s.stopper.step(row[s.monitor], epoch, s.raw_model,
-                                  lambda: _best_checkpoint(s, epoch, ev, row))
+                                  lambda: _best_checkpoint(s, epoch, ev, row), tie=row.get(TIE_BREAK))
         if improved:
             s.best_val = {
                 "y_true": ev["y_true"],

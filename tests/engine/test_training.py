@@ -209,6 +209,23 @@ def test_early_stopping_max_mode_and_nan(tmp_path):
         EarlyStoppingWithCheckpoint(tmp_path / "x.pt", "val_magic")
 
 
+def test_early_stopping_breaks_ties_of_a_coarse_metric_by_validation_loss(tmp_path):
+    """A validation AUC of a few dozen videos sits at 1.0 for many epochs: the lowest loss among them wins."""
+    model = nn.Linear(1, 1)
+    stopper = EarlyStoppingWithCheckpoint(tmp_path / "b.pt", "val_auc", patience=2, write=False)
+    assert stopper.step(1.0, 1, model, dict, tie=0.40)
+    assert stopper.step(1.0, 2, model, dict, tie=0.30)  # equal AUC, lower loss: the new best
+    assert not stopper.step(1.0, 3, model, dict, tie=0.35)  # equal AUC, higher loss
+    assert not stopper.step(1.0, 4, model, dict)  # no loss to compare: not better
+    assert stopper.should_stop and stopper.best_epoch == 2 and stopper.best_tie == pytest.approx(0.30)
+    resumed = EarlyStoppingWithCheckpoint(tmp_path / "b.pt", "val_auc", patience=2, write=False)
+    resumed.load_state_dict(stopper.state_dict())
+    assert not resumed.step(1.0, 5, model, dict, tie=0.31) and resumed.step(1.0, 6, model, dict, tie=0.29)
+    assert not resumed.step(0.99, 7, model, dict, tie=0.01)  # a lower AUC never wins on its loss
+    loss = EarlyStoppingWithCheckpoint(tmp_path / "b.pt", "val_loss", patience=2, write=False)
+    assert loss.step(0.5, 1, model, dict, tie=0.9) and not loss.step(0.5, 2, model, dict, tie=0.1)
+
+
 # --- non-finite batches -------------------------------------------------------------------------
 
 
