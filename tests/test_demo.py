@@ -42,6 +42,19 @@ def test_two_person_kind_is_scored_against_two_person_reals():
     assert fpr == {"1": 0.0, "2": 0.5}
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_demo_holds_out_at_least_32_one_person_reals_and_their_fakes(seed):
+    """The held-out split is large enough that one video moves a per-kind AUC by about 0.03 at most."""
+    plans = synthetic.plan_dataset(demo.synthetic_config(demo.DemoSettings.full(), seed))
+    test = [p for p in plans if p.split == "test"]
+    one_person = [p for p in test if not p.partner_params]
+    assert sum(p.label == "REAL" for p in one_person) >= 32
+    for kind in synthetic.MANIPULATIONS:
+        assert sum(p.manipulation == kind for p in one_person) >= 32
+    assert sum(p.label == "REAL" for p in test if p.partner_params) >= 8
+    assert {p.split for p in plans} == {"train", "val", "test"}
+
+
 def test_pick_for_explain_covers_every_kind():
     class R:
         def __init__(self, path):
