@@ -53,8 +53,8 @@ STAGES = ("weights", "generate", "preprocess", "train", "evaluate", "predict")
 class DemoSettings:
     """Sizes of the demo; ``full()`` meets the README's budget, ``quick()`` is the CI smoke run."""
 
-    # data (see data.synthetic.SyntheticConfig). 64 px crops of 1.5x the videos rather than 96 px crops: the
-    # same time, and the temporal kind is learnt from 58 training REALs instead of 34 (docs/quality.md)
+    # data (see data.synthetic.SyntheticConfig). 1.5x the videos at 64 px rather than 96 px crops, in less
+    # time: the temporal kind is learnt from 58 training REALs instead of 34 (docs/quality.md)
     n_real: int = 90
     n_fake: int = 270
     n_pair_real: int = 30  # two-person REALs, and as many FAKEs with one of the two faces swapped
