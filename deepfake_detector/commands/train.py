@@ -59,6 +59,7 @@ _TRAIN_FIELDS = [
     "feature_views",
     "order_fakes",
     "ema_epochs",
+    "warmup_epochs",
 ]
 _MODEL_FIELDS = [
     "backbone",
@@ -179,6 +180,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help=f"LR schedule; cosine has a warm-up (default {t.scheduler})",
     )
+    g.add_argument("--warmup-epochs", type=float, default=None, metavar="E",
+                   help="cosine: epochs of linear LR warm-up, at most 20%% of all steps "
+                        f"(default {t.warmup_epochs})")
     g.add_argument(
         "--grad-clip", type=float, default=None, help=f"max gradient norm, 0 = off (default {t.grad_clip})"
     )

@@ -70,11 +70,11 @@ def test_new_options_round_trip_through_config_yaml(tmp_path):
 def test_train_flags_reach_the_config():
     args = build_parser().parse_args(["train", "CACHE", "--name", "r", "--lr", "1e-4", "--lr-backbone",
                                       "1e-5", "--augment", "base,noise", "--temporal-diff", "--pooling",
-                                      "attention"])
+                                      "attention", "--warmup-epochs", "3"])
     cfg, given = build_config(args)
-    assert (cfg.lr, cfg.lr_backbone, cfg.augment) == (1e-4, 1e-5, "base,noise")
+    assert (cfg.lr, cfg.lr_backbone, cfg.augment, cfg.warmup_epochs) == (1e-4, 1e-5, "base,noise", 3.0)
     assert cfg.model.temporal_diff and cfg.model.pooling == "attention"
-    assert {"lr_backbone", "augment", "temporal_diff", "pooling"} <= given
+    assert {"lr_backbone", "augment", "temporal_diff", "pooling", "warmup_epochs"} <= given
 
 
 # --- learning rates ---------------------------------------------------------------------------------
