@@ -75,7 +75,7 @@ class DemoSettings:
     pooling: str = ModelConfig.pooling
     freeze_backbone: bool = False  # ImageNet features as they are, cached once; only the LSTM head learns
     feature_views: int = TrainConfig.feature_views  # with freeze_backbone: augmented views per clip (train's)
-    epochs: int = 16
+    epochs: int = 24
     batch_size: int = 8
     lr: float = 2e-4
     weight_decay: float = 1e-4
