@@ -98,8 +98,8 @@ class EarlyStoppingWithCheckpoint:
             self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if self.write:
                 save_checkpoint(make_checkpoint(), self.path)
-            tie = "" if self.best_tie is None else f" ({TIE_BREAK} {self.best_tie:.5f})"
-            log.info("epoch %d: %s improved to %.5f%s, saved %s", epoch, self.monitor, value, tie, self.path)
+            note = "" if self.best_tie is None else f" ({TIE_BREAK} {self.best_tie:.5f})"
+            log.info("epoch %d: %s improved to %.5f%s, saved %s", epoch, self.monitor, value, note, self.path)
             return True
         self.counter += 1
         log.info(
