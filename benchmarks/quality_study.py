@@ -4,11 +4,16 @@
     python -m benchmarks.quality_study --data study --work study_work --out quality.md \\
         --configs base,lr1e-3,diff,attention --seeds 0,1,2
 
-Every run trains with a frozen backbone on its cached per-frame features (``--freeze-backbone``: the
-backbone runs once per cache, each epoch then costs only the LSTM and classifier), so a screening of
-many configurations fits on a CPU. Augmentation is screened through augmented feature views
-(``feature_views``: each training clip's features cached for V augmented copies); the backbone's own
-learning rate and what fine-tuning learns from augmentation need full training runs.
+By default every run trains with a frozen backbone on its cached per-frame features
+(``--freeze-backbone``: the backbone runs once per cache, each epoch then costs only the LSTM and
+classifier), so a screening of many configurations fits on a CPU. Augmentation is screened through
+augmented feature views (``feature_views``: each training clip's features cached for V augmented
+copies). ``--finetune`` trains the whole network instead, augmentations drawn per epoch in pixel space
+(what ``train`` does by default; about ten minutes per run on a 2-core CPU at 64 px).
+
+``compressed`` differs from ``plain`` only in its test videos, so where ``plain``'s run of the same
+configuration and seed exists, its ``best.pt`` is scored on ``compressed``'s test split instead of
+training the same model again (the row's ``trained_as``).
 
 Per protocol (``plain``, ``compressed``, ``heldout``: see ``data.synthetic.make_study_set``) the folder
 is preprocessed once into ``WORK/cache-PROTOCOL``; each (protocol, configuration, seed) run is recorded
@@ -68,8 +73,11 @@ def parse_config(spec: str) -> tuple[str, dict[str, Any]]:
     return name, overrides
 
 
-def train_config(cache: Path, runs: Path, name: str, base: dict, overrides: dict, seed: int):
-    """The TrainConfig of one run: base recipe, then the configuration's overrides, frozen backbone."""
+def train_config(cache: Path, runs: Path, name: str, base: dict, overrides: dict, seed: int,
+                 finetune: bool = False):
+    """The TrainConfig of one run: base recipe, then the configuration's overrides; a frozen backbone on
+    its feature cache, or with ``finetune`` the whole network trained (augmentations drawn per epoch in
+    pixel space, so feature views do not apply)."""
     from deepfake_detector.config import ModelConfig, TrainConfig
 
     merged = {**base, **overrides}
@@ -77,8 +85,18 @@ def train_config(cache: Path, runs: Path, name: str, base: dict, overrides: dict
     train = {k: v for k, v in merged.items() if not k.startswith("model.")}
     if "augment" in train:
         train["augment"] = str(train["augment"]).replace("+", ",")
+    if finetune:
+        train.pop("feature_views", None)
     return TrainConfig(cache=str(cache), name=name, runs_dir=str(runs), seed=seed, overwrite=True,
-                       tensorboard=False, model=ModelConfig(freeze_backbone=True, **model), **train)
+                       tensorboard=False, model=ModelConfig(freeze_backbone=not finetune, **model), **train)
+
+
+def _test_scores(test: dict) -> dict:
+    kinds = test.get("by_manipulation") or {}
+    return {
+        "auc": test.get("auc"), "n_real": test.get("n_real"), "n_fake": test.get("n_fake"),
+        "kinds": {k: {"auc": v.get("auc"), "n": v.get("n_fake", v.get("n"))} for k, v in kinds.items()},
+    }
 
 
 def one_run(cfg) -> dict:
@@ -88,30 +106,51 @@ def one_run(cfg) -> dict:
     t0 = time.perf_counter()
     summary = fit(cfg, progress=False)
     seconds = time.perf_counter() - t0
-    test = summary.get("test_metrics") or {}
-    kinds = test.get("by_manipulation") or {}
     return {
-        "auc": test.get("auc"), "n_real": test.get("n_real"), "n_fake": test.get("n_fake"),
-        "kinds": {k: {"auc": v.get("auc"), "n": v.get("n_fake", v.get("n"))} for k, v in kinds.items()},
+        **_test_scores(summary.get("test_metrics") or {}), "run_dir": summary.get("run_dir"),
         "seconds": seconds, "epochs": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
     }
 
 
+def test_only(trained: dict, cache: Path, device: str) -> dict:
+    """A trained run's ``best.pt`` on another cache's test split (the compressed protocol's test videos
+    with the plain protocol's model: the two share their training and validation videos)."""
+    from deepfake_detector.data.cache import Cache
+    from deepfake_detector.data.records import normalize_label
+    from deepfake_detector.engine.evaluate import evaluate_checkpoint
+
+    # every labelled test video, by its main face's row (as evaluate counts them)
+    rows = [r for r in Cache(cache).rows() if r.split == "test" and normalize_label(r.label) and not r.track]
+    result = evaluate_checkpoint(Path(trained["run_dir"]) / "best.pt", cache, "test", rows=rows,
+                                 device=device, progress=False)
+    return {**_test_scores(result.metrics), "seconds": trained["seconds"], "epochs": trained.get("epochs"),
+            "best_epoch": trained.get("best_epoch"), "trained_as": trained["key"]}
+
+
 def run_study(caches: dict[str, Path], configs: list[tuple[str, dict]], seeds: list[int], base: dict,
-              work: Path, log=print) -> dict:
-    """Every (protocol, configuration, seed) not yet in ``WORK/results.json``; returns all results."""
+              work: Path, log=print, finetune: bool = False) -> dict:
+    """Every (protocol, configuration, seed) not yet in ``WORK/results.json``; returns all results.
+
+    ``compressed`` differs from ``plain`` only in its test videos, so where ``plain``'s run of the same
+    configuration and seed exists its model is tested on ``compressed`` instead of training it again."""
     work.mkdir(parents=True, exist_ok=True)
     path = work / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
-    for protocol, cache in caches.items():
+    for protocol in sorted(caches, key=lambda p: p == "compressed"):  # plain's models first
+        cache = caches[protocol]
         for name, overrides in configs:
             for seed in seeds:
                 key = f"{protocol}|{name}|{seed}"
                 if key in results:
                     continue
-                cfg = train_config(cache, work / "runs", f"{protocol}-{name}-s{seed}".replace("+", "_"),
-                                   base, overrides, seed)
-                results[key] = {"overrides": overrides, **one_run(cfg)}
+                plain = results.get(f"plain|{name}|{seed}") or {}
+                if protocol == "compressed" and (Path(plain.get("run_dir") or "-") / "best.pt").is_file():
+                    scores = test_only({**plain, "key": f"plain|{name}|{seed}"}, cache, base["device"])
+                    results[key] = {"overrides": overrides, **scores}
+                else:
+                    cfg = train_config(cache, work / "runs", f"{protocol}-{name}-s{seed}".replace("+", "_"),
+                                       base, overrides, seed, finetune)
+                    results[key] = {"overrides": overrides, **one_run(cfg)}
                 log(f"{key}: AUC {results[key]['auc']} in {results[key]['seconds']:.0f}s")
                 path.write_text(json.dumps(results, indent=1, sort_keys=True))
     return results
@@ -185,6 +224,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=96, help="face crop side (preprocess)")
     p.add_argument("--detector", default="auto", help="face detector (default: auto, as preprocess)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--finetune", action="store_true",
+                   help="train the whole network, backbone included (6-10 minutes a run on a 2-core CPU at "
+                        "64 px), instead of the LSTM head on the frozen backbone's cached features")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-train", action="store_true",
                    help="only write the table of the runs already in WORK/results.json (no preprocess)")
@@ -198,7 +240,9 @@ def _base_recipe(args: argparse.Namespace) -> dict:
 
         weights, _ = resolve_weights(True, print)
     return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": 1e-4,
-            "patience": args.patience, "seq_len": args.frames, "workers": 0, "device": args.device,
+            "patience": args.patience, "seq_len": args.frames, "device": args.device,
+            # a loader worker augments clips (H.264 round trips) beside the training step when fine-tuning
+            "workers": min(args.workers, 1) if args.finetune else 0,
             "model.backbone": args.backbone, "model.hidden_size": args.hidden_size,
             # the seed's recipe (head, augmentations): the configurations name what they add, so train's
             # defaults are diff+attention+h264
@@ -224,9 +268,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.no_train:
         results = json.loads(path.read_text()) if path.is_file() else {}
     else:
-        results = run_study(caches, configs, seeds, _base_recipe(args), work)
+        results = run_study(caches, configs, seeds, _base_recipe(args), work, finetune=args.finetune)
     text = (f"Command: `python -m benchmarks.quality_study {shlex.join(argv or sys.argv[1:])}`\n\n"
-            f"Preprocess: {t_pre:.0f}s. Frozen backbone `{args.backbone}`, feature cache; test split of "
+            f"Preprocess: {t_pre:.0f}s. "
+            + (f"`{args.backbone}` fine-tuned end to end" if args.finetune else
+               f"Frozen backbone `{args.backbone}`, feature cache")
+            + "; test split of "
             "each protocol; per-kind AUC = that kind's fakes vs all REAL test videos.\n\n"
             + table(results, protocols, [n for n, _ in configs]))
     Path(args.out).write_text(text, encoding="utf-8")

@@ -60,3 +60,30 @@ def test_mean_and_std_over_seeds():
                                 "kinds": {"temporal": {"auc": a, "n": 2}}} for s, a in enumerate((0.8, 0.9))}
     text = table(runs, ["plain"], ["base"])
     assert "| plain | base | 2 | 2/2 | 0.850 ± 0.071 | 0.850 ± 0.071 (2) | 1 |" in text
+
+
+def test_finetune_trains_the_backbone_and_tests_plain_models_on_compressed(tmp_path):
+    from benchmarks import quality_study
+    from deepfake_detector.checkpoint import read_checkpoint
+
+    splits = {f"{k}-{i}": "test" for k in ("real", "fake") for i in range(4)}
+    for protocol in ("plain", "compressed"):  # the same training videos; only the test videos would differ
+        _with_methods(make_synthetic_cache(tmp_path / "data" / f"cache-{protocol}", n_real=10, n_fake=10,
+                                           frames=4, size=24, splits=splits))
+    argv = ["--data", str(tmp_path / "data"), "--caches", "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "q.md"), "--protocols", "compressed,plain", "--configs",
+            "diff+attention+h264", "--seeds", "0", "--backbone", "tiny", "--hidden-size", "8",
+            "--epochs", "1", "--batch-size", "4", "--frames", "4", "--device", "cpu", "--finetune",
+            "--workers", "0"]
+    assert quality_study.main(argv) == 0
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    plain, compressed = results["plain|diff+attention+h264|0"], results["compressed|diff+attention+h264|0"]
+    assert compressed["trained_as"] == "plain|diff+attention+h264|0" and "run_dir" not in compressed
+    assert (compressed["n_real"], compressed["n_fake"]) == (plain["n_real"], plain["n_fake"]) == (4, 4)
+    assert compressed["auc"] == plain["auc"]  # the same model on the same (here identical) test clips
+    assert [p.name for p in (tmp_path / "work" / "runs").iterdir()] == ["plain-diff_attention_h264-s0"]
+    best = tmp_path / "work" / "runs" / "plain-diff_attention_h264-s0" / "best.pt"
+    cfg = read_checkpoint(best).train_config()
+    assert not cfg.model.freeze_backbone and cfg.feature_views == 0 and cfg.augment == "base,h264"
+    assert not (tmp_path / "data" / "cache-plain" / "features").exists()  # no feature cache: fine-tuned
+    assert "fine-tuned end to end" in (tmp_path / "q.md").read_text()
