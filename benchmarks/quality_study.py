@@ -9,7 +9,7 @@ By default every run trains with a frozen backbone on its cached per-frame featu
 classifier), so a screening of many configurations fits on a CPU. Augmentation is screened through
 augmented feature views (``feature_views``: each training clip's features cached for V augmented
 copies). ``--finetune`` trains the whole network instead, augmentations drawn per epoch in pixel space
-(what ``train`` does by default; about ten minutes per run on a 2-core CPU at 64 px).
+(what ``train`` does by default; 6-10 minutes a run on a 2-core CPU at 64 px).
 
 ``compressed`` differs from ``plain`` only in its test videos, so where ``plain``'s run of the same
 configuration and seed exists, its ``best.pt`` is scored on ``compressed``'s test split instead of

